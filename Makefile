@@ -1,0 +1,53 @@
+# ampflow: every target installs what it needs by itself (see README).
+SHELL := /bin/bash
+PY ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-12)
+PIP := $(BIN)/python -m pip --disable-pip-version-check -q
+export PYTHONHASHSEED := 0
+# the demo's MLflow store (an embedded SQLite database under the working directory)
+MLFLOW_DB ?= $(CURDIR)/mlruns.db
+DEMO_OUT ?= $(CURDIR)/demo-out
+
+.PHONY: setup test demo bench lint format compile images e2e-cluster mlflow-ui clean airflow-venv
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@command -v $(PY) >/dev/null || { echo "ampflow needs $(PY) on PATH"; exit 1; }
+	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	@echo "installing ampflow and its dependencies into $(VENV) (first time: a few minutes)"
+	# torch first and pinned, so that nothing later pulls a newer CUDA build
+	$(PIP) install "torch==2.13.0" 2>&1 | grep -v "^WARNING: Location" || true
+	$(PIP) install -e ".[train,tracking,kube,kfp,dev]" 2>&1 | grep -v "^WARNING: Location" || true
+	@$(BIN)/python -c "import torch, mlflow, kfp, ampflow; assert torch.__version__.startswith('2.13.0'), torch.__version__"
+	@rm -f $(VENV)/.installed-* && touch $(STAMP)
+
+test: setup
+	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: setup
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+demo: setup
+	MLFLOW_TRACKING_URI=$${MLFLOW_TRACKING_URI:-sqlite:///$(MLFLOW_DB)} \
+	  $(BIN)/ampflow bench --recipe tweets-bow --precisions 32-true,bf16-mixed --compile off \
+	  --out $(DEMO_OUT)
+	@echo
+	@echo "Open the MLflow UI on these runs:  make mlflow-ui   (then http://127.0.0.1:5000)"
+
+mlflow-ui: setup
+	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false $(BIN)/mlflow ui --backend-store-uri sqlite:///$(MLFLOW_DB) \
+	  --host 127.0.0.1 --port 5000 --workers 1
+
+bench: setup
+	$(BIN)/python -m benchmarks.run_all $(BENCH_ARGS)
+
+clean:
+	rm -rf $(DEMO_OUT) .pytest_cache build dist *.egg-info

@@ -1,0 +1,75 @@
+"""``ampflow <step> ...``: the one entry point that images, KFP components and Airflow tasks call.
+
+    ampflow recipes
+    ampflow prep --recipe tweets-bow --out data/
+    ampflow train --recipe tweets-bow --data data/ --out runs/fp32 --precision 32-true --set max_steps=100
+    ampflow evaluate --recipe tweets-bow --data data/ --checkpoint runs/fp32 --out runs/fp32/eval
+    ampflow bench --recipe tweets-bow --precisions 32-true,bf16-mixed --compile off --out bench/
+    torchrun --nproc_per_node=2 -m ampflow train --strategy ddp ...
+
+Exit codes: 0 done, 2 bad input (one line naming the field and the allowed values), 1 failure while
+running, 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+import traceback
+
+from ampflow import __version__
+from ampflow.config import ConfigError
+from ampflow.steps import STEP_MODULES
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse exits 2 on bad usage already; keep its message to one line without the usage dump."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="ampflow",
+        description="Mixed-precision PyTorch training as pipeline steps: prep, train, evaluate, "
+        "bench, compare, register, launch.",
+    )
+    parser.add_argument("--version", action="version", version=f"ampflow {__version__}")
+    sub = parser.add_subparsers(dest="step", metavar="STEP", parser_class=_Parser)
+    sub.required = True
+    for name, module_name in STEP_MODULES.items():
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as exc:
+            if exc.name == module_name:  # a step not built yet in this checkout
+                continue
+            raise
+        p = sub.add_parser(name, help=module.HELP, description=module.HELP)
+        module.add_arguments(p)
+        p.set_defaults(_module=module)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args._module.cli(args) or 0)
+    except ConfigError as exc:
+        print(f"ampflow {args.step}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"ampflow {args.step}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # a failure while running: keep the traceback for the logs
+        if os.environ.get("AMPFLOW_QUIET_ERRORS") != "1":
+            traceback.print_exc()
+        print(f"ampflow {args.step}: failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

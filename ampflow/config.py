@@ -1,0 +1,239 @@
+"""Typed, validated run configuration. Torch-free: KFP compiles and Airflow parses import this.
+
+Every field is a plain value so that a config round-trips through JSON, CLI ``--set key=value``
+overrides, KFP parameters and Airflow params without loss.
+
+    >>> cfg = RunConfig(recipe="tweets-bow", precision="bf16-mixed")
+    >>> cfg = cfg.with_overrides(["max_steps=50", "batch_size=auto"])
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+from dataclasses import dataclass, field
+from typing import Any, Literal, get_args, get_origin
+
+Precision = Literal["32-true", "tf32", "16-mixed", "bf16-mixed", "bf16-true", "16-true"]
+Strategy = Literal["single", "ddp", "fsdp"]
+Device = Literal["auto", "cpu", "cuda"]
+
+PRECISIONS: tuple[str, ...] = get_args(Precision)
+STRATEGIES: tuple[str, ...] = get_args(Strategy)
+DEVICES: tuple[str, ...] = get_args(Device)
+BASELINE_PRECISION = "32-true"
+
+
+class ConfigError(ValueError):
+    """Bad input. The message is one line that names the field and what is allowed (CLI exit 2)."""
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """One training run. ``None`` means "the recipe's default", resolved by :meth:`resolve`."""
+
+    recipe: str = "tweets-bow"
+    precision: Precision = "32-true"
+    compile: bool = False
+    strategy: Strategy = "single"
+    device: Device = "auto"
+    # an int, or "auto" for the doubling batch-size search
+    batch_size: int | Literal["auto"] | None = None
+    epochs: int | None = None
+    max_steps: int | None = None
+    learning_rate: float | None = None
+    weight_decay: float = 0.0
+    grad_accum: int = 1
+    clip_grad_norm: float | None = 1.0
+    # steps at the start of the run that are trained but excluded from timing figures
+    warmup_steps: int = 5
+    seed: int = 0
+    # write a checkpoint every N optimizer steps (0: only at the end)
+    checkpoint_every: int = 0
+    # abort after this many consecutive non-finite losses (fp16 overflow storms, divergence)
+    max_nonfinite_steps: int = 10
+    # 16-true diverges on many models: it must be asked for twice
+    allow_16_true: bool = False
+    # "auto" batch search: CPU memory budget (bytes) and the throughput gain below which it stops
+    auto_batch_max: int = 4096
+    auto_batch_memory_budget: int = 8 * 1024**3
+    auto_batch_plateau: float = 0.05
+    eval_batch_size: int = 256
+    # cap the number of training examples used (0: all); handy for tiny test runs
+    limit_train_samples: int = 0
+    log_every: int = 10
+
+    def __post_init__(self) -> None:
+        _validate(self)
+
+    # -- construction -------------------------------------------------------------------------
+
+    @classmethod
+    def field_names(cls) -> list[str]:
+        return [f.name for f in dataclasses.fields(cls)]
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> RunConfig:
+        unknown = sorted(set(data) - set(cls.field_names()))
+        if unknown:
+            raise ConfigError(
+                f"unknown configuration key {unknown[0]!r}; known keys: {', '.join(cls.field_names())}"
+            )
+        return cls(**{k: _coerce(k, v) for k, v in data.items()})
+
+    def replace(self, **changes: Any) -> RunConfig:
+        return RunConfig.from_dict({**self.to_dict(), **changes})
+
+    def with_overrides(self, pairs: list[str] | None) -> RunConfig:
+        """Apply CLI-style ``key=value`` strings (values parsed by the field's type)."""
+        return self.replace(**parse_overrides(pairs))
+
+    def resolve(self, defaults: dict[str, Any]) -> RunConfig:
+        """Fill ``None`` fields from a recipe's defaults (only fields still unset)."""
+        changes = {k: v for k, v in defaults.items() if k in self.field_names() and getattr(self, k) is None}
+        return self.replace(**changes) if changes else self
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+
+def parse_overrides(pairs: list[str] | None) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    names = RunConfig.field_names()
+    for pair in pairs or []:
+        key, sep, value = pair.partition("=")
+        key = key.strip().replace("-", "_")
+        if not sep or not key:
+            raise ConfigError(f"--set expects key=value, got {pair!r}")
+        if key not in names:
+            raise ConfigError(f"unknown --set key {key!r}; known keys: {', '.join(names)}")
+        out[key] = _coerce(key, value.strip())
+    return out
+
+
+# -- validation ---------------------------------------------------------------------------------
+
+_FIELD_TYPES = {f.name: f.type for f in dataclasses.fields(RunConfig)}
+_BOOL_TRUE = {"1", "true", "yes", "on"}
+_BOOL_FALSE = {"0", "false", "no", "off"}
+_RECIPE_RE = re.compile(r"^[A-Za-z0-9_.\-]+(:[A-Za-z_][A-Za-z0-9_]*)?$")
+
+
+def _coerce(key: str, value: Any) -> Any:
+    """Turn strings from the CLI, KFP or Airflow into the field's type; leave typed values alone."""
+    if not isinstance(value, str):
+        return value
+    if value.lower() in {"none", "null", ""} and key not in {"recipe", "precision", "strategy", "device"}:
+        return None
+    kind = str(_FIELD_TYPES[key])
+    if key == "batch_size":
+        return value if value == "auto" else _as_int(key, value)
+    if "bool" in kind:
+        low = value.lower()
+        if low in _BOOL_TRUE:
+            return True
+        if low in _BOOL_FALSE:
+            return False
+        raise ConfigError(f"{key} must be true or false, got {value!r}")
+    if "float" in kind:
+        try:
+            return float(value)
+        except ValueError:
+            raise ConfigError(f"{key} must be a number, got {value!r}") from None
+    if "int" in kind:
+        return _as_int(key, value)
+    return value
+
+
+def _as_int(key: str, value: str) -> int:
+    try:
+        return int(value)
+    except ValueError:
+        raise ConfigError(f"{key} must be an integer, got {value!r}") from None
+
+
+def _check_literal(name: str, value: Any, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ConfigError(f"{name} must be one of {', '.join(allowed)}; got {value!r}")
+
+
+def _validate(c: RunConfig) -> None:
+    if not isinstance(c.recipe, str) or not _RECIPE_RE.match(c.recipe):
+        raise ConfigError(f"recipe must be a recipe name or module:function, got {c.recipe!r}")
+    _check_literal("precision", c.precision, PRECISIONS)
+    _check_literal("strategy", c.strategy, STRATEGIES)
+    _check_literal("device", c.device, DEVICES)
+    if c.precision == "16-true" and not c.allow_16_true:
+        raise ConfigError(
+            "precision 16-true keeps weights in fp16 and diverges on many models; "
+            "use 16-mixed, or confirm with --set allow_16_true=true"
+        )
+    if c.batch_size is not None and c.batch_size != "auto":
+        if isinstance(c.batch_size, bool) or not isinstance(c.batch_size, int) or c.batch_size < 1:
+            raise ConfigError(f"batch_size must be a positive integer or 'auto', got {c.batch_size!r}")
+    for name in ("epochs", "max_steps"):
+        v = getattr(c, name)
+        if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 1):
+            raise ConfigError(f"{name} must be a positive integer, got {v!r}")
+    if c.learning_rate is not None and not (isinstance(c.learning_rate, int | float) and c.learning_rate > 0):
+        raise ConfigError(f"learning_rate must be a positive number, got {c.learning_rate!r}")
+    if c.clip_grad_norm is not None and not c.clip_grad_norm > 0:
+        raise ConfigError(f"clip_grad_norm must be positive or none, got {c.clip_grad_norm!r}")
+    positive = ("grad_accum", "max_nonfinite_steps", "auto_batch_max", "eval_batch_size", "log_every")
+    for name in positive:
+        v = getattr(c, name)
+        if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+            raise ConfigError(f"{name} must be a positive integer, got {v!r}")
+    non_negative = ("warmup_steps", "seed", "checkpoint_every", "limit_train_samples")
+    for name in non_negative:
+        v = getattr(c, name)
+        if not isinstance(v, int) or isinstance(v, bool) or v < 0:
+            raise ConfigError(f"{name} must be a non-negative integer, got {v!r}")
+    if c.weight_decay < 0:
+        raise ConfigError(f"weight_decay must be >= 0, got {c.weight_decay!r}")
+    if not 0 <= c.auto_batch_plateau < 1:
+        raise ConfigError(f"auto_batch_plateau must be in [0, 1), got {c.auto_batch_plateau!r}")
+
+
+def parse_list(name: str, text: str, allowed: tuple[str, ...] | None = None) -> list[str]:
+    """Parse ``a,b,c`` lists from the CLI (``--precisions``), checking each item."""
+    items = [s.strip() for s in text.split(",") if s.strip()]
+    if not items:
+        raise ConfigError(f"{name} must list at least one value")
+    if allowed is not None:
+        for item in items:
+            _check_literal(name, item, allowed)
+    return items
+
+
+@dataclass(frozen=True)
+class SweepEntry:
+    """One configuration of a benchmark sweep; ``id`` names its run directory and MLflow child run."""
+
+    precision: str
+    compile: bool
+    repeat: int = 0
+    overrides: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def id(self) -> str:
+        tag = f"{self.precision}{'-compiled' if self.compile else ''}"
+        return f"{tag}-r{self.repeat}" if self.repeat else tag
+
+
+def sweep_entries(precisions: list[str], compile_modes: list[bool], repeats: int = 1) -> list[SweepEntry]:
+    """The sweep's configurations in a fixed order; repeats interleave so drift hits every config."""
+    if repeats < 1:
+        raise ConfigError(f"repeats must be a positive integer, got {repeats!r}")
+    for p in precisions:
+        _check_literal("precision", p, PRECISIONS)
+    return [
+        SweepEntry(precision=p, compile=c, repeat=r)
+        for r in range(repeats)
+        for p in precisions
+        for c in compile_modes
+    ]

@@ -1,0 +1,70 @@
+"""The recipe protocol: how a platform team brings its own dataset and model.
+
+A recipe is any object with the attributes and methods of :class:`Recipe`. Built-in recipes are
+listed in :mod:`ampflow.recipes`; a user recipe is named ``package.module:function`` and the function
+returns such an object (see ``examples/``). Torch is imported only inside the methods.
+
+The data contract between ``prep`` and ``train``/``evaluate``:
+- ``load_source(source)`` returns a pandas DataFrame with the columns the recipe needs plus
+  ``label_column``; prep dedupes on ``dedupe_columns``, drops rows without a label, encodes labels as
+  ints (sorted label names), and splits train/val/test stratified by label with the seed.
+- ``featurize(splits, out_dir)`` turns each split's DataFrame into numpy arrays, fitted on the train
+  split only (a vocabulary, a tokenizer's output); it returns ``(arrays, info)`` where ``arrays`` is
+  ``{split: {name: ndarray}}`` with equal first dimensions and ``info`` is JSON-able (it lands in the
+  dataset manifest and is passed back to ``build_model``). Files it writes into ``out_dir`` travel
+  with the dataset. The ``labels`` array is added by prep.
+- ``build_model(info)`` returns an ``nn.Module`` whose ``forward(**inputs)`` takes every array except
+  ``labels`` as a keyword tensor and returns logits ``[batch, num_classes]``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+if TYPE_CHECKING:  # pragma: no cover
+    import numpy as np
+    import pandas as pd
+    import torch
+
+
+@runtime_checkable
+class Recipe(Protocol):
+    name: str
+    description: str
+    label_column: str
+    dedupe_columns: list[str]
+    # RunConfig fields this recipe sets when the user leaves them unset (batch_size, learning_rate,
+    # max_steps or epochs, ...)
+    defaults: dict[str, Any]
+
+    def load_source(self, source: str | None) -> pd.DataFrame: ...
+
+    def featurize(
+        self, splits: dict[str, pd.DataFrame], out_dir: Path
+    ) -> tuple[dict[str, dict[str, np.ndarray]], dict[str, Any]]: ...
+
+    def build_model(self, info: dict[str, Any]) -> torch.nn.Module: ...
+
+
+class BaseRecipe:
+    """Optional base class with the protocol's defaults: cross-entropy loss, token counting."""
+
+    name = "base"
+    description = ""
+    label_column = "label"
+    dedupe_columns: list[str] = ["text"]
+    defaults: dict[str, Any] = {}
+
+    def loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        import torch.nn.functional as F
+
+        return F.cross_entropy(logits.float(), labels)
+
+    def tokens_in_batch(self, inputs: dict[str, torch.Tensor]) -> int:
+        """Tokens processed by a batch, for tokens/s; 0 for non-sequence data."""
+        mask = inputs.get("attention_mask")
+        if mask is not None:
+            return int(mask.sum().item())
+        ids = inputs.get("input_ids")
+        return int(ids.numel()) if ids is not None else 0
