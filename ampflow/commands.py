@@ -16,9 +16,9 @@ from ampflow.config import RunConfig
 
 # step -> (flag options in the order they appear, boolean switches)
 STEP_OPTIONS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
-    "prep": (("recipe", "out", "source", "seed"), ()),
-    "train": (("recipe", "data", "out", "precision", "strategy"), ("compile", "resume", "require_tracking")),
-    "evaluate": (("recipe", "data", "checkpoint", "out"), ("require_tracking",)),
+    "prep": (("recipe", "out", "source", "seed", "limit"), ()),
+    "train": (("recipe", "data", "out", "precision", "strategy", "parent_run_id"), ("compile", "resume", "require_tracking")),
+    "evaluate": (("recipe", "data", "checkpoint", "out", "parent_run_id"), ("require_tracking",)),
     "bench": (("recipe", "out", "precisions", "compile_modes", "repeats", "source", "tolerance"), ()),
     "compare": (("runs", "out", "baseline", "tolerance", "sweep", "experiment", "recipe"), ("fail_on_regression",)),
     "register": (("summary", "model_name", "tolerance"), ()),

@@ -8,8 +8,10 @@ Contract used by the steps (train, evaluate, bench):
     tracker = start_run("train", config=cfg, run_dir=out, parent_run_id=None, require=False)
     tracker.log_params({...}); tracker.set_tags({...})
     tracker.log_metrics({"loss": 0.7, "lr": 1e-3}, step=12)      # buffered, never blocks training
-    tracker.log_summary({"samples_per_s": ...})                   # final figures
-    tracker.log_artifact(path)                                   # files: result.json, eval.json, report
+    tracker.log_train_result(result, run_dir)                    # result.json: summary figures, artifacts
+    tracker.log_eval_result(eval_result, eval_dir)               # eval.json
+    tracker.log_model(model, input_example=batch)                # loadable back
+    tracker.log_artifact(path)                                   # any other file
     tracker.close("FINISHED" | "FAILED" | "KILLED")
 """
 
@@ -27,7 +29,8 @@ class Tracker(Protocol):
     def log_params(self, params: dict[str, Any]) -> None: ...
     def set_tags(self, tags: dict[str, str]) -> None: ...
     def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None: ...
-    def log_summary(self, metrics: dict[str, float]) -> None: ...
+    def log_train_result(self, result: dict[str, Any], run_dir: str | Path) -> None: ...
+    def log_eval_result(self, result: dict[str, Any], out_dir: str | Path) -> None: ...
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None: ...
     def log_model(self, model: Any, *, input_example: Any = None, name: str = "model") -> None: ...
     def close(self, status: Status = "FINISHED") -> None: ...
@@ -47,7 +50,10 @@ class NullTracker:
     def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
         pass
 
-    def log_summary(self, metrics: dict[str, float]) -> None:
+    def log_train_result(self, result: dict[str, Any], run_dir: str | Path) -> None:
+        pass
+
+    def log_eval_result(self, result: dict[str, Any], out_dir: str | Path) -> None:
         pass
 
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
