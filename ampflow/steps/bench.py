@@ -1,0 +1,234 @@
+"""``ampflow bench``: prep once, then train and evaluate each configuration of a sweep, then compare.
+
+    ampflow bench --recipe tweets-bow --precisions 32-true,bf16-mixed --compile off --out bench/
+    ampflow bench --recipe mnist-cnn --precisions 32-true,bf16-mixed,bf16-true --compile off,on \\
+        --repeats 3 --out bench/ --set max_steps=200
+
+Every configuration trains in its own ``ampflow train`` process, one after another, never two at a
+time: a fresh process gives each config the same allocator, thread pool and compile cache state, and
+timing two configs at once on shared cores would measure contention, not precision. Repeats are
+interleaved (all configs once, then again) so slow drift of the machine hits every config alike.
+The same seed and the same prepared data serve every configuration.
+
+Layout of ``--out``::
+
+    data/                      the prepared dataset (prep runs once)
+    runs/<config-id>/          result.json, checkpoints, eval/eval.json, train.log
+    summary.json, report.md    the comparison (and report.html when the tracking extra is there)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from ampflow.commands import step_argv
+from ampflow.config import BASELINE_PRECISION, PRECISIONS, ConfigError, RunConfig, parse_list, sweep_entries
+from ampflow.steps import Paths
+
+HELP = "prep once, train + evaluate every precision/compile configuration, print the comparison"
+
+_COMPILE_WORDS = {"off": False, "on": True, "false": False, "true": True, "0": False, "1": True}
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--recipe", required=True, help="built-in recipe name or module:function")
+    p.add_argument("--out", required=True, help="output directory (data/, runs/, summary.json, report.md)")
+    p.add_argument(
+        "--precisions",
+        default="32-true,bf16-mixed",
+        help=f"comma-separated precision modes ({', '.join(PRECISIONS)}); default: %(default)s",
+    )
+    p.add_argument("--compile", dest="compile_modes", default="off", help="off, on, or off,on (default: off)")
+    p.add_argument("--repeats", type=int, default=1, help="train each configuration N times (medians, spread)")
+    p.add_argument("--baseline", default=BASELINE_PRECISION, help="precision the others are compared with")
+    p.add_argument("--tolerance", type=float, default=0.5, help="accuracy tolerance in percentage points")
+    p.add_argument("--source", help="data file or fsspec URI instead of the recipe's built-in data")
+    p.add_argument("--limit", type=int, help="keep a stratified subset of N rows (quick runs)")
+    p.add_argument("--engine", choices=("local", "kfp-local"), default="local",
+                   help="local: subprocesses (default); kfp-local: the KFP benchmark pipeline via kfp.local")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="configuration override for every run (repeatable), e.g. --set max_steps=100")
+
+
+def parse_compile_modes(text: str) -> list[bool]:
+    modes = []
+    for word in parse_list("compile", text):
+        if word.lower() not in _COMPILE_WORDS:
+            raise ConfigError(f"compile must be off, on or off,on; got {word!r}")
+        modes.append(_COMPILE_WORDS[word.lower()])
+    return list(dict.fromkeys(modes))
+
+
+def cli(args: argparse.Namespace) -> int:
+    precisions = parse_list("precision", args.precisions, PRECISIONS)
+    compile_modes = parse_compile_modes(args.compile_modes)
+    config = RunConfig(recipe=args.recipe).with_overrides(args.overrides)
+    if args.baseline not in precisions:
+        raise ConfigError(f"baseline {args.baseline!r} is not in --precisions ({', '.join(precisions)})")
+    if args.engine == "kfp-local":
+        from pipelines.local import run_benchmark_locally  # the KFP skin; lives beside the pipelines
+
+        summary = run_benchmark_locally(
+            recipe=args.recipe, precisions=precisions, compile_modes=compile_modes, repeats=args.repeats,
+            out=args.out, overrides=args.overrides, tolerance=args.tolerance, limit=args.limit,
+        )
+        print(summary.get("markdown", json.dumps(summary, indent=2)))
+        return 0
+    summary = run(
+        config,
+        Paths.of(out=args.out, source=args.source),
+        precisions=precisions,
+        compile_modes=compile_modes,
+        repeats=args.repeats,
+        baseline=args.baseline,
+        tolerance=args.tolerance,
+        limit=args.limit,
+        overrides=args.overrides,
+    )
+    print()
+    print(summary["markdown"])
+    failed = [r["id"] for r in summary["runs"] if r["status"] != "ok"]
+    if failed:
+        print(f"ampflow bench: {len(failed)} configuration(s) failed: {', '.join(failed)}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _child_env() -> dict[str, str]:
+    env = dict(os.environ)
+    # a child that inherited MLFLOW_RUN_ID would log into the parent instead of its own child run
+    env.pop("MLFLOW_RUN_ID", None)
+    return env
+
+
+def _run_child(argv: list[str], log_path: Path) -> int:
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "ab") as log:
+        proc = subprocess.run(argv, stdout=log, stderr=subprocess.STDOUT, env=_child_env(), check=False)
+    return proc.returncode
+
+
+def _tail(path: Path, lines: int = 15) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""
+
+
+def run(
+    config: RunConfig,
+    paths: Paths,
+    *,
+    precisions: list[str],
+    compile_modes: list[bool],
+    repeats: int = 1,
+    baseline: str = BASELINE_PRECISION,
+    tolerance: float = 0.5,
+    limit: int | None = None,
+    overrides: list[str] | None = None,
+) -> dict[str, Any]:
+    """Run the sweep; returns the comparison summary (also written to ``out/summary.json``)."""
+    if paths.out is None:
+        raise ConfigError("--out is required")
+    entries = sweep_entries(precisions, compile_modes, repeats)
+    _refuse_unsupported(config, precisions)
+
+    from ampflow import tracking
+    from ampflow.dataset import atomic_write_json, atomic_write_text
+    from ampflow.steps import prep
+    out = Path(paths.out)
+    out.mkdir(parents=True, exist_ok=True)
+    data_dir = out / "data"
+    total = len(entries)
+
+    print(f"[prep] {config.recipe} -> {data_dir}", flush=True)
+    prep.run(config, Paths.of(out=data_dir, source=paths.source), limit=limit)
+
+    parent = tracking.start_run(
+        "sweep",
+        config=config,
+        run_dir=out,
+        tags={"ampflow.sweep_size": str(total)},
+    )
+    status = "FAILED"
+    try:
+        parent.log_params(
+            {"recipe": config.recipe, "precisions": ",".join(precisions),
+             "compile_modes": ",".join("on" if c else "off" for c in compile_modes),
+             "repeats": repeats, "baseline": baseline, "tolerance_pp": tolerance}
+        )
+        program = (sys.executable, "-m", "ampflow")
+        records = []
+        for i, entry in enumerate(entries, 1):
+            run_dir = out / "runs" / entry.id
+            eval_dir = run_dir / "eval"
+            log_path = run_dir / "train.log"
+            t0 = time.perf_counter()
+            print(f"[{i}/{total}] {entry.id}: training", flush=True)
+            rc = _run_child(
+                step_argv("train", program=program, recipe=config.recipe, data=str(data_dir),
+                          out=str(run_dir), precision=entry.precision, compile=entry.compile,
+                          parent_run_id=parent.run_id)
+                + [a for o in overrides or [] for a in ("--set", o)],
+                log_path,
+            )
+            if rc == 0:
+                print(f"[{i}/{total}] {entry.id}: evaluating", flush=True)
+                rc = _run_child(
+                    step_argv("evaluate", program=program, recipe=config.recipe, data=str(data_dir),
+                              checkpoint=str(run_dir), out=str(eval_dir), parent_run_id=parent.run_id),
+                    log_path,
+                )
+            record = {"id": entry.id, "precision": entry.precision, "compile": entry.compile,
+                      "repeat": entry.repeat, "run_dir": str(run_dir), "status": "ok" if rc == 0 else "failed",
+                      "exit_code": rc, "wall_s": round(time.perf_counter() - t0, 2)}
+            if rc != 0:
+                print(f"[{i}/{total}] {entry.id}: FAILED (exit {rc}); last lines of {log_path}:\n"
+                      f"{_tail(log_path)}", file=sys.stderr, flush=True)
+            records.append(record)
+
+        ok_dirs = [Path(r["run_dir"]) for r in records if r["status"] == "ok"]
+        summary = _compare(ok_dirs, baseline=baseline, tolerance=tolerance)
+        summary["runs"] = records
+        summary["sweep_run_id"] = parent.run_id
+        atomic_write_json(out / "summary.json", summary)
+        atomic_write_text(out / "report.md", summary["markdown"] + "\n")
+        for name in ("summary.json", "report.md", "report.html"):
+            if (out / name).exists():
+                parent.log_artifact(out / name)
+        status = "FINISHED" if all(r["status"] == "ok" for r in records) else "FAILED"
+        return summary
+    except KeyboardInterrupt:
+        status = "KILLED"
+        raise
+    finally:
+        parent.close(status)
+
+
+def _compare(run_dirs: list[Path], *, baseline: str, tolerance: float) -> dict[str, Any]:
+    from ampflow.steps import compare
+
+    summary = compare.compare_runs(run_dirs, baseline=baseline, tolerance=tolerance)
+    summary["markdown"] = compare.render_markdown(summary)
+    return summary
+
+
+def _refuse_unsupported(config: RunConfig, precisions: list[str]) -> None:
+    """Fail before an hour of training when the hardware cannot run a requested mode."""
+    fp16 = [p for p in precisions if p in ("16-mixed", "16-true")]
+    if not fp16 or config.device == "cuda":
+        return
+    import torch
+
+    if config.device == "cpu" or not torch.cuda.is_available():
+        raise ConfigError(
+            f"precision {fp16[0]} needs a CUDA device (fp16 autocast on CPU is refused, not emulated); "
+            "drop it from --precisions or run on a GPU"
+        )
