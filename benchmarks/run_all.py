@@ -1,0 +1,62 @@
+"""``make bench``: every benchmark of ampflow, one after another, figures printed side by side.
+
+    python -m benchmarks.run_all                 # everything
+    python -m benchmarks.run_all overhead table  # a selection (names below)
+
+Nothing here asserts on time: benchmarks print measured figures and ratios; the README quotes them
+with the machine they came from. Each benchmark module exposes ``main(argv) -> int``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import platform
+import sys
+import time
+
+BENCHMARKS = {
+    "overhead": "benchmarks.bench_overhead",  # harness vs a hand-written loop, data-wait share
+    "table": "benchmarks.bench_precision_table",  # precision table per recipe
+    "tracking": "benchmarks.bench_tracking",  # MLflow logging cost against a real server
+    "scaling": "benchmarks.bench_scaling",  # N-process DDP throughput vs N x 1 process
+}
+
+
+def machine() -> str:
+    import os
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as fh:
+            cpu = next(line.split(":", 1)[1].strip() for line in fh if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return f"{cpu}, {os.cpu_count()} logical cores, Python {platform.python_version()}, {platform.system()}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    names = (argv if argv is not None else sys.argv[1:]) or list(BENCHMARKS)
+    unknown = [n for n in names if n not in BENCHMARKS]
+    if unknown:
+        print(f"unknown benchmark {unknown[0]!r}; choose from {', '.join(BENCHMARKS)}", file=sys.stderr)
+        return 2
+    print(f"machine: {machine()}", flush=True)
+    worst = 0
+    for name in names:
+        try:
+            module = importlib.import_module(BENCHMARKS[name])
+        except ModuleNotFoundError as exc:
+            if exc.name != BENCHMARKS[name]:
+                raise
+            print(f"\n== {name}: not available in this checkout", flush=True)
+            continue
+        print(f"\n== {name} ({BENCHMARKS[name]})", flush=True)
+        t0 = time.perf_counter()
+        rc = int(module.main([]) or 0)
+        print(f"== {name}: exit {rc}, {time.perf_counter() - t0:.0f} s", flush=True)
+        worst = max(worst, rc)
+    return worst
+
+
+if __name__ == "__main__":
+    sys.exit(main())
