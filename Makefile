@@ -70,5 +70,18 @@ test-airflow: airflow-venv setup
 bench: setup
 	$(BIN)/python -m benchmarks.run_all $(BENCH_ARGS)
 
+# KFP: compile the pipelines into pipelines/compiled/*.yaml (committed; a test fails when they are stale)
+compile: setup
+	$(BIN)/python -m pipelines.compile
+
+# training images; needs a running docker engine (lint with hadolint works without one)
+IMAGE_TAG ?= 0.1.0
+images: setup
+	$(BIN)/hadolint images/Dockerfile.cuda images/Dockerfile.cpu
+	@if ! docker info >/dev/null 2>&1; then \
+	  echo "make images: no docker engine reachable here; skipped the build (Dockerfiles linted)"; exit 0; fi; \
+	docker build -f images/Dockerfile.cuda -t ghcr.io/ampflow/ampflow-train:$(IMAGE_TAG)-cuda12.8 . && \
+	docker build -f images/Dockerfile.cpu -t ghcr.io/ampflow/ampflow-cpu:$(IMAGE_TAG) .
+
 clean:
 	rm -rf $(DEMO_OUT) .pytest_cache build dist *.egg-info

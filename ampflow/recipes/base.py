@@ -6,13 +6,18 @@ returns such an object (see ``examples/``). Torch is imported only inside the me
 
 The data contract between ``prep`` and ``train``/``evaluate``:
 - ``load_source(source)`` returns a pandas DataFrame with the columns the recipe needs plus
-  ``label_column``; prep dedupes on ``dedupe_columns``, drops rows without a label, encodes labels as
-  ints (sorted label names), and splits train/val/test stratified by label with the seed.
+  ``label_column``; ``source`` is ``None`` for the recipe's built-in data, else a local path or
+  fsspec URI of a CSV, JSONL or Parquet file (``BaseRecipe.load_source`` reads one and keeps
+  ``feature_columns`` + ``label_column``). Prep dedupes on ``dedupe_columns`` (before splitting, so
+  no duplicate straddles two splits), drops rows without a label, encodes labels as ints over the
+  sorted label names (the DataFrames handed to ``featurize`` carry the encoded ints in
+  ``label_column``), and splits train/val/test 80/10/10 stratified by label with the seed.
 - ``featurize(splits, out_dir)`` turns each split's DataFrame into numpy arrays, fitted on the train
   split only (a vocabulary, a tokenizer's output); it returns ``(arrays, info)`` where ``arrays`` is
   ``{split: {name: ndarray}}`` with equal first dimensions and ``info`` is JSON-able (it lands in the
   dataset manifest and is passed back to ``build_model``). Files it writes into ``out_dir`` travel
-  with the dataset. The ``labels`` array is added by prep.
+  with the dataset. The ``labels`` array is added by prep, and so are ``num_classes`` and
+  ``label_names`` in ``info``.
 - ``build_model(info)`` returns an ``nn.Module`` whose ``forward(**inputs)`` takes every array except
   ``labels`` as a keyword tensor and returns logits ``[batch, num_classes]``.
 """
@@ -21,6 +26,9 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+from ampflow.config import ConfigError
+from ampflow.recipes._io import read_table, require_columns
 
 if TYPE_CHECKING:  # pragma: no cover
     import numpy as np
@@ -54,7 +62,20 @@ class BaseRecipe:
     description = ""
     label_column = "label"
     dedupe_columns: list[str] = ["text"]
+    # the columns a user file must have besides ``label_column`` (read by the default load_source)
+    feature_columns: list[str] = ["text"]
+    # where the built-in data comes from, for the manifest ("" when the recipe has none)
+    builtin_source = ""
     defaults: dict[str, Any] = {}
+
+    def load_source(self, source: str | None) -> pd.DataFrame:
+        """Read a user file; recipes with built-in data override this for ``source=None``."""
+        if source is None:
+            raise ConfigError(f"recipe {self.name!r} has no built-in data; pass --source PATH_OR_URI")
+        df = read_table(source)
+        require_columns(df, [self.label_column], source, what="label column")
+        require_columns(df, list(self.feature_columns), source)
+        return df[[*self.feature_columns, self.label_column]]
 
     def loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         import torch.nn.functional as F

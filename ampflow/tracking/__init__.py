@@ -81,9 +81,43 @@ def start_run(
     require: bool = False,
     rank: int = 0,
     tags: dict[str, str] | None = None,
+    attach_to: str | Path | None = None,
 ) -> Tracker:
     """Open a tracked run of ``kind`` (train, evaluate, sweep). Rank != 0 gets a NullTracker.
 
-    Until the MLflow tracker lands this returns a NullTracker for every call.
+    The store is ``MLFLOW_TRACKING_URI`` when set, else ``sqlite:///./mlruns.db``; the experiment is
+    ``ampflow/<recipe>`` unless ``AMPFLOW_EXPERIMENT`` names one. ``parent_run_id`` makes this run a
+    child of a sweep run created by another process. ``attach_to`` (a train run directory) makes
+    this run continue that directory's MLflow run instead of creating one; ``evaluate`` does so by
+    itself when its output directory lies inside the train run directory. ``AMPFLOW_TRACKING=off``
+    switches tracking off. With ``require=True`` an unreachable server raises
+    :class:`TrackingUnavailable` here, before any training.
     """
-    return NullTracker()
+    import os
+
+    if rank != 0 or os.environ.get("AMPFLOW_TRACKING", "").strip().lower() in {"off", "0", "false", "no"}:
+        return NullTracker()
+    try:
+        from ampflow.tracking.mlflow_tracker import MlflowTracker
+    except ImportError as exc:  # the tracking extra is not installed
+        if require:
+            raise RuntimeError(f"--require-tracking: mlflow is not installed ({exc})") from None
+        return NullTracker()
+    return MlflowTracker(
+        kind,
+        config=config,
+        run_dir=run_dir,
+        parent_run_id=parent_run_id,
+        require=require,
+        tags=tags,
+        attach_to=attach_to,
+    )
+
+
+def __getattr__(name: str) -> Any:
+    # lazy re-exports: importing ampflow.tracking must not import mlflow
+    if name in {"TrackingUnavailable", "MlflowTracker", "tracking_uri", "experiment_name"}:
+        from ampflow.tracking import mlflow_tracker
+
+        return getattr(mlflow_tracker, name)
+    raise AttributeError(name)

@@ -1,0 +1,487 @@
+"""Submit a PyTorchJob or TrainJob, reattach on retry, watch it to its end, stream the master's log.
+
+    from ampflow.kube.client import JobClient, api_client_from_config
+    outcome = JobClient(api_client_from_config()).run(manifest, timeout=3600)
+    sys.exit(outcome.exit_code)
+
+Truthful outcomes (the old KFP launcher reported a Failed job as success and had no deadline):
+- ``Succeeded`` (v1) / ``Complete`` (v2) -> exit 0;
+- ``Failed`` -> exit 1 with the operator's reason and message and the tail of the master's log;
+- a deadline (``timeout`` here, or the operator's ``activeDeadlineSeconds``) deletes the job -> exit 1;
+- a create that meets an existing job (409) reattaches when the spec hash annotation matches, so an
+  orchestrator's retry never starts a second copy; a different spec fails without touching it.
+
+Needs the ``kubernetes`` package (the ``kube`` extra); torch-free and mlflow-free.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import os
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, TextIO
+
+from kubernetes import client as k8s
+from kubernetes.client.exceptions import ApiException
+from urllib3.exceptions import HTTPError as Urllib3Error
+
+from ampflow.kube.manifests import V1_CONTAINER, V2_JOB, resource_of, stored_spec_hash
+
+# HTTP statuses worth another try: throttling, API server restarts, a gateway in between
+TRANSIENT = (429, 500, 502, 503, 504)
+# after activeDeadlineSeconds the operator fails the job itself; the client waits this much longer
+DEADLINE_GRACE_S = 300
+TERMINAL = {"Succeeded": "Succeeded", "Complete": "Succeeded", "Failed": "Failed"}
+
+
+class LaunchError(RuntimeError):
+    """The launch could not be carried out (API refused, conflict, API unreachable): exit 1."""
+
+
+@dataclass
+class Outcome:
+    name: str
+    namespace: str
+    kind: str
+    status: str  # Succeeded | Failed | DeadlineExceeded
+    reason: str = ""
+    message: str = ""
+    log_tail: list[str] = field(default_factory=list)
+    reattached: bool = False
+    deleted: bool = False
+
+    @property
+    def exit_code(self) -> int:
+        return 0 if self.status == "Succeeded" else 1
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "namespace": self.namespace,
+            "kind": self.kind,
+            "status": self.status,
+            "reason": self.reason,
+            "message": self.message,
+            "reattached": self.reattached,
+            "deleted": self.deleted,
+            "exit_code": self.exit_code,
+            "log_tail": self.log_tail,
+        }
+
+
+def api_client_from_config(context: str | None = None) -> k8s.ApiClient:
+    """A client from the kubeconfig (``KUBECONFIG`` or ``~/.kube/config``), else the pod's service account."""
+    from kubernetes import config
+
+    kubeconfig = os.environ.get("KUBECONFIG") or os.path.expanduser("~/.kube/config")
+    configuration = k8s.Configuration()
+    try:
+        if os.path.exists(kubeconfig.split(os.pathsep)[0]):
+            config.load_kube_config(context=context, client_configuration=configuration)
+        else:
+            config.load_incluster_config(client_configuration=configuration)
+    except config.ConfigException as exc:
+        raise LaunchError(
+            f"no Kubernetes credentials: no kubeconfig at {kubeconfig} and not in a pod ({exc})"
+        ) from None
+    return k8s.ApiClient(configuration)
+
+
+def describe_api_error(exc: ApiException) -> str:
+    """One line: status, reason and the API server's own message (the webhook's, for a refusal)."""
+    message = ""
+    try:
+        body = json.loads(exc.body or "{}")
+        message = body.get("message", "") if isinstance(body, dict) else ""
+    except (ValueError, TypeError):
+        message = (exc.body or "")[:300] if isinstance(exc.body, str) else ""
+    return f"{exc.status} {exc.reason}" + (f": {message}" if message else "")
+
+
+def job_state(obj: dict[str, Any]) -> tuple[str | None, str, str, list[str]]:
+    """(terminal status or None, reason, message, the condition types that are True)."""
+    conditions = [c for c in ((obj.get("status") or {}).get("conditions") or []) if c.get("status") == "True"]
+    true_types = [c.get("type", "") for c in conditions]
+    for wanted in ("Failed", "Succeeded", "Complete"):  # Failed first: a job cannot un-fail
+        for c in conditions:
+            if c.get("type") == wanted:
+                return TERMINAL[wanted], c.get("reason", "") or "", c.get("message", "") or "", true_types
+    return None, "", "", true_types
+
+
+class JobClient:
+    """Talks to one API server. ``poll_interval`` is the status-polling period (seconds)."""
+
+    def __init__(
+        self,
+        api_client: k8s.ApiClient,
+        *,
+        poll_interval: float = 5.0,
+        out: TextIO | None = None,
+        stream_logs: bool = True,
+        tail_lines: int = 50,
+        max_api_failures: int = 5,
+    ) -> None:
+        self.api_client = api_client
+        self.custom = k8s.CustomObjectsApi(api_client)
+        self.core = k8s.CoreV1Api(api_client)
+        self.poll_interval = poll_interval
+        self.out = out or sys.stdout
+        self.stream_logs = stream_logs
+        self.tail_lines = tail_lines
+        self.max_api_failures = max_api_failures
+        self._print_lock = threading.Lock()
+
+    def say(self, line: str) -> None:
+        with self._print_lock:
+            print(line, file=self.out, flush=True)
+
+    # -- objects ----------------------------------------------------------------------------------
+
+    def _where(self, manifest: dict[str, Any]) -> tuple[str, str, str, str, str]:
+        group, version, plural, kind = resource_of(manifest)
+        meta = manifest["metadata"]
+        return group, version, plural, meta.get("namespace") or "default", meta["name"]
+
+    def _call(self, what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        """One API call; transient failures are retried ``max_api_failures`` times, others raise."""
+        failures = 0
+        while True:
+            try:
+                return fn(*args, **kwargs)
+            except ApiException as exc:
+                if exc.status not in TRANSIENT or failures + 1 >= self.max_api_failures:
+                    raise
+                detail = describe_api_error(exc)
+            except Urllib3Error as exc:
+                if failures + 1 >= self.max_api_failures:
+                    host = self.api_client.configuration.host
+                    raise LaunchError(f"{what}: cannot reach the Kubernetes API at {host}: {exc}") from None
+                detail = str(exc)
+            failures += 1
+            self.say(f"{what}: {detail}; retrying ({failures}/{self.max_api_failures - 1})")
+            time.sleep(min(self.poll_interval * 2**failures, 30.0))
+
+    def get(self, manifest: dict[str, Any]) -> dict[str, Any]:
+        group, version, plural, ns, name = self._where(manifest)
+        return self._call(
+            f"get {plural} {ns}/{name}",
+            self.custom.get_namespaced_custom_object,
+            group,
+            version,
+            ns,
+            plural,
+            name,
+        )
+
+    def delete(self, manifest: dict[str, Any]) -> None:
+        group, version, plural, ns, name = self._where(manifest)
+        try:
+            self._call(
+                f"delete {plural} {ns}/{name}",
+                self.custom.delete_namespaced_custom_object,
+                group,
+                version,
+                ns,
+                plural,
+                name,
+                propagation_policy="Background",
+            )
+        except ApiException as exc:
+            if exc.status != 404:  # already gone is what we wanted
+                raise LaunchError(
+                    f"could not delete {plural} {ns}/{name}: {describe_api_error(exc)}"
+                ) from None
+
+    def submit(self, manifest: dict[str, Any]) -> tuple[dict[str, Any], bool]:
+        """Create the job, or reattach to the same job already there. Returns (object, reattached)."""
+        group, version, plural, ns, name = self._where(manifest)
+        what = f"{manifest['kind']} {ns}/{name}"
+        try:
+            obj = self._call(
+                f"create {what}",
+                self.custom.create_namespaced_custom_object,
+                group,
+                version,
+                ns,
+                plural,
+                manifest,
+            )
+            self.say(f"created {what}")
+            return obj, False
+        except ApiException as exc:
+            if exc.status == 409:
+                return self._reattach(manifest, what), True
+            if exc.status == 404:
+                raise LaunchError(
+                    f"create {what}: the API server does not serve {group}/{version} {plural} in namespace "
+                    f"{ns} ({describe_api_error(exc)}); is the {'Kubeflow training operator' if group == 'kubeflow.org' else 'Kubeflow Trainer'} installed?"
+                ) from None
+            raise LaunchError(f"create {what}: {describe_api_error(exc)}") from None
+
+    def _reattach(self, manifest: dict[str, Any], what: str) -> dict[str, Any]:
+        try:
+            existing = self.get(manifest)
+        except ApiException as exc:
+            raise LaunchError(f"{what} exists but cannot be read: {describe_api_error(exc)}") from None
+        ours, theirs = stored_spec_hash(manifest), stored_spec_hash(existing)
+        if theirs != ours:
+            raise LaunchError(
+                f"{what} already exists with a different spec (spec hash {theirs or 'absent'}, this launch "
+                f"{ours}); choose another --name, or delete it first: kubectl delete "
+                f"{manifest['kind'].lower()} -n {manifest['metadata'].get('namespace', 'default')} "
+                f"{manifest['metadata']['name']}"
+            )
+        if (existing.get("metadata") or {}).get("deletionTimestamp"):
+            raise LaunchError(f"{what} is being deleted; launch again once it is gone")
+        self.say(f"{what} already exists with the same spec (hash {ours}): reattaching")
+        return existing
+
+    # -- pods and logs ----------------------------------------------------------------------------
+
+    def master_pod(self, manifest: dict[str, Any]) -> tuple[dict[str, Any] | None, str]:
+        """(the master pod as a dict, its trainer container name); the newest if it was recreated."""
+        _, _, _, ns, name = self._where(manifest)
+        if manifest["kind"] == "PyTorchJob":
+            selector, container = f"training.kubeflow.org/job-name={name}", V1_CONTAINER
+
+            def is_master(labels: dict[str, str], annotations: dict[str, str]) -> bool:
+                return (
+                    labels.get("training.kubeflow.org/replica-type", "").lower() == "master"
+                    and labels.get("training.kubeflow.org/replica-index", "0") == "0"
+                )
+        else:
+            selector, container = f"jobset.sigs.k8s.io/jobset-name={name}", V2_JOB
+
+            def is_master(labels: dict[str, str], annotations: dict[str, str]) -> bool:
+                index = labels.get(
+                    "batch.kubernetes.io/job-completion-index",
+                    annotations.get("batch.kubernetes.io/job-completion-index"),
+                )
+                return (
+                    labels.get("jobset.sigs.k8s.io/replicatedjob-name") == V2_JOB
+                    and labels.get("jobset.sigs.k8s.io/job-index") == "0"
+                    and index == "0"
+                )
+
+        pods = self._call(
+            f"list pods {ns}",
+            self.core.list_namespaced_pod,
+            ns,
+            label_selector=selector,
+            _preload_content=False,
+        )
+        items = json.loads(pods.data or b"{}").get("items") or []
+        masters = [
+            p
+            for p in items
+            if is_master(
+                (p.get("metadata") or {}).get("labels") or {},
+                (p.get("metadata") or {}).get("annotations") or {},
+            )
+        ]
+        masters.sort(key=lambda p: (p.get("metadata") or {}).get("creationTimestamp") or "")
+        return (masters[-1] if masters else None), container
+
+    def log_tail(self, manifest: dict[str, Any]) -> list[str]:
+        try:
+            pod, container = self.master_pod(manifest)
+            if pod is None:
+                return []
+            # raw bytes: the client would otherwise json-parse a log that happens to look like JSON
+            resp = self._call(
+                "read master log",
+                self.core.read_namespaced_pod_log,
+                pod["metadata"]["name"],
+                pod["metadata"]["namespace"],
+                container=container,
+                tail_lines=self.tail_lines,
+                _preload_content=False,
+            )
+        except (ApiException, LaunchError):
+            return []
+        return resp.data.decode("utf-8", "replace").splitlines()[-self.tail_lines :]
+
+    # -- watching ---------------------------------------------------------------------------------
+
+    def run(self, manifest: dict[str, Any], *, timeout: float | None = None) -> Outcome:
+        """Submit (or reattach) and watch until the job ends or the deadline passes."""
+        _, reattached = self.submit(manifest)
+        return self.watch(manifest, timeout=timeout, reattached=reattached)
+
+    def watch(
+        self, manifest: dict[str, Any], *, timeout: float | None = None, reattached: bool = False
+    ) -> Outcome:
+        _, _, plural, ns, name = self._where(manifest)
+        kind = manifest["kind"]
+        if timeout is None:
+            active = (manifest["spec"].get("runPolicy") or {}).get("activeDeadlineSeconds") or manifest[
+                "spec"
+            ].get("activeDeadlineSeconds")
+            timeout = active + DEADLINE_GRACE_S if active else None
+        deadline = None if timeout is None else time.monotonic() + timeout
+        follower = _LogFollower(self, manifest) if self.stream_logs else None
+        if follower:
+            follower.start()
+        seen: list[str] = []
+        try:
+            while True:
+                try:
+                    obj = self.get(manifest)
+                except ApiException as exc:
+                    if exc.status == 404:
+                        raise LaunchError(
+                            f"{kind} {ns}/{name} disappeared while being watched (deleted?)"
+                        ) from None
+                    raise LaunchError(f"watch {kind} {ns}/{name}: {describe_api_error(exc)}") from None
+                status, reason, message, true_types = job_state(obj)
+                for t in true_types:
+                    if t not in seen:
+                        seen.append(t)
+                        self.say(f"{kind} {ns}/{name}: {t}")
+                if status is not None:
+                    break
+                if deadline is not None and time.monotonic() >= deadline:
+                    tail = self._stop_and_tail(follower, manifest)
+                    self.delete(manifest)
+                    self.say(f"{kind} {ns}/{name}: no result within {timeout:g} s: deleted")
+                    return Outcome(
+                        name,
+                        ns,
+                        kind,
+                        "DeadlineExceeded",
+                        "ClientTimeout",
+                        f"no result within {timeout:g} s (--timeout); the job was deleted",
+                        tail,
+                        reattached,
+                        deleted=True,
+                    )
+                time.sleep(self.poll_interval)
+        except BaseException:
+            if follower:
+                follower.stop(wait=0)
+            raise
+        tail = self._stop_and_tail(follower, manifest)
+        if status == "Succeeded":
+            return Outcome(name, ns, kind, "Succeeded", reason, message, tail, reattached)
+        if "deadline" in reason.lower() or "deadline" in message.lower():
+            # the operator stopped it at activeDeadlineSeconds: remove it like a client-side deadline
+            self.delete(manifest)
+            return Outcome(
+                name, ns, kind, "DeadlineExceeded", reason, message, tail, reattached, deleted=True
+            )
+        return Outcome(name, ns, kind, "Failed", reason, message, tail, reattached)
+
+    def _stop_and_tail(self, follower: _LogFollower | None, manifest: dict[str, Any]) -> list[str]:
+        if follower:
+            follower.stop(wait=max(2.0, 2 * self.poll_interval))
+        tail = self.log_tail(manifest)
+        if not tail and follower:  # pod gone (cleanPodPolicy All): what we streamed is all there is
+            tail = list(follower.buffer)
+        return tail
+
+
+class _LogFollower(threading.Thread):
+    """Follows the master pod's log while the job runs; a restarted container is followed again.
+
+    A dropped stream is reopened and the lines already printed are skipped, so nothing is printed twice.
+    """
+
+    def __init__(self, jobs: JobClient, manifest: dict[str, Any]) -> None:
+        super().__init__(daemon=True, name="ampflow-log-follower")
+        self.jobs = jobs
+        self.manifest = manifest
+        self.buffer: collections.deque[str] = collections.deque(maxlen=jobs.tail_lines)
+        self._halt = threading.Event()
+        self._printed: dict[tuple[str, int], int] = {}
+        self._finished: set[tuple[str, int]] = set()
+        self._resp: Any = None
+        # its own connection pool: a blocked follow must not hold one the status polls need
+        self._core = k8s.CoreV1Api(k8s.ApiClient(jobs.api_client.configuration))
+
+    def stop(self, wait: float) -> None:
+        self._halt.set()
+        if wait:
+            self.join(wait)
+        resp = self._resp
+        if resp is not None and self.is_alive():
+            try:
+                resp.shutdown() if hasattr(resp, "shutdown") else resp.close()
+            except Exception:  # noqa: BLE001 - closing a stream another thread reads may fail; harmless
+                pass
+        self.join(1.0)
+
+    def run(self) -> None:
+        while True:
+            final = self._halt.is_set()
+            try:
+                self._follow_once(final)
+            except Exception:  # noqa: BLE001 - a log hiccup must never end the watch
+                pass
+            if final:
+                return
+            self._halt.wait(self.jobs.poll_interval)
+
+    def _follow_once(self, final: bool) -> None:
+        pod, container = self.jobs.master_pod(self.manifest)
+        if pod is None:
+            return
+        meta, status = pod.get("metadata") or {}, pod.get("status") or {}
+        # the last round after the job ended only drains a finished container (it cannot block)
+        wanted = ("Succeeded", "Failed") if final else ("Running", "Succeeded", "Failed")
+        if status.get("phase") not in wanted:
+            return
+        statuses = [c for c in status.get("containerStatuses") or [] if c.get("name") == container]
+        restarts = statuses[0].get("restartCount", 0) if statuses else 0
+        key = (meta.get("uid") or meta.get("name", ""), restarts)
+        if key in self._finished:
+            return
+        skip = self._printed.get(key, 0)
+        resp = self._core.read_namespaced_pod_log(
+            meta["name"],
+            meta["namespace"],
+            container=container,
+            follow=True,
+            _preload_content=False,
+            _request_timeout=(10, 300),
+        )
+        self._resp = resp
+        seen = 0
+        pending = b""
+        try:
+            for chunk in resp.stream(4096, decode_content=True):
+                pending += chunk
+                *lines, pending = pending.split(b"\n")
+                for raw in lines:
+                    seen += 1
+                    if seen <= skip:
+                        continue
+                    line = raw.decode("utf-8", "replace")
+                    self.buffer.append(line)
+                    self.jobs.say(f"[{meta['name']}] {line}")
+                    self._printed[key] = seen
+            if pending:
+                line = pending.decode("utf-8", "replace")
+                self.buffer.append(line)
+                self.jobs.say(f"[{meta['name']}] {line}")
+                self._printed[key] = seen + 1
+        finally:
+            self._resp = None
+            resp.release_conn()
+        # the stream ended because the container stopped, or because the connection dropped: then
+        # the next round reopens it and skips the lines already printed
+        if status.get("phase") in ("Succeeded", "Failed") or self._container_done(container):
+            self._finished.add(key)
+
+    def _container_done(self, container: str) -> bool:
+        fresh, _ = self.jobs.master_pod(self.manifest)
+        if fresh is None:
+            return True
+        for c in (fresh.get("status") or {}).get("containerStatuses") or []:
+            if c.get("name") == container:
+                return "terminated" in (c.get("state") or {})
+        return False

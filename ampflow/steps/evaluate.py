@@ -1,0 +1,119 @@
+"""``ampflow evaluate``: accuracy, macro-F1, loss, ECE and the confusion matrix of a trained run.
+
+    ampflow evaluate --recipe tweets-bow --data data/ --checkpoint runs/bf16 --out runs/bf16/eval
+
+Loads ``--checkpoint`` (a run directory or its ``checkpoint.pt``) with its resolved configuration,
+runs the dataset's test split under the same precision's autocast in batches of ``eval_batch_size``
+and writes ``--out/eval.json`` (schema ``ampflow.eval.result/1``). ``--set`` may change
+``eval_batch_size`` and ``device`` (a run trained on CUDA can be evaluated on a CPU, precision permitting).
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from ampflow.config import ConfigError, RunConfig, parse_overrides
+from ampflow.steps import Paths
+
+HELP = "evaluate a trained run on the held-out split; write eval.json"
+EVAL_FILE = "eval.json"
+EVAL_MAY_CHANGE = ("eval_batch_size", "device")
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--recipe", required=True, help="built-in recipe name or module:function (as trained)")
+    p.add_argument("--data", required=True, help="prepared dataset directory (the one the run trained on)")
+    p.add_argument(
+        "--checkpoint", required=True, help="run directory from `ampflow train` (or its checkpoint.pt)"
+    )
+    p.add_argument("--out", required=True, help="output directory for eval.json")
+    p.add_argument("--parent-run-id", help="MLflow parent run (a sweep)")
+    p.add_argument("--require-tracking", action="store_true", help="fail when MLflow tracking is unavailable")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help=f"override ({', '.join(EVAL_MAY_CHANGE)}), e.g. --set eval_batch_size=512",
+    )
+
+
+def cli(args: argparse.Namespace) -> int:
+    result = run(
+        RunConfig(recipe=args.recipe),
+        Paths.of(data=args.data, checkpoint=args.checkpoint, out=args.out),
+        overrides=args.overrides,
+        parent_run_id=args.parent_run_id,
+        require_tracking=getattr(args, "require_tracking", False),
+    )
+    print(
+        f"{result['recipe']} {result['precision']}: accuracy {result['accuracy']:.4f}, macro-F1 "
+        f"{result['macro_f1']:.4f}, loss {result['loss']:.4f}, ECE {result['ece']:.4f} on {result['n']} "
+        f"{result['split']} examples -> {Path(args.out) / EVAL_FILE}"
+    )
+    return 0
+
+
+def run(
+    config: RunConfig,
+    paths: Paths,
+    *,
+    overrides: list[str] | None = None,
+    parent_run_id: str | None = None,
+    require_tracking: bool = False,
+) -> dict[str, Any]:
+    from ampflow import tracking
+    from ampflow.dataset import atomic_write_json, read_manifest
+    from ampflow.recipes import get_recipe
+    from ampflow.steps.train import _tracked
+    from ampflow.train import checkpoint
+    from ampflow.train.devices import resolve_device
+    from ampflow.train.evaluation import evaluate
+    from ampflow.train.loop import check_dataset_recipe, dataset_hash
+    from ampflow.train.precision import make_policy
+
+    if paths.data is None or paths.checkpoint is None or paths.out is None:
+        raise ConfigError("--data, --checkpoint and --out are required")
+    changes = parse_overrides(overrides)
+    unknown = sorted(set(changes) - set(EVAL_MAY_CHANGE))
+    if unknown:
+        raise ConfigError(
+            f"evaluate --set {unknown[0]}: evaluate takes the trained run's configuration; "
+            f"only {', '.join(EVAL_MAY_CHANGE)} may change"
+        )
+    out = Path(paths.out)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out}: exists and is not a directory")
+    recipe = get_recipe(config.recipe)
+    manifest = read_manifest(paths.data)
+    state = checkpoint.load(paths.checkpoint, what="--checkpoint")
+    if state.get("recipe") != config.recipe:
+        raise ConfigError(
+            f"--checkpoint {paths.checkpoint} was trained with recipe {state.get('recipe')!r}, not {config.recipe!r}"
+        )
+    if state.get("dataset_hash") != dataset_hash(manifest):
+        raise ConfigError(
+            f"--data {paths.data} is not the dataset {paths.checkpoint} was trained on (content hash differs)"
+        )
+    trained = RunConfig.from_dict(state["config"])
+    check_dataset_recipe(manifest, trained, recipe, paths.data)
+    eval_config = trained.replace(**changes) if changes else trained
+    device = resolve_device(eval_config.device)
+    policy = make_policy(eval_config.precision, device.type)
+
+    tracker = tracking.start_run(
+        "evaluate", config=eval_config, run_dir=out, parent_run_id=parent_run_id, require=require_tracking
+    )
+    with _tracked(tracker):
+        result = evaluate(eval_config, recipe, Path(paths.data), state, policy=policy, device=device)
+        result["checkpoint"] = str(
+            checkpoint.checkpoint_path(paths.checkpoint)
+            if Path(paths.checkpoint).is_dir()
+            else paths.checkpoint
+        )
+        atomic_write_json(out / EVAL_FILE, result)
+        tracker.log_eval_result(result, out)
+    return result

@@ -1,0 +1,267 @@
+"""``ampflow train``: train one recipe under one precision mode; write checkpoints and ``result.json``.
+
+    ampflow train --recipe tweets-bow --data data/ --out runs/bf16 --precision bf16-mixed --set max_steps=200
+    ampflow train --recipe tweets-bow --data data/ --out runs/bf16 --resume      # continue after a kill
+    torchrun --nproc_per_node=2 -m ampflow train --strategy ddp --recipe tweets-bow --data data/ --out runs/ddp
+
+Writes into ``--out``: ``checkpoint.pt`` (every ``checkpoint_every`` steps and at the end) and
+``result.json`` (schema ``ampflow.train.result/1``, see the README's engine section). A fresh run into a
+directory that already holds a checkpoint is refused (exit 2); pass ``--resume`` to continue it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+from ampflow.config import PRECISIONS, STRATEGIES, ConfigError, RunConfig, parse_overrides
+from ampflow.steps import Paths
+
+HELP = "train a recipe under one precision mode; write checkpoints and result.json"
+RESULT_FILE = "result.json"
+
+# On --resume these come from this invocation; everything else from the checkpoint's resolved config
+# (changing them does not change what the weights become, or extends the run on purpose).
+RESUME_MAY_CHANGE = (
+    "max_steps",
+    "epochs",
+    "checkpoint_every",
+    "log_every",
+    "device",
+    "compile",
+    "strategy",
+    "warmup_steps",
+    "max_nonfinite_steps",
+    "eval_batch_size",
+)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--recipe", required=True, help="built-in recipe name or module:function")
+    p.add_argument("--data", required=True, help="prepared dataset directory (from `ampflow prep`)")
+    p.add_argument("--out", required=True, help="run directory: checkpoint.pt, result.json")
+    p.add_argument("--precision", help=f"precision mode: {', '.join(PRECISIONS)} (default 32-true)")
+    p.add_argument("--strategy", help=f"{', '.join(STRATEGIES)} (ddp/fsdp under torchrun; default single)")
+    p.add_argument(
+        "--compile", action="store_true", help="torch.compile the model (compile time reported apart)"
+    )
+    p.add_argument(
+        "--resume", action="store_true", help="continue from --out/checkpoint.pt when there is one"
+    )
+    p.add_argument("--require-tracking", action="store_true", help="fail when MLflow tracking is unavailable")
+    p.add_argument("--parent-run-id", help="MLflow parent run (a sweep) for this run")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="configuration override (repeatable), e.g. --set max_steps=100 --set batch_size=auto",
+    )
+
+
+def config_from_args(args: argparse.Namespace) -> RunConfig:
+    fields: dict[str, Any] = {"recipe": args.recipe, "compile": bool(args.compile)}
+    if args.precision is not None:
+        fields["precision"] = args.precision
+    if args.strategy is not None:
+        fields["strategy"] = args.strategy
+    return RunConfig.from_dict(fields).with_overrides(args.overrides)
+
+
+def cli(args: argparse.Namespace) -> int:
+    config = config_from_args(args)
+    explicit = set(parse_overrides(args.overrides)) | {"compile"}
+    if args.precision is not None:
+        explicit.add("precision")
+    if args.strategy is not None:
+        explicit.add("strategy")
+    result = run(
+        config,
+        Paths.of(data=args.data, out=args.out),
+        resume=args.resume,
+        require_tracking=args.require_tracking,
+        parent_run_id=args.parent_run_id,
+        explicit=explicit,
+    )
+    if result.get("_rank", 0) == 0:
+        print(summary_line(result))
+    return 0
+
+
+def summary_line(result: dict[str, Any]) -> str:
+    m = result.get("metrics", {})
+
+    def f(v: Any, fmt: str) -> str:
+        return "n/a" if v is None else format(v, fmt)
+
+    peak = m.get("peak_memory_bytes")
+    return (
+        f"{result['recipe']} {result['precision']}{' compiled' if result.get('compile') else ''} on "
+        f"{result['device_name']}: {f(m.get('samples_per_s'), '.1f')} samples/s, step p50 "
+        f"{f(m.get('step_time_p50_s'), '.4f')} s, peak memory {f(peak and peak / 2**20, '.0f')} MiB, "
+        f"final loss {f(m.get('final_train_loss'), '.4f')}, {m.get('steps')} steps -> {result['checkpoint']}"
+    )
+
+
+def _validate_paths(paths: Paths) -> tuple[Path, Path]:
+    if paths.data is None:
+        raise ConfigError("--data is required")
+    if paths.out is None:
+        raise ConfigError("--out is required")
+    out = Path(paths.out)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out}: exists and is not a directory")
+    return Path(paths.data), out
+
+
+def prepare(
+    config: RunConfig, paths: Paths, *, resume: bool, explicit: set[str] | None = None
+) -> tuple[RunConfig, Any, dict[str, Any] | None, Path, Path]:
+    """Every check that can refuse the run, before anything is written: (config, recipe, state, data, out)."""
+    from ampflow.dataset import read_manifest
+    from ampflow.recipes import get_recipe
+    from ampflow.train import checkpoint
+    from ampflow.train.loop import check_dataset_recipe, dataset_hash
+
+    data_dir, out = _validate_paths(paths)
+    recipe = get_recipe(config.recipe)
+    manifest = read_manifest(data_dir)
+    check_dataset_recipe(manifest, config, recipe, data_dir)
+    config = config.resolve(dict(getattr(recipe, "defaults", {}) or {}))
+    ckpt = checkpoint.checkpoint_path(out)
+    state = None
+    if ckpt.exists() and not resume:
+        raise ConfigError(
+            f"--out {out} already holds a checkpoint; pass --resume to continue it or choose another --out"
+        )
+    if resume and ckpt.exists():
+        state = checkpoint.load(ckpt, what="--resume")
+        if state.get("recipe") != config.recipe:
+            raise ConfigError(
+                f"--resume: {ckpt} was trained with recipe {state.get('recipe')!r}, not {config.recipe!r}"
+            )
+        if state.get("dataset_hash") != dataset_hash(manifest):
+            raise ConfigError(
+                f"--resume: --data {data_dir} is not the dataset {ckpt} was trained on (hash differs)"
+            )
+        saved = RunConfig.from_dict(state["config"])
+        if "precision" in (explicit or set()) and config.precision != saved.precision:
+            raise ConfigError(
+                f"--resume: {ckpt} was trained in precision {saved.precision}, not {config.precision}"
+            )
+        keep = {k: getattr(config, k) for k in RESUME_MAY_CHANGE if k in (explicit or set())}
+        config = saved.replace(**keep)
+    return config, recipe, state, data_dir, out
+
+
+def run(
+    config: RunConfig,
+    paths: Paths,
+    *,
+    resume: bool = False,
+    require_tracking: bool = False,
+    parent_run_id: str | None = None,
+    explicit: set[str] | None = None,
+) -> dict[str, Any]:
+    """Train and return the result dict (also written to ``--out/result.json`` by rank 0)."""
+    from ampflow import tracking
+    from ampflow.dataset import atomic_write_json
+    from ampflow.train import parallel
+    from ampflow.train.devices import resolve_device
+    from ampflow.train.loop import train
+    from ampflow.train.precision import check_supported, make_policy
+
+    config, recipe, state, data_dir, out = prepare(config, paths, resume=resume, explicit=explicit)
+    if state is not None and state.get("finished") and (out / RESULT_FILE).is_file():
+        # an orchestrator's retry of a run that already finished: report it, train nothing
+        prev = json.loads((out / RESULT_FILE).read_text(encoding="utf-8"))
+        if prev.get("metrics", {}).get("steps") == state.get("step") and (
+            config.max_steps is None or config.max_steps <= state.get("step", 0)
+        ):
+            print(
+                f"ampflow train: {out} already finished at step {state['step']}; nothing to do",
+                file=sys.stderr,
+            )
+            return prev
+
+    device_kind = _device_kind(config.device)
+    check_supported(config.precision, device_kind)
+    dist_info = parallel.init(config.strategy, device_kind)
+    try:
+        device = resolve_device(config.device, dist_info.local_rank)
+        policy = make_policy(config.precision, device.type)
+        tracker = tracking.start_run(
+            "train",
+            config=config,
+            run_dir=out,
+            parent_run_id=parent_run_id,
+            require=require_tracking,
+            rank=dist_info.rank,
+        )
+        with _tracked(tracker):
+            if dist_info.is_main:
+                out.mkdir(parents=True, exist_ok=True)
+            parallel.barrier()
+            trained = train(
+                config,
+                recipe,
+                data_dir,
+                out,
+                policy=policy,
+                device=device,
+                dist_info=dist_info,
+                tracker=tracker,
+                resume_state=state,
+            )
+            result = trained["result"]
+            if dist_info.is_main:
+                atomic_write_json(out / RESULT_FILE, result)
+                tracker.log_train_result(result, out)
+                tracker.log_model(trained["model"], input_example=trained["example"])
+        result["_rank"] = dist_info.rank
+        return result
+    finally:
+        parallel.shutdown(dist_info)
+
+
+def _device_kind(name: str) -> str:
+    if name != "auto":
+        return name
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a pod's eviction, an orchestrator's cancel): handled like Ctrl-C, the run ends KILLED."""
+
+
+@contextlib.contextmanager
+def _tracked(tracker: Any):
+    """Close the tracker FINISHED, FAILED on an exception, KILLED on SIGTERM or Ctrl-C."""
+
+    def on_term(signum: int, frame: Any) -> None:
+        raise Terminated()
+
+    previous = None
+    with contextlib.suppress(ValueError):  # not the main thread: leave signals alone
+        previous = signal.signal(signal.SIGTERM, on_term)
+    try:
+        yield tracker
+    except KeyboardInterrupt:
+        tracker.close("KILLED")
+        raise
+    except BaseException:
+        tracker.close("FAILED")
+        raise
+    else:
+        tracker.close("FINISHED")
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)

@@ -1,0 +1,72 @@
+"""Evaluation of a trained checkpoint on the held-out test split, under the run's precision."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ampflow.config import RunConfig
+from ampflow.dataset import read_manifest
+from ampflow.train.loop import dataset_hash, dataset_info, label_names, load_tensors, loss_fn_of
+from ampflow.train.metrics import confusion_matrix, expected_calibration_error, macro_f1
+from ampflow.train.precision import PrecisionPolicy
+
+EVAL_SCHEMA = "ampflow.eval.result/1"
+ECE_BINS = 15
+
+
+@torch.no_grad()
+def evaluate(
+    config: RunConfig,
+    recipe: Any,
+    data_dir: Path,
+    state: dict[str, Any],
+    *,
+    policy: PrecisionPolicy,
+    device: Any,
+    split: str = "test",
+) -> dict[str, Any]:
+    manifest = read_manifest(data_dir)
+    policy.setup()
+    inputs, labels = load_tensors(data_dir, split, device, policy)
+    model = recipe.build_model(dataset_info(manifest)).to(device)
+    model = policy.convert_model(model)
+    model.load_state_dict(state["model"])
+    model.eval()
+    loss_fn = loss_fn_of(recipe)
+    n = int(labels.shape[0])
+    probs_all, loss_sum = [], 0.0
+    for lo in range(0, n, config.eval_batch_size):
+        sel = slice(lo, min(n, lo + config.eval_batch_size))
+        batch = {k: v[sel] for k, v in inputs.items()}
+        with policy.autocast():
+            logits = model(**batch)
+            loss = loss_fn(logits, labels[sel])
+        loss_sum += float(loss.float().item()) * (sel.stop - sel.start)
+        probs_all.append(torch.softmax(logits.float(), dim=-1).cpu())
+    probs = torch.cat(probs_all).numpy().astype(np.float64)
+    y = labels.cpu().numpy()
+    num_classes = probs.shape[1]
+    pred = probs.argmax(axis=1)
+    conf = probs.max(axis=1)
+    cm = confusion_matrix(y, pred, num_classes)
+    return {
+        "schema": EVAL_SCHEMA,
+        "recipe": config.recipe,
+        "split": split,
+        "precision": config.precision,
+        "device": device.type,
+        "dataset_hash": dataset_hash(manifest),
+        "checkpoint_step": int(state.get("step", 0)),
+        "n": n,
+        "accuracy": float((pred == y).mean()),
+        "macro_f1": macro_f1(cm),
+        "loss": loss_sum / n,
+        "ece": expected_calibration_error(conf, pred == y, bins=ECE_BINS),
+        "ece_bins": ECE_BINS,
+        "confusion_matrix": cm.tolist(),
+        "labels": label_names(manifest, num_classes),
+    }

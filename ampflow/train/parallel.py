@@ -1,0 +1,121 @@
+"""Process-group set-up, model wrapping (DDP, FSDP2) and cross-rank reductions.
+
+Global batch semantics: ``batch_size`` is the global micro-batch. Every rank walks the same seeded
+permutation and takes its contiguous ``batch_size / world_size`` slice of each global batch, so 1 or N
+processes see the same samples per optimizer step (DDP averages gradients over ranks, which equals the
+gradient of the global mean loss).
+
+    torchrun --nproc_per_node=2 -m ampflow train --strategy ddp --recipe R --data D --out RUN
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+from ampflow.config import ConfigError
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    initialized_here: bool = False
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def current() -> DistInfo:
+    """Rank and world size from torch.distributed when a process group exists, else a single process."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return DistInfo(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0)))
+    return DistInfo()
+
+
+def init(strategy: str, device_kind: str) -> DistInfo:
+    """Join the process group torchrun describes (gloo on CPU, NCCL on CUDA) for ddp/fsdp."""
+    import torch.distributed as dist
+
+    env_world = int(os.environ.get("WORLD_SIZE", "1"))
+    if strategy == "single":
+        if env_world > 1:
+            raise ConfigError(
+                f"strategy single under a launcher with WORLD_SIZE={env_world}: use --strategy ddp or fsdp"
+            )
+        return current()
+    if dist.is_available() and dist.is_initialized():
+        return current()
+    if "RANK" not in os.environ or "MASTER_ADDR" not in os.environ:
+        raise ConfigError(
+            f"strategy {strategy} needs a launcher: torchrun --nproc_per_node=N -m ampflow train --strategy "
+            f"{strategy} ... (or --strategy single)"
+        )
+    backend = "nccl" if device_kind == "cuda" else "gloo"
+    dist.init_process_group(backend=backend)
+    info = current()
+    return DistInfo(info.rank, info.world_size, info.local_rank, initialized_here=True)
+
+
+def shutdown(info: DistInfo) -> None:
+    import torch.distributed as dist
+
+    if info.initialized_here and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def wrap(model: Any, strategy: str, policy: Any, device: Any) -> Any:
+    """DDP or FSDP2 around ``model`` (already on ``device``); single returns it unchanged."""
+    if strategy == "single":
+        return model
+    if strategy == "ddp":
+        from torch.nn.parallel import DistributedDataParallel as DDP
+
+        return DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
+    if strategy == "fsdp":
+        import torch
+        from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+        mp = None
+        if policy.spec.autocast is not None:
+            # mixed modes: compute in half, keep fp32 shards, reduce gradients in fp32
+            mp = MixedPrecisionPolicy(param_dtype=policy.autocast_dtype, reduce_dtype=torch.float32)
+        for module in model.modules():
+            # shard each direct child that holds parameters, then the root (FSDP2's usual pattern)
+            if module is not model and any(True for _ in module.parameters(recurse=False)):
+                fully_shard(module, mp_policy=mp) if mp else fully_shard(module)
+        fully_shard(model, mp_policy=mp) if mp else fully_shard(model)
+        return model
+    raise ConfigError(f"strategy must be one of single, ddp, fsdp; got {strategy!r}")
+
+
+def unwrap(model: Any) -> Any:
+    """The user's module under DDP / torch.compile wrappers (FSDP2 shards in place: no wrapper)."""
+    inner = getattr(model, "_orig_mod", model)
+    inner = getattr(inner, "module", inner) if type(inner).__name__ == "DistributedDataParallel" else inner
+    return getattr(inner, "_orig_mod", inner)
+
+
+def all_reduce(values: list[float], op: str, device: Any) -> list[float]:
+    """Sum / max / min of a few floats across ranks (identity on one process)."""
+    import torch
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return list(values)
+    dev = device if dist.get_backend() == "nccl" else "cpu"
+    t = torch.tensor(values, dtype=torch.float64, device=dev)
+    dist.all_reduce(t, op={"sum": dist.ReduceOp.SUM, "max": dist.ReduceOp.MAX, "min": dist.ReduceOp.MIN}[op])
+    return [float(x) for x in t.cpu().tolist()]
+
+
+def barrier() -> None:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()

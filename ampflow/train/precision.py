@@ -1,0 +1,172 @@
+"""Precision policy: one small object per mode, with the hooks the loop calls.
+
+    policy = make_policy("16-mixed", device)
+    model = policy.convert_model(model)
+    with policy.autocast():
+        loss = loss_fn(model(**inputs), labels)
+    policy.backward(loss)
+    policy.unscale(optimizer)            # before clipping, so the clip threshold sees true gradients
+    norm = clip_grad_norm_(...)
+    stepped = policy.step(optimizer, grads_finite=...)
+
+Modes (Lightning's vocabulary): ``32-true`` and ``tf32`` differ only in the fp32 matmul precision;
+``16-mixed`` is fp16 autocast + GradScaler (the only mode with a scaler); ``bf16-mixed`` is bf16
+autocast without a scaler (bf16 has fp32's exponent range); ``bf16-true`` and ``16-true`` keep the
+weights themselves in half precision.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+from typing import Any
+
+from ampflow.config import ConfigError
+
+
+@dataclass(frozen=True)
+class ModeSpec:
+    autocast: str | None  # "float16" / "bfloat16" for the mixed modes
+    param_dtype: str  # dtype of the weights
+    scaler: bool
+    matmul_precision: str  # torch.set_float32_matmul_precision for the fp32 ops
+    compute: str  # the dtype tensor cores / matmuls run in, for the peak-FLOP/s lookup
+
+
+MODES: dict[str, ModeSpec] = {
+    "32-true": ModeSpec(None, "float32", False, "highest", "fp32"),
+    "tf32": ModeSpec(None, "float32", False, "high", "tf32"),
+    "16-mixed": ModeSpec("float16", "float32", True, "highest", "fp16"),
+    "bf16-mixed": ModeSpec("bfloat16", "float32", False, "highest", "bf16"),
+    "bf16-true": ModeSpec(None, "bfloat16", False, "highest", "bf16"),
+    "16-true": ModeSpec(None, "float16", False, "highest", "fp16"),
+}
+
+
+@dataclass
+class PrecisionPolicy:
+    mode: str
+    device_type: str
+    spec: ModeSpec
+    scaler: Any = None  # torch.amp.GradScaler for 16-mixed, else None
+    skipped_steps: int = 0
+    _last_scale: float | None = field(default=None, repr=False)
+
+    # -- set-up ---------------------------------------------------------------------------------
+
+    @property
+    def autocast_dtype(self) -> Any:
+        import torch
+
+        return getattr(torch, self.spec.autocast) if self.spec.autocast else None
+
+    @property
+    def param_dtype(self) -> Any:
+        import torch
+
+        return getattr(torch, self.spec.param_dtype)
+
+    @property
+    def is_bf16(self) -> bool:
+        return self.spec.compute == "bf16"
+
+    def setup(self) -> str:
+        """Set process-wide matmul precision for this mode; returns what torch now reports."""
+        import torch
+
+        torch.set_float32_matmul_precision(self.spec.matmul_precision)
+        if torch.cuda.is_available():
+            # cuDNN convolutions follow the same choice as matmuls
+            torch.backends.cudnn.allow_tf32 = self.spec.matmul_precision != "highest"
+        return torch.get_float32_matmul_precision()
+
+    def convert_model(self, model: Any) -> Any:
+        """*-true modes keep the weights in half precision; the others keep fp32 master weights."""
+        if self.spec.param_dtype != "float32":
+            model = model.to(self.param_dtype)
+        return model
+
+    def convert_input(self, tensor: Any) -> Any:
+        """Floating inputs follow the weights' dtype in *-true modes (autocast handles the mixed ones)."""
+        if tensor.is_floating_point() and self.spec.param_dtype != "float32":
+            return tensor.to(self.param_dtype)
+        return tensor
+
+    # -- per step -------------------------------------------------------------------------------
+
+    def autocast(self) -> Any:
+        import torch
+
+        if self.spec.autocast is None:
+            return contextlib.nullcontext()
+        return torch.amp.autocast(device_type=self.device_type, dtype=self.autocast_dtype)
+
+    def backward(self, loss: Any) -> None:
+        if self.scaler is not None:
+            self.scaler.scale(loss).backward()
+        else:
+            loss.backward()
+
+    def unscale(self, optimizer: Any) -> None:
+        """Divide the gradients by the loss scale in place (call before clipping or reading norms)."""
+        if self.scaler is not None:
+            self.scaler.unscale_(optimizer)
+
+    def step(self, optimizer: Any, *, grads_finite: bool = True) -> bool:
+        """Apply the update; returns False when the step was skipped (and counts it).
+
+        With a GradScaler the scaler decides: it skips the step when it found inf/NaN gradients and
+        then lowers the scale, so a lower scale after ``update()`` means "skipped". Without a scaler,
+        the loop passes ``grads_finite`` (from the gradient norm) and a non-finite step is skipped
+        here rather than writing NaN into the weights.
+        """
+        if self.scaler is not None:
+            before = self.scaler.get_scale()
+            self.scaler.step(optimizer)
+            self.scaler.update()
+            skipped = self.scaler.get_scale() < before
+        else:
+            skipped = not grads_finite
+            if not skipped:
+                optimizer.step()
+        if skipped:
+            self.skipped_steps += 1
+        return not skipped
+
+    def loss_scale(self) -> float | None:
+        return float(self.scaler.get_scale()) if self.scaler is not None else None
+
+    # -- checkpoints ----------------------------------------------------------------------------
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "scaler": self.scaler.state_dict() if self.scaler is not None else None,
+            "skipped_steps": self.skipped_steps,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if self.scaler is not None and state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
+        self.skipped_steps = int(state.get("skipped_steps", 0))
+
+
+def check_supported(mode: str, device_type: str) -> None:
+    """Refuse what the hardware cannot do, never switch silently."""
+    if mode not in MODES:
+        raise ConfigError(f"precision must be one of {', '.join(MODES)}; got {mode!r}")
+    spec = MODES[mode]
+    if device_type == "cpu" and "fp16" == spec.compute:
+        raise ConfigError(
+            f"precision {mode} runs fp16 math, which is not supported for training on device cpu; "
+            "use 32-true, bf16-mixed or bf16-true on CPU, or --set device=cuda"
+        )
+
+
+def make_policy(mode: str, device_type: str) -> PrecisionPolicy:
+    """The policy for ``mode`` on ``device_type``, after checking the device can run it."""
+    import torch
+
+    check_supported(mode, device_type)
+    spec = MODES[mode]
+    scaler = torch.amp.GradScaler(device_type) if spec.scaler else None
+    return PrecisionPolicy(mode=mode, device_type=device_type, spec=spec, scaler=scaler)

@@ -1,0 +1,3 @@
+from components.compare.component import compare
+
+__all__ = ["compare"]

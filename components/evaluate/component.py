@@ -1,0 +1,70 @@
+"""KFP component: ``ampflow evaluate`` a trained run on the held-out split.
+
+from components.evaluate import evaluate
+eval_task = evaluate(recipe="tweets-bow", data=prep_task.outputs["data"],
+                     model=train_task.outputs["model"])
+"""
+
+# No `from __future__ import annotations` here: KFP reads the annotations as types.
+from kfp import dsl
+from kfp.dsl import Artifact, Dataset, Input, Metrics, Model, Output
+
+from components import TRAINING_IMAGE
+
+
+@dsl.component(base_image=TRAINING_IMAGE, install_kfp_package=False)
+def evaluate(
+    recipe: str,
+    data: Input[Dataset],
+    model: Input[Model],
+    evaluated_run: Output[Artifact],
+    metrics: Output[Metrics],
+    parent_run_id: str = "",
+    require_tracking: bool = False,
+    pipeline_run_id: str = "",
+) -> float:
+    """Evaluate `model` (a train run directory) on the test split.
+
+    `evaluated_run` is laid out like a CLI run directory without its checkpoint (result.json and the
+    other small files, plus eval/eval.json): the input artifact is read-only in a pod, and this is the
+    layout `ampflow compare --runs` reads. Returns the accuracy.
+    """
+    import json
+    import math
+    import os
+    import shutil
+
+    from ampflow.cli import main
+    from ampflow.commands import step_argv
+
+    if pipeline_run_id:
+        os.environ["MLFLOW_RUN_CONTEXT"] = json.dumps({"ampflow.pipeline_run_id": pipeline_run_id})
+
+    # weights stay in the model artifact; compare needs the figures only
+    heavy = shutil.ignore_patterns("*.pt", "*.pth", "*.safetensors", "*.distcp", "checkpoint*", "eval")
+    shutil.copytree(model.path, evaluated_run.path, ignore=heavy, dirs_exist_ok=True)
+    eval_dir = os.path.join(evaluated_run.path, "eval")
+    argv = step_argv(
+        "evaluate",
+        recipe=recipe,
+        data=data.path,
+        checkpoint=model.path,
+        out=eval_dir,
+        parent_run_id=parent_run_id or None,
+        require_tracking=require_tracking,
+    )
+    print("running:", " ".join(argv), flush=True)
+    rc = main(argv[1:])
+    if rc != 0:
+        raise RuntimeError(f"ampflow evaluate exited {rc}")
+
+    with open(os.path.join(eval_dir, "eval.json"), encoding="utf-8") as fh:
+        result = json.load(fh)
+    figures = result.get("metrics", result)
+    for name, value in sorted(figures.items()):
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+            metrics.log_metric(name, value)
+    for key in ("precision", "compile", "strategy", "config_id"):
+        if key in model.metadata:
+            evaluated_run.metadata[key] = model.metadata[key]
+    return float(figures["accuracy"])

@@ -1,0 +1,3 @@
+from components.mark_failed.component import mark_failed
+
+__all__ = ["mark_failed"]

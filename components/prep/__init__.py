@@ -1,0 +1,3 @@
+from components.prep.component import prep
+
+__all__ = ["prep"]

@@ -1,0 +1,105 @@
+"""KFP component: ``ampflow launch``: train on several nodes/GPUs as a Kubeflow PyTorchJob and watch it.
+
+    from components.train_distributed import train_distributed
+    train_distributed(recipe="tweets-minilm", data=prep_task.outputs["data"], nodes=2, gpus_per_node=8,
+                      image="ghcr.io/ampflow/ampflow-train:0.1.0-cuda12.8", strategy="fsdp",
+                      cache_pvc="ampflow-cache", cache_dir="/mnt/ampflow-cache")
+
+The task's pod only stages, submits and watches; training runs in the job's pods. They cannot see this
+pod's artifacts, so the dataset is staged on the shared PVC (`cache_pvc`, ReadWriteMany, mounted at
+`cache_dir` here and in every job pod), the job writes its run directory there, and the run directory is
+copied back into the `model` artifact when the job succeeded. The pipeline's service account needs RBAC
+to create PyTorchJobs (or TrainJobs).
+"""
+
+# No `from __future__ import annotations` here: KFP reads the annotations as types.
+from typing import List, Optional  # noqa: UP035 - KFP reads these annotations
+
+from kfp import dsl
+from kfp.dsl import Dataset, Input, Model, Output
+
+from components import TRAINING_IMAGE
+
+
+@dsl.component(base_image=TRAINING_IMAGE, install_kfp_package=False)
+def train_distributed(
+    recipe: str,
+    data: Input[Dataset],
+    model: Output[Model],
+    image: str,
+    cache_pvc: str,
+    cache_dir: str,
+    nodes: int = 1,
+    gpus_per_node: int = 1,
+    precision: str = "bf16-mixed",
+    compile: bool = False,
+    strategy: str = "ddp",
+    settings: Optional[List[str]] = None,  # noqa: UP006, UP045
+    name: str = "",
+    api: str = "pytorchjob",
+    namespace: str = "",
+    mlflow_secret: str = "",
+    node_selector: Optional[dict] = None,  # noqa: UP045
+    tolerations: Optional[list] = None,  # noqa: UP045
+    dry_run: bool = False,
+    pipeline_run_id: str = "",
+) -> str:
+    """Launch `ampflow train --strategy ddp|fsdp` as a PyTorchJob (or a TrainJob, `api="trainjob"`).
+
+    name: the job name ("" = derived from the pipeline run, so that a retried task reattaches to its
+    job instead of submitting another). node_selector ({label: value}) and tolerations (Kubernetes
+    toleration objects) apply to the job's pods. Returns the job name. A Failed job or a deadline
+    fails the task (the launcher's exit code).
+    """
+    import json
+    import os
+    import shutil
+
+    from ampflow.cli import main
+    from ampflow.commands import step_argv
+
+    if pipeline_run_id:
+        os.environ["MLFLOW_RUN_CONTEXT"] = json.dumps({"ampflow.pipeline_run_id": pipeline_run_id})
+    overrides = {}
+    for pair in settings or []:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise ValueError(f"settings: expected key=value, got {pair!r}")
+        overrides[key.strip()] = value.strip()
+    job_name = name or f"ampflow-{recipe}-{pipeline_run_id or 'run'}"
+    staging = os.path.join(cache_dir, "pipelines", pipeline_run_id or "run", job_name)
+    pod_data, pod_out = os.path.join(staging, "data"), os.path.join(staging, "run")
+    if not dry_run:
+        if not os.path.isdir(cache_dir):
+            raise RuntimeError(f"cache_dir {cache_dir} is not mounted: the job's pods read the data from it")
+        shutil.copytree(data.path, pod_data, dirs_exist_ok=True)
+
+    argv = step_argv(
+        "launch", recipe=recipe, data=pod_data, out=pod_out, precision=precision, strategy=strategy,
+        nodes=nodes, gpus_per_node=gpus_per_node, image=image, name=job_name, api=api,
+        namespace=namespace or None, compile=compile, dry_run=dry_run, overrides=overrides,
+    )  # fmt: skip
+    # launch's cluster options, until ampflow.commands.STEP_OPTIONS["launch"] lists them
+    argv += ["--volume", f"{cache_pvc}:{cache_dir}"]
+    if mlflow_secret:
+        argv += ["--mlflow-secret", mlflow_secret]
+    for label, value in sorted((node_selector or {}).items()):
+        argv += ["--node-selector", f"{label}={value}"]
+    for tol in tolerations or []:
+        if not tol.get("key"):
+            raise ValueError(f"tolerations: ampflow launch needs a key in each toleration, got {tol}")
+        text = tol["key"] + (
+            f"={tol['value']}" if tol.get("operator", "Equal") == "Equal" and "value" in tol else ""
+        )
+        argv += ["--toleration", text + (f":{tol['effect']}" if tol.get("effect") else "")]
+    print("running:", " ".join(argv), flush=True)
+    rc = main(argv[1:])
+    if rc != 0:
+        raise RuntimeError(f"ampflow launch exited {rc}")
+    if not dry_run:
+        shutil.copytree(pod_out, model.path, dirs_exist_ok=True)
+    model.metadata["precision"] = precision
+    model.metadata["compile"] = compile
+    model.metadata["strategy"] = strategy
+    model.metadata["world_size"] = nodes * gpus_per_node
+    return job_name

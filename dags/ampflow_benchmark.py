@@ -1,0 +1,134 @@
+"""
+### ampflow_benchmark: one precision/compile sweep, mapped over its configurations
+
+plan → prep → train[config] → evaluate[config] → compare, then `close_mlflow_runs` (teardown).
+`train` and `evaluate` are mapped (`.expand`) over every (precision, compile, repeat) of the sweep,
+in `ampflow bench`'s order (repeats interleave). On one machine the train tasks run one at a time
+(`AIRFLOW_VAR_AMPFLOW_BENCH_PARALLELISM`, default 1): two configurations timed side by side on shared
+cores measure contention, not precision. On a cluster each pod has its own GPU; raise it there.
+
+Params are validated before anything runs: `precisions` and `baseline` take only ampflow's precision
+modes, `compile_modes` only `off`/`on`; the baseline must be one of the precisions.
+
+The comparison (speedup, memory ratio, accuracy delta, verdict, recommended configuration) is the
+`compare` task's XCom and its Markdown table is printed in that task's log. Execution modes, retries
+and reconnection work as in `ampflow_retrain` (see its docs and the README's Airflow section).
+
+Trigger: `airflow dags trigger ampflow_benchmark -c '{"precisions": ["32-true", "bf16-mixed"]}'`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+import pendulum
+from _ampflow_common import (
+    AmpflowStepOperator,
+    close_leftover_runs,
+    common_params,
+    default_args,
+    parse_time_setting,
+    precision_param,
+    resolve_mode,
+    run_root,
+)
+from airflow.sdk import DAG, Param, get_current_context, task
+from airflow.sdk.exceptions import AirflowFailException
+
+from ampflow.config import BASELINE_PRECISION, PRECISIONS, ConfigError, sweep_entries
+
+COMPILE_WORDS = {"off": False, "on": True}
+
+
+def evaluate_options(train: dict[str, Any]) -> dict[str, Any]:
+    """The evaluate step of one configuration, from its train options."""
+    return {"recipe": train["recipe"], "data": train["data"], "checkpoint": train["out"],
+            "out": os.path.join(train["out"], "eval"), "_id": train["_id"]}
+
+with DAG(
+    dag_id="ampflow_benchmark",
+    description="Benchmark precision/compile configurations side by side and compare them",
+    schedule=None,
+    start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
+    catchup=False,
+    max_active_runs=1,
+    default_args=default_args(),
+    tags=["ampflow", "ml", "benchmark"],
+    doc_md=__doc__,
+    params={
+        **common_params(),
+        "precisions": Param(
+            [BASELINE_PRECISION, "bf16-mixed"], type="array", minItems=1, uniqueItems=True,
+            items={"type": "string", "enum": list(PRECISIONS)}, description="precision modes to compare",
+        ),
+        "compile_modes": Param(
+            ["off"], type="array", minItems=1, uniqueItems=True, items={"type": "string", "enum": ["off", "on"]},
+            description="torch.compile off, on, or both",
+        ),
+        "repeats": Param(1, type="integer", minimum=1, maximum=20, description="runs per configuration"),
+        "baseline": precision_param(description="the configuration the others are compared with"),
+        "tolerance": Param(0.5, type="number", minimum=0, description="accuracy tolerance, percentage points"),
+    },
+    render_template_as_native_obj=True,
+) as dag:
+
+    def _entries(p: Any) -> list[Any]:
+        if p["baseline"] not in p["precisions"]:
+            raise AirflowFailException(f"baseline {p['baseline']!r} is not in precisions {p['precisions']}")
+        try:
+            return sweep_entries(list(p["precisions"]), [COMPILE_WORDS[w] for w in p["compile_modes"]],
+                                 int(p["repeats"]))
+        except ConfigError as exc:
+            raise AirflowFailException(str(exc)) from None
+
+    @task(multiple_outputs=True)
+    def plan() -> dict[str, Any]:
+        """Where every step reads and writes in this run; bad params fail here, before any training."""
+        ctx = get_current_context()
+        p = ctx["params"]
+        root = run_root(ctx)
+        runs = [os.path.join(root, "runs", e.id) for e in _entries(p)]
+        return {
+            "mode": resolve_mode(ctx),
+            "prep": {"recipe": p["recipe"], "out": os.path.join(root, "data"), "source": p.get("source"),
+                     "limit": p.get("limit")},
+            "compare": {"recipe": p["recipe"], "runs": runs, "out": os.path.join(root, "compare"),
+                        "baseline": p["baseline"], "tolerance": p["tolerance"]},
+        }
+
+    @task
+    def sweep() -> list[dict[str, Any]]:
+        """One train option set per configuration, in ampflow bench's order; `train` maps over it."""
+        ctx = get_current_context()
+        p = ctx["params"]
+        root = run_root(ctx)
+        return [
+            {"recipe": p["recipe"], "data": os.path.join(root, "data"), "out": os.path.join(root, "runs", e.id),
+             "precision": e.precision, "compile": e.compile, "_id": e.id}
+            for e in _entries(p)
+        ]
+
+    layout = plan()
+    configs = sweep()
+    overrides = "{{ params.overrides }}"
+    prep = AmpflowStepOperator(task_id="prep", step="prep", step_options=layout["prep"])
+    train = AmpflowStepOperator.partial(
+        task_id="train", step="train", overrides=overrides, result=("out", "result.json"), gpu=True,
+        max_active_tis_per_dagrun=int(parse_time_setting("ampflow_bench_parallelism", "1")),
+        map_index_template="{{ task.step_options['_id'] }}",
+    ).expand(step_options=configs)
+    evaluate = AmpflowStepOperator.partial(
+        task_id="evaluate", step="evaluate", overrides=overrides, result=("out", "eval.json"), gpu=True,
+        map_index_template="{{ task.step_options['_id'] }}",
+    ).expand(step_options=configs.map(evaluate_options))
+    compare = AmpflowStepOperator(task_id="compare", step="compare", step_options=layout["compare"],
+                                  result=("out", "summary.json"))
+
+    @task
+    def close_mlflow_runs() -> list[str]:
+        return close_leftover_runs(get_current_context(), logging.getLogger("airflow.task"))
+
+    closer = close_mlflow_runs()
+    layout >> configs >> prep >> train >> evaluate >> compare >> closer.as_teardown(setups=layout)

@@ -1,0 +1,140 @@
+"""
+### ampflow_retrain: scheduled retraining with a champion gate
+
+prep → train → evaluate → compare → *passes?* → register, then `close_mlflow_runs` (a teardown that
+always runs and marks FAILED any MLflow run of this DAG run that a killed step left RUNNING).
+
+**When:** on the cron in `AIRFLOW_VAR_AMPFLOW_RETRAIN_CRON` (default `0 3 * * *`, UTC), **or** when the
+asset `ampflow_training_data` is updated (a producer DAG with `outlets=[Asset("ampflow_training_data")]`).
+A run started by the asset reads the asset's file URI as `--source` unless the `source` param is set.
+
+**Where:** param `execution_mode` (else Variable `ampflow_execution_mode`, else `local`):
+`local` runs each step as a subprocess of `ampflow` (param / Variable `ampflow_bin` / env `AMPFLOW_BIN`);
+`kubernetes` runs each step as a pod on the training image (Variable `ampflow_kubernetes` holds the
+namespace, image, GPU, node selector, tolerations, MLflow Secret and PVC); with `nodes` ×
+`gpus_per_node` > 1 training runs as a PyTorchJob through `ampflow launch`.
+
+**Retries:** a retry after a worker crash reconnects to the running step process or pod (task state
+store) and a PyTorchJob is reattached by its deterministic name; a retried `train` resumes from its
+last checkpoint. Bad input (exit 2) fails at once, without retries.
+
+**Report:** `compare` returns the comparison summary as its XCom (`return_value`) and prints the
+Markdown table in its log; `summary.json`, `report.md` (and `report.html`) lie in the run's
+`compare/` folder and on the MLflow run.
+
+Trigger by hand: `airflow dags trigger ampflow_retrain -c '{"overrides": {"max_steps": 200}}'`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+from urllib.parse import urlparse
+
+import pendulum
+from _ampflow_common import (
+    AmpflowStepOperator,
+    close_leftover_runs,
+    common_params,
+    default_args,
+    parse_time_setting,
+    precision_param,
+    resolve_mode,
+    run_root,
+)
+from airflow.sdk import DAG, Asset, AssetOrTimeSchedule, CronTriggerTimetable, Param, get_current_context, task
+
+from ampflow.config import STRATEGIES
+
+TRAINING_DATA = Asset(
+    name="ampflow_training_data",
+    uri=parse_time_setting("ampflow_training_data_uri", "file:///var/lib/ampflow/training-data.csv"),
+)
+
+with DAG(
+    dag_id="ampflow_retrain",
+    description="Retrain on a schedule or on new data; register only a model that passes the champion gate",
+    schedule=AssetOrTimeSchedule(
+        timetable=CronTriggerTimetable(parse_time_setting("ampflow_retrain_cron", "0 3 * * *"), timezone="UTC"),
+        assets=[TRAINING_DATA],
+    ),
+    start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
+    catchup=False,
+    max_active_runs=1,
+    default_args=default_args(),
+    tags=["ampflow", "ml", "retraining"],
+    doc_md=__doc__,
+    params={
+        **common_params(),
+        "precision": precision_param(description="precision mode of the candidate"),
+        "compile": Param(False, type="boolean", description="torch.compile the candidate"),
+        "strategy": Param("single", type="string", enum=list(STRATEGIES)),
+        "nodes": Param(1, type="integer", minimum=1, description="kubernetes: PyTorchJob nodes"),
+        "gpus_per_node": Param(1, type="integer", minimum=1, description="kubernetes: GPUs per node"),
+        "tolerance": Param(0.5, type="number", minimum=0, description="accuracy tolerance, percentage points"),
+        "model_name": Param(None, type=["null", "string"], description="registered model (default ampflow-RECIPE)"),
+    },
+    render_template_as_native_obj=True,
+) as dag:
+
+    @task(multiple_outputs=True)
+    def plan() -> dict[str, Any]:
+        """Where every step reads and writes in this run; resolved once, used by every task."""
+        ctx = get_current_context()
+        p = ctx["params"]
+        root = run_root(ctx)
+        source = p.get("source")
+        if not source:
+            # a run triggered by new data trains on that data
+            for events in (ctx.get("triggering_asset_events") or {}).values():
+                for event in events:
+                    uri = getattr(getattr(event, "asset", None), "uri", "") or ""
+                    if uri:
+                        source = urlparse(uri).path if uri.startswith("file://") else uri
+        data, run_dir = os.path.join(root, "data"), os.path.join(root, "runs", "candidate")
+        compare_dir = os.path.join(root, "compare")
+        common = {"recipe": p["recipe"]}
+        return {
+            "mode": resolve_mode(ctx),
+            "prep": {**common, "out": data, "source": source, "limit": p.get("limit")},
+            "train": {**common, "data": data, "out": run_dir, "precision": p["precision"],
+                      "strategy": p["strategy"], "compile": bool(p["compile"])},
+            "evaluate": {**common, "data": data, "checkpoint": run_dir, "out": os.path.join(run_dir, "eval")},
+            "compare": {**common, "runs": [run_dir], "out": compare_dir, "baseline": p["precision"],
+                        "tolerance": p["tolerance"]},
+            "register": {"summary": os.path.join(compare_dir, "summary.json"),
+                         "model_name": p.get("model_name") or f"ampflow-{p['recipe']}",
+                         "tolerance": p["tolerance"]},
+        }
+
+    layout = plan()
+    overrides = "{{ params.overrides }}"
+    prep = AmpflowStepOperator(task_id="prep", step="prep", step_options=layout["prep"])
+    train = AmpflowStepOperator(task_id="train", step="train", step_options=layout["train"], overrides=overrides,
+                                result=("out", "result.json"), gpu=True)
+    evaluate = AmpflowStepOperator(task_id="evaluate", step="evaluate", step_options=layout["evaluate"],
+                                   overrides=overrides, result=("out", "eval.json"), gpu=True)
+    compare = AmpflowStepOperator(task_id="compare", step="compare", step_options=layout["compare"],
+                                  result=("out", "summary.json"))
+
+    @task.short_circuit(ignore_downstream_trigger_rules=False)
+    def passes(summary: dict[str, Any]) -> bool:
+        """Register only a candidate the comparison recommends and that shows no regression; the
+        register step then moves the `champion` alias only if it also beats the current champion."""
+        from _ampflow_common import verdict
+
+        ok, why = verdict(summary)
+        print(f"champion gate: {'pass' if ok else 'stop'}: {why}")
+        return ok
+
+    gate = passes(compare.output)
+    register = AmpflowStepOperator(task_id="register", step="register", step_options=layout["register"],
+                                   result=("summary", "register.json"))
+
+    @task
+    def close_mlflow_runs() -> list[str]:
+        return close_leftover_runs(get_current_context(), logging.getLogger("airflow.task"))
+
+    closer = close_mlflow_runs()
+    layout >> prep >> train >> evaluate >> compare >> gate >> register >> closer.as_teardown(setups=layout)

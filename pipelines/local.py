@@ -1,0 +1,122 @@
+"""Run the benchmark pipeline on this machine through ``kfp.local`` (no cluster, no container engine).
+
+    ampflow bench --engine kfp-local --recipe tweets-bow --precisions 32-true,bf16-mixed --limit 300 \\
+        --set max_steps=8 --set warmup_steps=2 --out bench-kfp/
+    python -m pipelines.local --recipe tweets-bow --precisions 32-true,bf16-mixed --limit 300 \\
+        --set max_steps=8 --set warmup_steps=2 --out bench-kfp/
+
+Each component runs as a subprocess of this Python (``SubprocessRunner(use_venv=False)``), so ampflow
+and kfp must be installed here; resource, GPU and ``kfp.kubernetes`` settings have no effect locally.
+Logs to MLflow wherever ``MLFLOW_TRACKING_URI`` points.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import warnings
+from pathlib import Path
+from typing import Any
+
+
+def configurations_of(precisions: list[str], compile_modes: list[bool]) -> list[str]:
+    """``ampflow bench``'s precision x compile product as the pipeline's configuration strings."""
+    return [f"{p}{'+compile' if c else ''}" for p in precisions for c in compile_modes]
+
+
+def run_benchmark_locally(
+    *,
+    recipe: str,
+    precisions: list[str],
+    compile_modes: list[bool],
+    out: str | Path,
+    repeats: int = 1,
+    overrides: list[str] | None = None,
+    tolerance: float = 0.5,
+    limit: int | None = None,
+    source: str | None = None,
+    baseline: str = "32-true",
+) -> dict[str, Any]:
+    """Run ``pipelines.benchmark`` through kfp.local; return compare's summary (plus ``markdown``).
+
+    ``out`` gets summary.json, report.md and report.html (as ``ampflow bench`` writes them) and
+    ``kfp/``, the local pipeline root with every task's artifacts and logs. Raises RuntimeError when
+    the pipeline fails.
+    """
+    from kfp import local
+
+    from pipelines.benchmark import benchmark
+
+    out = Path(out)
+    root = out / "kfp"
+    root.mkdir(parents=True, exist_ok=True)
+    before = set(root.iterdir())
+    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root), raise_on_error=True)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*no effect in the current local runner.*")
+        benchmark(
+            recipe=recipe,
+            configurations=configurations_of(precisions, compile_modes),
+            repeats=repeats,
+            tolerance=tolerance,
+            baseline=baseline,
+            settings=list(overrides or []),
+            source=source or "",
+            limit=limit or 0,
+        )
+    (run_dir,) = [p for p in root.iterdir() if p not in before and p.is_dir()]
+    compare_dir = find_task_dir(run_dir, "compare")
+    copies = {"summary": "summary.json", "report_md": "report.md", "report_html": "report.html"}
+    for artifact, name in copies.items():
+        shutil.copyfile(compare_dir / artifact, out / name)
+    summary = json.loads((out / "summary.json").read_text(encoding="utf-8"))
+    summary.setdefault("markdown", (out / "report.md").read_text(encoding="utf-8"))
+    summary["kfp_run_dir"] = str(run_dir)
+    return summary
+
+
+def find_task_dir(run_dir: Path, task: str) -> Path:
+    """The folder kfp.local wrote one task's outputs to (tasks in control-flow groups nest)."""
+    found = sorted(p for p in run_dir.rglob(task) if p.is_dir())
+    if len(found) != 1:
+        raise RuntimeError(f"expected one {task!r} task folder under {run_dir}, found {len(found)}")
+    return found[0]
+
+
+def main(argv: list[str] | None = None) -> int:
+    from ampflow.config import PRECISIONS, parse_list
+
+    p = argparse.ArgumentParser(prog="python -m pipelines.local", description=__doc__.splitlines()[0])
+    p.add_argument("--recipe", required=True)
+    p.add_argument("--precisions", default="32-true,bf16-mixed")
+    p.add_argument("--compile", dest="compile_modes", default="off", help="off, on or off,on")
+    p.add_argument("--repeats", type=int, default=1)
+    p.add_argument("--tolerance", type=float, default=0.5)
+    p.add_argument("--baseline", default="32-true")
+    p.add_argument("--limit", type=int)
+    p.add_argument("--source")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--out", required=True)
+    args = p.parse_args(argv)
+    words = {"off": False, "on": True}
+    modes = [words[w] for w in parse_list("compile", args.compile_modes, tuple(words))]
+    summary = run_benchmark_locally(
+        recipe=args.recipe,
+        precisions=parse_list("precision", args.precisions, PRECISIONS),
+        compile_modes=modes,
+        repeats=args.repeats,
+        out=args.out,
+        overrides=args.overrides,
+        tolerance=args.tolerance,
+        limit=args.limit,
+        source=args.source,
+        baseline=args.baseline,
+    )
+    print(summary["markdown"])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

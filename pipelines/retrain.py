@@ -1,0 +1,215 @@
+"""The retraining pipeline: prep, train (one device, or a PyTorchJob), evaluate, compare, register.
+
+    make compile                                  # -> pipelines/compiled/retrain.yaml (upload to KFP)
+
+Training runs on one device unless ``num_nodes`` > 1 or ``gpus_per_node`` > 1 ask for more; then the
+``train_distributed`` component launches and watches a PyTorchJob. The candidate is evaluated and
+compared (``ampflow compare``: verdict against ``baseline`` and the regression check against earlier
+runs); only a passing candidate reaches ``ampflow register``, which moves the ``champion`` alias only
+when the candidate matches or beats the current champion within ``tolerance``. An exit handler marks
+the pipeline run's MLflow runs FAILED when any step fails.
+"""
+
+# No `from __future__ import annotations` here: KFP reads the signature's annotations as types.
+from typing import List  # noqa: UP035 - KFP reads these annotations
+
+from kfp import dsl
+from kfp.dsl import Dataset, Input, Model
+
+from components import CACHE_MOUNT, TRAINING_IMAGE
+from components.compare import compare
+from components.evaluate import evaluate
+from components.mark_failed import mark_failed
+from components.prep import prep
+from components.register import register
+from components.train import train
+from components.train_distributed import train_distributed
+from pipelines import cluster
+
+
+@dsl.pipeline(name="ampflow-evaluate-and-promote")
+def evaluate_and_promote(
+    recipe: str,
+    data: Input[Dataset],
+    model: Input[Model],
+    baseline: str,
+    tolerance: float,
+    model_name: str,
+    experiment: str,
+    image: str,
+    accelerator_type: str,
+    accelerator_count: int,
+    cpu_request: str,
+    cpu_limit: str,
+    memory_request: str,
+    memory_limit: str,
+    node_selector: dict,
+    tolerations: list,
+    mlflow_secret: str,
+    pipeline_run_id: str,
+) -> None:
+    """Evaluate a trained run, compare it, register it only when it passes.
+
+    A sub-pipeline because each training branch produces its own Model: kfp.local cannot pick one
+    artifact out of conditional branches (``dsl.OneOf`` works for parameters only there), so every
+    branch calls this instead.
+    """
+    eval_task = evaluate(recipe=recipe, data=data, model=model, pipeline_run_id=pipeline_run_id)
+    eval_task.set_display_name("evaluate").set_caching_options(False)
+    cluster.with_accelerator(
+        cluster.on_image(eval_task, image),
+        accelerator_type=accelerator_type,
+        accelerator_count=accelerator_count,
+        cpu_request=cpu_request,
+        cpu_limit=cpu_limit,
+        memory_request=memory_request,
+        memory_limit=memory_limit,
+        node_selector=node_selector,
+        tolerations=tolerations,
+    )
+    cluster.with_mlflow(eval_task, mlflow_secret)
+
+    compare_task = compare(
+        run=eval_task.outputs["evaluated_run"],
+        baseline=baseline,
+        tolerance=tolerance,
+        experiment=experiment,
+        pipeline_run_id=pipeline_run_id,
+    ).set_display_name("compare")
+    compare_task.set_caching_options(False)
+    cluster.with_mlflow(cluster.with_small_resources(cluster.on_image(compare_task, image)), mlflow_secret)
+
+    with dsl.If(compare_task.outputs["passed"] == True, name="passed"):  # noqa: E712 - a KFP condition
+        register_task = register(
+            summary=compare_task.outputs["summary"],
+            model_name=model_name,
+            tolerance=tolerance,
+            pipeline_run_id=pipeline_run_id,
+        ).set_display_name("register")
+        register_task.set_caching_options(False)
+        cluster.with_mlflow(
+            cluster.with_small_resources(cluster.on_image(register_task, image)), mlflow_secret
+        )
+
+
+@dsl.pipeline(
+    name="ampflow-retrain",
+    description="Retrain one recipe, evaluate it, and register it as the new champion only when it "
+    "passes the comparison; single device or a distributed PyTorchJob.",
+)
+def retrain(
+    recipe: str = "tweets-minilm",
+    precision: str = "bf16-mixed",
+    compile: bool = False,
+    num_nodes: int = 1,
+    gpus_per_node: int = 1,
+    strategy: str = "ddp",
+    settings: List[str] = [],  # noqa: B006, UP006
+    tolerance: float = 0.5,
+    model_name: str = "",
+    experiment: str = "",
+    source: str = "",
+    limit: int = 0,
+    seed: int = 0,
+    image: str = TRAINING_IMAGE,
+    accelerator_type: str = "nvidia.com/gpu",
+    cpu_request: str = "4",
+    cpu_limit: str = "8",
+    memory_request: str = "16Gi",
+    memory_limit: str = "32Gi",
+    node_selector: dict = {},  # noqa: B006
+    tolerations: list = cluster.GPU_TOLERATIONS,
+    mlflow_secret: str = "ampflow-mlflow",
+    cache_pvc: str = "ampflow-cache",
+    namespace: str = "",
+    job_api: str = "pytorchjob",
+) -> None:
+    run_id = dsl.PIPELINE_JOB_ID_PLACEHOLDER
+    # a single-device run gets gpus_per_node (1, or 0 for a CPU run) accelerators
+    gpu = dict(
+        accelerator_type=accelerator_type,
+        accelerator_count=gpus_per_node,
+        cpu_request=cpu_request,
+        cpu_limit=cpu_limit,
+        memory_request=memory_request,
+        memory_limit=memory_limit,
+        node_selector=node_selector,
+        tolerations=tolerations,
+    )
+    promote = dict(
+        recipe=recipe,
+        baseline=precision,
+        tolerance=tolerance,
+        model_name=model_name,
+        experiment=experiment,
+        image=image,
+        mlflow_secret=mlflow_secret,
+        pipeline_run_id=run_id,
+        **gpu,
+    )
+
+    exit_task = mark_failed(pipeline_run_id=run_id).set_display_name("close MLflow runs on failure")
+    exit_task.set_caching_options(False)
+    cluster.with_mlflow(cluster.with_small_resources(cluster.on_image(exit_task, image)), mlflow_secret)
+
+    with dsl.ExitHandler(exit_task, name="retrain"):
+        prep_task = prep(
+            recipe=recipe,
+            source=source,
+            seed=seed,
+            limit=limit,
+            cache_dir=CACHE_MOUNT,
+            pipeline_run_id=run_id,
+        ).set_display_name("prep")
+        prep_task.set_cpu_request(cpu_request).set_memory_request(memory_request).set_memory_limit(
+            memory_limit
+        )
+        cluster.with_cache(cluster.on_image(prep_task, image), cache_pvc)
+        data = prep_task.outputs["data"]
+
+        def distributed(label: str) -> None:
+            job = train_distributed(
+                recipe=recipe,
+                data=data,
+                image=image,
+                nodes=num_nodes,
+                gpus_per_node=gpus_per_node,
+                precision=precision,
+                compile=compile,
+                strategy=strategy,
+                settings=settings,
+                api=job_api,
+                namespace=namespace,
+                cache_pvc=cache_pvc,
+                cache_dir=CACHE_MOUNT,
+                mlflow_secret=mlflow_secret,
+                node_selector=node_selector,
+                tolerations=tolerations,
+                pipeline_run_id=run_id,
+            ).set_display_name(label)
+            # the launcher reattaches to its job on a retry instead of submitting a second one
+            cluster.with_train_retries(cluster.with_small_resources(cluster.on_image(job, image)))
+            # stages the dataset on the PVC the job's pods mount, and copies their run directory back
+            cluster.with_cache(job, cache_pvc)
+            job.set_caching_options(False)
+            evaluate_and_promote(data=data, model=job.outputs["model"], **promote)
+
+        with dsl.If(num_nodes > 1, name="multi-node"):
+            distributed("train (PyTorchJob, multi-node)")
+        with dsl.Elif(gpus_per_node > 1, name="multi-gpu"):
+            distributed("train (PyTorchJob, multi-GPU)")
+        with dsl.Else(name="single-device"):
+            train_task = train(
+                recipe=recipe,
+                data=data,
+                precision=precision,
+                compile=compile,
+                settings=settings,
+                cache_dir=CACHE_MOUNT,
+                pipeline_run_id=run_id,
+            ).set_display_name("train")
+            train_task.set_caching_options(False)
+            cluster.with_accelerator(cluster.on_image(train_task, image), **gpu)
+            cluster.with_cache(cluster.with_mlflow(train_task, mlflow_secret), cache_pvc)
+            cluster.with_train_retries(train_task)
+            evaluate_and_promote(data=data, model=train_task.outputs["model"], **promote)

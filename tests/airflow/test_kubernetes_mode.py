@@ -1,0 +1,202 @@
+"""Kubernetes mode without a cluster: the pod each task would create and the PyTorchJob it would submit.
+
+    .venv-airflow/bin/python -m pytest -q tests/airflow/test_kubernetes_mode.py
+
+No Kubernetes API server can run here (GUIDE). The pods come from the provider's own
+``KubernetesPodOperator.build_pod_request_obj()``, exactly the object it would send; the task context
+is reduced to the fields the pod builder reads (ti identity, run_id, dag, params). The PyTorchJob is
+what the real ``ampflow launch --dry-run`` prints for the task's argv, validated against the real CRD
+in ../shared/crds plus the webhook rules, as the launcher's own tests do.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tests.airflow.conftest import ROOT, ampflow_steps_missing
+
+CRDS = ROOT.parent / "shared" / "crds"
+IMAGE = "registry.example.com/ampflow/train:1.2.3"
+
+
+@dataclass
+class TI:
+    dag_id: str
+    task_id: str
+    run_id: str
+    map_index: int = -1
+    try_number: int = 1
+
+
+@pytest.fixture(scope="module")
+def dags():
+    import ampflow_benchmark
+    import ampflow_retrain
+
+    return {"retrain": ampflow_retrain.dag, "benchmark": ampflow_benchmark.dag}
+
+
+@pytest.fixture(autouse=True)
+def kube_variable(monkeypatch):
+    # Airflow's environment spelling of the Variable ampflow_kubernetes
+    monkeypatch.setenv("AIRFLOW_VAR_AMPFLOW_KUBERNETES", json.dumps({
+        "namespace": "ml-train", "mlflow_secret": "mlflow-creds", "pvc": "ampflow-cache",
+        "node_selector": {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"},
+    }))
+
+
+def context(dag, task_id, *, conf=None, run_id="scheduled__2026-11-23T03:00:00+00:00", map_index=-1, try_number=1):
+    params = copy.deepcopy(dag.params)
+    for key, value in {"execution_mode": "kubernetes", "image": IMAGE, **(conf or {})}.items():
+        params[key] = value
+    params = params.validate()
+    return {"ti": TI(dag.dag_id, task_id, run_id, map_index, try_number), "run_id": run_id, "dag": dag,
+            "params": params}
+
+
+def step_op(dag, task_id, step_options):
+    op = copy.copy(dag.task_dict[task_id])
+    op.step_options = step_options
+    op.overrides = {"max_steps": 500}
+    return op
+
+
+TRAIN_OPTS = {"recipe": "tweets-minilm", "data": "/mnt/ampflow/r/data", "out": "/mnt/ampflow/r/runs/candidate",
+              "precision": "bf16-mixed", "strategy": "single", "compile": False}
+
+
+def test_train_pod_has_gpu_placement_secret_and_the_step_argv(dags):
+    from ampflow.commands import step_argv
+
+    dag = dags["retrain"]
+    ctx = context(dag, "train")
+    op = step_op(dag, "train", TRAIN_OPTS)
+    kpo = op.pod_operator(ctx)
+    pod = kpo.build_pod_request_obj(ctx)
+    c = pod.spec.containers[0]
+    assert c.image == IMAGE
+    assert pod.metadata.namespace == "ml-train"
+    # the argv is step_argv's, not one built by hand; /bin/sh only copies result.json to the XCom
+    assert c.command[:2] == ["/bin/sh", "-c"] and c.command[3] == "/mnt/ampflow/r/runs/candidate/result.json"
+    assert c.args == step_argv("train", **TRAIN_OPTS, overrides={"max_steps": 500})
+    assert c.resources.limits["nvidia.com/gpu"] == "1" and c.resources.requests["nvidia.com/gpu"] == "1"
+    assert pod.spec.node_selector == {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"}
+    assert [(t.key, t.operator, t.effect) for t in pod.spec.tolerations] == [("nvidia.com/gpu", "Exists", "NoSchedule")]
+    # MLflow credentials come from the Secret; nothing secret is inline in the manifest
+    assert [e.secret_ref.name for e in c.env_from] == ["mlflow-creds"]
+    env = {e.name: e.value for e in c.env}
+    assert not any("PASSWORD" in k or "TOKEN" in k for k in env)
+    assert json.loads(env["MLFLOW_RUN_CONTEXT"])["ampflow.airflow_run_id"] == ctx["run_id"]
+    assert [v.persistent_volume_claim.claim_name for v in pod.spec.volumes if v.persistent_volume_claim] == ["ampflow-cache"]
+    assert "/mnt/ampflow" in [m.mount_path for m in c.volume_mounts]
+    assert pod.spec.security_context.run_as_non_root is True
+    labels = pod.metadata.labels
+    assert labels["dag_id"] == "ampflow_retrain" and labels["task_id"] == "train"
+    # the provider reattaches to this pod on a retry instead of creating a second one
+    assert kpo.durable is True and kpo.reattach_on_restart is True
+    assert kpo.on_finish_action.value == "delete_succeeded_pod"
+
+
+def test_a_retried_train_resumes_from_its_checkpoint(dags):
+    dag = dags["retrain"]
+    first = step_op(dag, "train", TRAIN_OPTS).pod_operator(context(dag, "train", try_number=1))
+    second = step_op(dag, "train", TRAIN_OPTS).pod_operator(context(dag, "train", try_number=2))
+    assert "--resume" not in first.arguments
+    assert "--resume" in second.arguments
+
+
+def test_cpu_steps_get_no_gpu_and_compare_hands_its_summary_to_xcom(dags):
+    dag = dags["retrain"]
+    ctx = context(dag, "prep")
+    prep = step_op(dag, "prep", {"recipe": "tweets-bow", "out": "/mnt/ampflow/r/data"}).pod_operator(ctx)
+    pod = prep.build_pod_request_obj(ctx)
+    c = pod.spec.containers[0]
+    assert "nvidia.com/gpu" not in (c.resources.limits or {})
+    assert not pod.spec.tolerations and not pod.spec.node_selector
+    assert c.command == ["ampflow"] and c.args[:1] == ["prep"]
+
+    ctx = context(dag, "compare")
+    opts = {"recipe": "tweets-bow", "runs": ["/mnt/ampflow/r/runs/candidate"], "out": "/mnt/ampflow/r/compare"}
+    kpo = step_op(dag, "compare", opts).pod_operator(ctx)
+    pod = kpo.build_pod_request_obj(ctx)
+    c = pod.spec.containers[0]
+    assert kpo.do_xcom_push is True
+    assert [x.name for x in pod.spec.containers] == ["base", "airflow-xcom-sidecar"]
+    # /bin/sh only sequences the step and the copy; the step's argv travels as positional arguments
+    assert c.command[:2] == ["/bin/sh", "-c"] and c.command[3] == "/mnt/ampflow/r/compare/summary.json"
+    assert c.args[:4] == ["ampflow", "compare", "--runs", "/mnt/ampflow/r/runs/candidate"]
+
+
+def test_job_name_is_fixed_by_run_and_task_not_by_try(dags):
+    from _ampflow_common import job_name
+
+    from ampflow.kube.names import is_dns1035
+
+    dag = dags["benchmark"]
+    a1 = job_name(context(dag, "train", map_index=3, try_number=1))
+    a2 = job_name(context(dag, "train", map_index=3, try_number=4))
+    other_map = job_name(context(dag, "train", map_index=2))
+    other_run = job_name(context(dag, "train", map_index=3, run_id="manual__2026-11-24T00:00:00+00:00"))
+    assert a1 == a2
+    assert len({a1, other_map, other_run}) == 3
+    assert all(is_dns1035(n) for n in (a1, other_map, other_run))
+
+
+def test_multi_gpu_training_runs_the_launcher_in_a_small_pod(dags):
+    dag = dags["retrain"]
+    ctx = context(dag, "train", conf={"nodes": 2, "gpus_per_node": 4})
+    kpo = step_op(dag, "train", TRAIN_OPTS).pod_operator(ctx)
+    pod = kpo.build_pod_request_obj(ctx)
+    c = pod.spec.containers[0]
+    argv = c.command + c.args
+    assert argv[:2] == ["ampflow", "launch"]
+    flags = dict(zip(argv[2::2], argv[3::2], strict=False))
+    assert flags["--nodes"] == "2" and flags["--gpus-per-node"] == "4" and flags["--image"] == IMAGE
+    assert flags["--name"] == job_name_for(ctx) and flags["--namespace"] == "ml-train"
+    assert "nvidia.com/gpu" not in (c.resources.limits or {})  # the GPUs belong to the PyTorchJob
+    assert pod.spec.service_account_name == "ampflow-launcher"
+    assert kpo.do_xcom_push is False
+
+
+def job_name_for(ctx):
+    from _ampflow_common import job_name
+
+    return job_name(ctx, int(ctx["params"]["nodes"]))
+
+
+def _crd_schema():
+    import yaml
+
+    crd = yaml.safe_load((CRDS / "kubeflow.org_pytorchjobs.yaml").read_text())
+    return crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+
+
+def test_the_pytorchjob_the_launcher_pod_would_submit_is_valid(dags, tmp_path):
+    """Runs the real `ampflow launch --dry-run` with the argv the launcher pod would run."""
+    missing = ampflow_steps_missing("launch")
+    if missing:
+        pytest.skip("`ampflow launch` is not in this checkout yet")
+    import jsonschema
+    import yaml
+
+    from ampflow.kube import validate_admission
+
+    dag = dags["retrain"]
+    ctx = context(dag, "train", conf={"nodes": 2, "gpus_per_node": 4})
+    argv = step_op(dag, "train", TRAIN_OPTS).argv(ctx, (os.environ["AMPFLOW_BIN"],), "kubernetes") + ["--dry-run"]
+    proc = subprocess.run(argv, capture_output=True, text=True, check=False, cwd=tmp_path)  # noqa: S603
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    manifest = yaml.safe_load(proc.stdout)
+    assert manifest["kind"] == "PyTorchJob"
+    assert manifest["metadata"]["name"] == job_name_for(ctx)
+    jsonschema.validate(manifest, _crd_schema())
+    assert validate_admission(manifest) == []
+    master = manifest["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]["containers"][0]
+    assert master["image"] == IMAGE

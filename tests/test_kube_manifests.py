@@ -1,0 +1,385 @@
+"""Every manifest ``ampflow launch`` can build, checked as a cluster would check it.
+
+No API server runs here, so the checks are the closest faithful stand-ins: the real CRDs in
+``../shared/crds`` (their ``openAPIV3Schema`` through jsonschema, plus the structural pruning an API
+server does, which would silently drop a misspelt field), the admission rules of the CRD README
+(``ampflow.kube.validate_admission``), and the stock ``torch-distributed`` ClusterTrainingRuntime a
+TrainJob patches. Then the CLI: ``--dry-run`` output and bad input.
+
+    .venv/bin/python -m pytest tests/test_kube_manifests.py -q
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import pytest
+import yaml
+
+from ampflow.cli import main
+from ampflow.config import ConfigError
+from ampflow.kube import LaunchSpec, build_manifest, container_command, dns1035_name, is_dns1035, spec_hash
+from ampflow.kube.manifests import (
+    MLFLOW_SECRET_KEYS,
+    SPEC_HASH_ANNOTATION,
+    TORCHRUN_RESERVED_ENV,
+    parse_toleration,
+    validate_admission,
+)
+from ampflow.kube.names import max_job_name_len
+
+CRDS = Path(__file__).resolve().parents[1].parent / "shared" / "crds"
+CRD_FILES = {"PyTorchJob": "kubeflow.org_pytorchjobs.yaml", "TrainJob": "trainer.kubeflow.org_trainjobs.yaml"}
+
+
+def _schema(kind: str) -> dict[str, Any]:
+    crd = yaml.safe_load((CRDS / CRD_FILES[kind]).read_text(encoding="utf-8"))
+    return crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+
+
+@pytest.fixture(scope="module")
+def validators() -> dict[str, jsonschema.Draft7Validator]:
+    out = {}
+    for kind in CRD_FILES:
+        schema = _schema(kind)
+        jsonschema.Draft7Validator.check_schema(schema)
+        out[kind] = jsonschema.Draft7Validator(schema)
+    return out
+
+
+@pytest.fixture(scope="module")
+def runtime() -> dict[str, Any]:
+    return yaml.safe_load((CRDS / "clustertrainingruntime_torch-distributed.yaml").read_text(encoding="utf-8"))
+
+
+def pruned_fields(instance: Any, schema: dict[str, Any], path: str = "") -> list[str]:
+    """Fields the API server's structural pruning would drop (not in ``properties``, no escape hatch)."""
+    out: list[str] = []
+    if isinstance(instance, dict) and schema.get("type") == "object":
+        if schema.get("x-kubernetes-preserve-unknown-fields"):
+            return out
+        props = schema.get("properties")
+        extra = schema.get("additionalProperties")
+        for key, value in instance.items():
+            if props is not None and key in props:
+                out += pruned_fields(value, props[key], f"{path}.{key}")
+            elif isinstance(extra, dict):
+                out += pruned_fields(value, extra, f"{path}.{key}")
+            elif props is not None and path != ".metadata":  # ObjectMeta is checked by the server itself
+                out.append(f"{path}.{key}")
+    elif isinstance(instance, list) and isinstance(schema.get("items"), dict):
+        for i, item in enumerate(instance):
+            out += pruned_fields(item, schema["items"], f"{path}[{i}]")
+    return out
+
+
+EXTRAS: dict[str, dict[str, Any]] = {
+    "plain": {},
+    "scheduled": {
+        "node_selector": {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3", "pool": "training"},
+        "tolerations": (parse_toleration("nvidia.com/gpu:NoSchedule"), parse_toleration("spot=true:NoExecute")),
+        "cpu": "8", "memory": "64Gi",
+    },
+    "tracked": {
+        "mlflow_secret": "mlflow-credentials", "out": "/data/runs/r1", "volumes": (("training-data", "/data"),),
+        "service_account": "trainer", "precision": "bf16-mixed", "compile": True,
+        "overrides": {"max_steps": 500, "batch_size": "auto"},
+    },
+    "uri-and-secret": {"mlflow_secret": "mlflow", "tracking_uri": "http://mlflow.mlops.svc:5000",
+                       "active_deadline_seconds": None},
+}
+
+
+def _specs() -> list[tuple[str, LaunchSpec]]:
+    out = []
+    for api, nodes, gpus, extra in itertools.product(("pytorchjob", "trainjob"), (1, 2, 3), (0, 1, 8), EXTRAS):
+        kw = dict(EXTRAS[extra])
+        if api == "pytorchjob" and extra == "scheduled":
+            kw.update(clean_pod_policy="All", backoff_limit=0, ttl_seconds_after_finished=600)
+        out.append((f"{api}-n{nodes}-g{gpus}-{extra}", LaunchSpec(
+            recipe="tweets-bow", data="/data/tweets", nodes=nodes, gpus_per_node=gpus,
+            image="registry.example.com/ampflow:0.1.0", api=api, namespace="ml-team", **kw)))
+    # a FSDP run and a user recipe named module:function, on both APIs
+    for api in ("pytorchjob", "trainjob"):
+        out.append((f"{api}-fsdp", LaunchSpec(recipe="mypkg.recipes:bert", data="/d", nodes=2, gpus_per_node=4,
+                                              image="img@sha256:" + "a" * 64, api=api, strategy="fsdp")))
+        out.append((f"{api}-long-name", LaunchSpec(recipe="tweets-bow", data="/d", nodes=3, gpus_per_node=1,
+                                                   image="img:1", api=api, name="Nightly_Retrain." + "x" * 80)))
+    return out
+
+
+SPECS = _specs()
+
+
+@pytest.mark.parametrize("spec", [s for _, s in SPECS], ids=[i for i, _ in SPECS])
+def test_manifest_is_admitted(spec: LaunchSpec, validators: dict[str, Any], runtime: dict[str, Any]) -> None:
+    m = build_manifest(spec)
+    errors = [f"{list(e.path)}: {e.message}" for e in validators[m["kind"]].iter_errors(m)]
+    assert errors == []
+    assert pruned_fields(m, _schema_cached(m["kind"])) == []
+    assert validate_admission(m) == []
+    name = m["metadata"]["name"]
+    assert is_dns1035(name) and name == spec.job_name
+    assert m["metadata"]["annotations"][SPEC_HASH_ANNOTATION] == spec_hash(m)
+    gpus, procs = spec.gpus_per_node, max(spec.gpus_per_node, 1)
+    if m["kind"] == "PyTorchJob":
+        replicas = m["spec"]["pytorchReplicaSpecs"]
+        assert replicas["Master"]["replicas"] == 1
+        assert replicas.get("Worker", {}).get("replicas", 0) == spec.nodes - 1
+        assert "Worker" in replicas or spec.nodes == 1  # the webhook refuses Worker.replicas 0
+        assert m["spec"]["nprocPerNode"] == str(procs)
+        pods = [r["template"]["spec"] for r in replicas.values()]
+        containers = [p["containers"][0] for p in pods]
+        assert all(c["name"] == "pytorch" for c in containers)
+        resources = [c.get("resources", {}) for c in containers]
+        env = containers[0]["env"]
+        for pod in pods:
+            assert pod.get("nodeSelector", {}) == spec.node_selector
+            assert pod.get("tolerations", []) == list(spec.tolerations)
+        policy = m["spec"]["runPolicy"]
+        assert policy["cleanPodPolicy"] in ("All", "Running", "None")
+        assert policy.get("activeDeadlineSeconds") == spec.active_deadline_seconds
+    else:
+        trainer = m["spec"]["trainer"]
+        assert trainer["numNodes"] == spec.nodes and trainer["numProcPerNode"] == procs
+        assert m["spec"]["runtimeRef"] == {"name": "torch-distributed", "apiGroup": "trainer.kubeflow.org",
+                                           "kind": "ClusterTrainingRuntime"}
+        containers = [trainer]
+        resources = [trainer.get("resourcesPerNode", {})]
+        env = trainer["env"]
+        assert not {e["name"] for e in env} & set(TORCHRUN_RESERVED_ENV)
+        # the patch must name a replicated job and a container the runtime really has
+        assert runtime["metadata"]["name"] == m["spec"]["runtimeRef"]["name"] and "torch" in runtime["spec"]["mlPolicy"]
+        rt_jobs = {j["name"]: j for j in runtime["spec"]["template"]["spec"]["replicatedJobs"]}
+        for patch in m["spec"]["runtimePatches"][0]["trainingRuntimeSpec"]["template"]["spec"]["replicatedJobs"]:
+            assert patch["name"] in rt_jobs
+            rt_containers = {c["name"] for c in rt_jobs[patch["name"]]["template"]["spec"]["template"]["spec"]["containers"]}
+            pod = patch["template"]["spec"]["template"]["spec"]
+            assert {c["name"] for c in pod["containers"]} <= rt_containers
+            assert pod.get("nodeSelector", {}) == spec.node_selector
+            assert pod.get("tolerations", []) == list(spec.tolerations)
+            mounts = {v["name"] for v in pod["volumes"]}
+            assert {vm["name"] for c in pod["containers"] for vm in c["volumeMounts"]} <= mounts
+        assert m["spec"].get("activeDeadlineSeconds") == spec.active_deadline_seconds
+    for c in containers:
+        assert c["image"] == spec.image
+        assert c["command"] == container_command(spec)
+    for r in resources:
+        if gpus:
+            assert r["requests"]["nvidia.com/gpu"] == r["limits"]["nvidia.com/gpu"] == str(gpus)
+        else:
+            assert "nvidia.com/gpu" not in r.get("requests", {}) and "limits" not in r
+        assert r.get("requests", {}).get("memory") == spec.memory
+    _check_env(env, spec)
+
+
+_SCHEMAS: dict[str, Any] = {}
+
+
+def _schema_cached(kind: str) -> dict[str, Any]:
+    if kind not in _SCHEMAS:
+        _SCHEMAS[kind] = _schema(kind)
+    return _SCHEMAS[kind]
+
+
+def _check_env(env: list[dict[str, Any]], spec: LaunchSpec) -> None:
+    by_name = {e["name"]: e for e in env}
+    assert len(by_name) == len(env)
+    for key in MLFLOW_SECRET_KEYS:
+        if key == "MLFLOW_TRACKING_URI" and spec.tracking_uri:
+            assert by_name[key] == {"name": key, "value": spec.tracking_uri}
+        elif spec.mlflow_secret:
+            # credentials only by reference to the Secret, never a value in the manifest
+            assert by_name[key] == {"name": key, "valueFrom": {"secretKeyRef": {
+                "name": spec.mlflow_secret, "key": key, "optional": True}}}
+        else:
+            assert key not in by_name
+
+
+@pytest.mark.parametrize("api", ["pytorchjob", "trainjob"])
+@pytest.mark.parametrize("nodes,gpus", [(1, 0), (1, 1), (1, 2), (2, 0), (3, 8)])
+def test_command_topology(api: str, nodes: int, gpus: int) -> None:
+    spec = LaunchSpec(recipe="tweets-bow", data="/d", nodes=nodes, gpus_per_node=gpus, image="i:1", api=api)
+    cmd = container_command(spec)
+    if nodes * max(gpus, 1) == 1:
+        assert cmd[:2] == ["ampflow", "train"] and cmd[cmd.index("--strategy") + 1] == "single"
+    else:
+        procs = max(gpus, 1)
+        assert cmd[:6] == ["torchrun", f"--nnodes={nodes}", f"--nproc-per-node={procs}", "-m", "ampflow", "train"]
+        assert cmd[cmd.index("--strategy") + 1] == "ddp"
+        # per-pod facts come from the operator's PET_* environment, never baked into a shared template
+        assert not any(a.startswith(("--node-rank", "--master-addr", "--master-port")) for a in cmd)
+    assert "--resume" in cmd  # a pod the operator recreates continues from its checkpoint
+
+
+def test_command_parses_with_the_train_cli() -> None:
+    """The argv in the manifest is accepted by the real ``ampflow train`` parser."""
+    from ampflow.cli import build_parser
+
+    spec = LaunchSpec(recipe="tweets-bow", data="/d", out="/r", nodes=2, gpus_per_node=8, image="i:1",
+                      precision="bf16-mixed", strategy="fsdp", compile=True, mlflow_secret="s",
+                      overrides={"max_steps": 7, "batch_size": "auto", "allow_16_true": False})
+    cmd = container_command(spec)
+    argv = cmd[cmd.index("ampflow", 1) + 1:]
+    args = build_parser().parse_args(argv)
+    assert (args.step, args.recipe, args.data, args.out, args.precision, args.strategy) == (
+        "train", "tweets-bow", "/d", "/r", "bf16-mixed", "fsdp")
+    assert args.compile and args.resume and args.require_tracking
+    assert sorted(args.overrides) == ["allow_16_true=false", "batch_size=auto", "max_steps=7"]
+
+
+def test_names() -> None:
+    assert dns1035_name("My_Job.v2") == "my-job-v2"
+    assert dns1035_name("9lives") == "j-9lives"
+    assert dns1035_name("--a--b--") == "a-b"
+    long_a, long_b = "retrain-" + "a" * 80 + "-1", "retrain-" + "a" * 80 + "-2"
+    na, nb = dns1035_name(long_a), dns1035_name(long_b)
+    assert len(na) == len(nb) == 63 and na != nb and is_dns1035(na) and is_dns1035(nb)
+    assert dns1035_name(long_a) == na  # deterministic: a retry derives the same name
+    assert len(dns1035_name(long_a, 40)) == 40
+    for bad in ("", "---", "_._", "ü"):
+        with pytest.raises(ConfigError):
+            dns1035_name(bad)
+    # pods and services of the job must be valid names too
+    for api, nodes in itertools.product(("pytorchjob", "trainjob"), (1, 2, 12, 100)):
+        limit = max_job_name_len(api, nodes)
+        name = "j" * limit
+        longest = (f"{name}-node-0-{nodes - 1}" if api == "trainjob"
+                   else (f"{name}-worker-{nodes - 2}" if nodes > 1 else f"{name}-master-0"))
+        assert len(longest) == 63
+
+
+def test_default_name_is_stable_and_distinct() -> None:
+    base = dict(recipe="tweets-bow", data="/d", out="/runs/r1", nodes=2, gpus_per_node=8, image="i:1")
+    a, b = LaunchSpec(**base), LaunchSpec(**base)
+    c = LaunchSpec(**base, overrides={"max_steps": 10})
+    assert a.job_name == b.job_name and a.job_name != c.job_name
+    assert spec_hash(build_manifest(a)) == spec_hash(build_manifest(b)) != spec_hash(build_manifest(c))
+    # the name is metadata, not spec: the same run under another name hashes the same (the default
+    # --out, derived from the name, would differ; here --out is given)
+    named = LaunchSpec(**base, name="nightly")
+    assert named.job_name == "nightly"
+    assert spec_hash(build_manifest(named)) == spec_hash(build_manifest(a))
+
+
+def _valid(api: str) -> dict[str, Any]:
+    return build_manifest(LaunchSpec(recipe="r", data="/d", nodes=2, gpus_per_node=1, image="i:1", api=api,
+                                     name="good"))
+
+
+def _v1_container(m: dict[str, Any], role: str = "Worker") -> dict[str, Any]:
+    return m["spec"]["pytorchReplicaSpecs"][role]["template"]["spec"]["containers"][0]
+
+
+V1_BREAKS = {
+    "name upper case": lambda m: m["metadata"].update(name="Bad"),
+    "name too long": lambda m: m["metadata"].update(name="a" * 64),
+    "pods too long": lambda m: m["metadata"].update(name="a" * 60),
+    "master replicas": lambda m: m["spec"]["pytorchReplicaSpecs"]["Master"].update(replicas=2),
+    "worker replicas 0": lambda m: m["spec"]["pytorchReplicaSpecs"]["Worker"].update(replicas=0),
+    "replica type": lambda m: m["spec"]["pytorchReplicaSpecs"].update(PS=m["spec"]["pytorchReplicaSpecs"]["Worker"]),
+    "container name": lambda m: _v1_container(m).update(name="trainer"),
+    "no image": lambda m: _v1_container(m, "Master").update(image=""),
+    "clean pod policy": lambda m: m["spec"]["runPolicy"].update(cleanPodPolicy="Sometimes"),
+    "restart policy": lambda m: m["spec"]["pytorchReplicaSpecs"]["Master"].update(restartPolicy="Maybe"),
+    "elastic without worker": lambda m: (m["spec"]["pytorchReplicaSpecs"].pop("Worker"),
+                                         m["spec"].update(elasticPolicy={"maxReplicas": 2})),
+    "elastic nproc twice": lambda m: m["spec"].update(elasticPolicy={"nProcPerNode": 2}),
+    "duplicate env": lambda m: _v1_container(m)["env"].append(dict(_v1_container(m)["env"][0])),
+}
+V2_BREAKS = {
+    "reserved env": lambda m: m["spec"]["trainer"]["env"].append({"name": "PET_NNODES", "value": "2"}),
+    "zero nodes": lambda m: m["spec"]["trainer"].update(numNodes=0),
+    "bad nproc": lambda m: m["spec"]["trainer"].update(numProcPerNode="many"),
+    "no runtime": lambda m: m["spec"]["runtimeRef"].pop("name"),
+    "name underscore": lambda m: m["metadata"].update(name="a_b"),
+    "managedBy": lambda m: m["spec"].update(managedBy="me"),
+}
+
+
+@pytest.mark.parametrize("api,rule", [("pytorchjob", r) for r in V1_BREAKS] + [("trainjob", r) for r in V2_BREAKS])
+def test_admission_rules_catch_each_violation(api: str, rule: str) -> None:
+    m = _valid(api)
+    assert validate_admission(m) == []
+    (V1_BREAKS if api == "pytorchjob" else V2_BREAKS)[rule](m)
+    assert validate_admission(m), f"{rule} not caught"
+
+
+def test_schema_and_pruning_checks_are_live(validators: dict[str, Any]) -> None:
+    m = _valid("pytorchjob")
+    bad = copy.deepcopy(m)
+    bad["spec"]["pytorchReplicaSpecs"]["Master"]["replicas"] = "one"
+    assert list(validators["PyTorchJob"].iter_errors(bad))
+    typo = copy.deepcopy(m)
+    typo["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]["nodeselector"] = {"a": "b"}
+    assert pruned_fields(typo, _schema_cached("PyTorchJob")) == [
+        ".spec.pytorchReplicaSpecs.Master.template.spec.nodeselector"]
+    t = _valid("trainjob")
+    t["spec"]["trainer"]["numNodes"] = "2"
+    assert list(validators["TrainJob"].iter_errors(t))
+
+
+def _launch_args(*extra: str) -> list[str]:
+    return ["launch", "--recipe", "tweets-bow", "--data", "/data/t", "--nodes", "2", "--gpus-per-node", "4",
+            "--image", "reg/ampflow:0.1", *extra]
+
+
+@pytest.mark.parametrize("api", ["pytorchjob", "trainjob"])
+def test_dry_run_prints_the_manifest(api: str, capsys: pytest.CaptureFixture[str]) -> None:
+    argv = _launch_args("--api", api, "--dry-run", "--mlflow-secret", "mlflow", "--set", "max_steps=50",
+                        "--node-selector", "pool=gpu", "--toleration", "nvidia.com/gpu:NoSchedule",
+                        "--volume", "data:/data", "--namespace", "ml")
+    assert main(argv) == 0
+    printed = yaml.safe_load(capsys.readouterr().out)
+    expected = build_manifest(LaunchSpec(
+        recipe="tweets-bow", data="/data/t", nodes=2, gpus_per_node=4, image="reg/ampflow:0.1", api=api,
+        namespace="ml", mlflow_secret="mlflow", overrides={"max_steps": 50}, node_selector={"pool": "gpu"},
+        tolerations=(parse_toleration("nvidia.com/gpu:NoSchedule"),), volumes=(("data", "/data"),)))
+    assert printed == expected
+    assert validate_admission(printed) == []
+
+
+def test_dry_run_names_and_keeps_secrets_out(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(_launch_args("--dry-run", "--name", "Nightly_Retrain", "--mlflow-secret", "mlflow")) == 0
+    captured = capsys.readouterr()
+    m = yaml.safe_load(captured.out)
+    assert m["metadata"]["name"] == "nightly-retrain"
+    assert "nightly-retrain" in captured.err  # the user is told the name changed
+    env = m["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]["containers"][0]["env"]
+    assert all("value" not in e for e in env if e["name"] != "PYTHONUNBUFFERED")
+
+
+BAD_INPUT = {
+    "nodes": (["--nodes", "0"], "nodes"),
+    "gpus": (["--gpus-per-node", "-1"], "gpus_per_node"),
+    "api": (["--api", "mpijob"], "api must be one of pytorchjob, trainjob"),
+    "image": (["--image", ""], "image"),
+    "name": (["--name=---"], "name"),
+    "namespace": (["--namespace", "ML_Team"], "namespace"),
+    "set key": (["--set", "nope=1"], "nope"),
+    "set value": (["--set", "max_steps=-3"], "max_steps"),
+    "set clash": (["--set", "precision=bf16-mixed"], "--precision"),
+    "strategy": (["--strategy", "single"], "strategy"),
+    "precision": (["--precision", "fp8"], "precision"),
+    "toleration": (["--toleration", "k=v:Sometimes"], "effect"),
+    "selector": (["--node-selector", "pool"], "--node-selector"),
+    "volume": (["--volume", "claim"], "--volume"),
+    "cpu": (["--cpu", "lots"], "cpu"),
+    "clean policy": (["--clean-pod-policy", "Sometimes"], "clean_pod_policy"),
+    "v1 field on v2": (["--api", "trainjob", "--ttl-seconds-after-finished", "60"], "ttl_seconds_after_finished"),
+    "inline credentials": (["--tracking-uri", "https://bob:hunter2@mlflow.example.com"], "tracking_uri"),
+    "timeout": (["--timeout", "0"], "timeout"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_INPUT))
+def test_bad_input_exits_2_with_one_line(case: str, capsys: pytest.CaptureFixture[str]) -> None:
+    extra, needle = BAD_INPUT[case]
+    assert main([*_launch_args(*extra), "--dry-run"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and needle in err and "Traceback" not in err
+    assert "hunter2" not in err

@@ -1,0 +1,154 @@
+"""Both pipelines end to end through kfp.local, logging to a real ``mlflow server`` on 127.0.0.1.
+
+``kfp.local.SubprocessRunner(use_venv=False)`` runs every component as a subprocess of this Python,
+with the real ampflow steps and tiny settings (300 tweets, 8 steps). What kfp.local cannot run is a
+container or a cluster: images, resources and kfp.kubernetes settings are checked in the compiled YAML
+(tests/test_pipelines_compile.py), and the PyTorchJob branch in tests/test_components.py (parity)
+and by the launcher's own tests.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+import warnings
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+TINY = ["max_steps=8", "warmup_steps=2", "log_every=2"]
+LIMIT = 300
+
+
+@pytest.fixture
+def kfp_local(tmp_path, tracking_env):
+    from kfp import local
+
+    root = tmp_path / "kfp"
+    root.mkdir()
+    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root), raise_on_error=True)
+    warnings.filterwarnings("ignore", message=".*no effect in the current local runner.*")
+    return root
+
+
+def _experiment_runs(client):
+    exp = client.get_experiment_by_name(os.environ["AMPFLOW_EXPERIMENT"])
+    if exp is None:
+        return []
+    return client.search_runs([exp.experiment_id], max_results=500)
+
+
+def _only_run_dir(root: Path) -> Path:
+    (run_dir,) = [p for p in root.iterdir() if p.is_dir()]
+    return run_dir
+
+
+def test_benchmark_pipeline_runs_locally_and_reports(tmp_path, tracking_env, mlflow_client):
+    from pipelines.local import find_task_dir, run_benchmark_locally
+
+    out = tmp_path / "bench"
+    summary = run_benchmark_locally(
+        recipe="tweets-bow", precisions=["32-true", "bf16-mixed"], compile_modes=[False], repeats=1,
+        out=out, overrides=TINY, tolerance=100.0, limit=LIMIT,
+    )
+    assert [c["config_id"] for c in summary["configs"]] == ["32-true", "bf16-mixed"]
+    assert summary["recommended"] in ("32-true", "bf16-mixed")
+    assert (out / "report.html").read_text().lstrip().lower().startswith("<!doctype html")
+    assert "32-true" in (out / "report.md").read_text()
+
+    # the figures compare used are the ones each train task wrote into its Model artifact
+    run_dir = Path(summary["kfp_run_dir"])
+    results = {}
+    for result in run_dir.rglob("model/result.json"):
+        data = json.loads(result.read_text())
+        results[data["precision"]] = data["metrics"]["samples_per_s"]
+    assert set(results) == {"32-true", "bf16-mixed"}
+    for config in summary["configs"]:
+        assert config["figures"]["samples_per_s"]["median"] == pytest.approx(results[config["precision"]])
+    compare_dir = find_task_dir(run_dir, "compare")
+    assert (compare_dir / "report_html").is_file() and (compare_dir / "report_md").is_file()
+
+    runs = _experiment_runs(mlflow_client)
+    assert runs, "the steps logged nothing to the MLflow server"
+    assert not [r.info.run_id for r in runs if r.info.status == "RUNNING"]
+
+
+def test_retrain_pipeline_registers_a_passing_candidate(kfp_local, tracking_env, mlflow_client):
+    from pipelines.retrain import retrain
+
+    retrain(recipe="tweets-bow", precision="32-true", settings=TINY, limit=LIMIT, tolerance=100.0)
+    run_dir = _only_run_dir(kfp_local)
+    task_dirs = {p.name for p in run_dir.rglob("*") if p.is_dir()}
+    assert "train" in task_dirs and "train-distributed" not in task_dirs
+    assert "register" in task_dirs, "a passing candidate reaches register"
+    versions = mlflow_client.search_model_versions("name = 'ampflow-tweets-bow'")
+    assert versions, "register created no model version"
+    assert not [r.info.run_id for r in _experiment_runs(mlflow_client) if r.info.status == "RUNNING"]
+
+
+def test_failing_step_fails_the_pipeline_and_leaves_no_run_running(kfp_local, tracking_env, mlflow_client):
+    """A training that diverges (every loss non-finite) fails its step; the pipeline fails, the exit
+    handler runs, and no MLflow run is left RUNNING."""
+    from pipelines.retrain import retrain
+
+    diverge = ["max_steps=8", "warmup_steps=2", "learning_rate=1e38", "max_nonfinite_steps=1", "clip_grad_norm=none"]
+    with pytest.raises(RuntimeError, match="FAILURE"):
+        retrain(recipe="tweets-bow", precision="32-true", settings=diverge, limit=LIMIT)
+    run_dir = _only_run_dir(kfp_local)
+    assert list(run_dir.rglob("mark-failed")), "the exit handler did not run"
+    assert not list(run_dir.rglob("register"))
+    runs = _experiment_runs(mlflow_client)
+    assert not [r.info.run_id for r in runs if r.info.status == "RUNNING"]
+
+
+def test_killed_step_is_marked_failed_by_the_exit_handler(kfp_local, tracking_env, mlflow_client):
+    """The case the exit handler exists for: the train process dies by SIGKILL (an OOM kill, an evicted
+    pod), so it cannot close its own MLflow run. The exit handler finds the run by its pipeline tag."""
+    import signal
+
+    import psutil
+
+    from components import PIPELINE_RUN_TAG
+    from pipelines.retrain import retrain
+
+    long = ["max_steps=100000", "epochs=100000", "warmup_steps=2", "log_every=1"]
+    errors: list[BaseException] = []
+
+    def body():
+        try:
+            retrain(recipe="tweets-bow", precision="32-true", settings=long, limit=LIMIT)
+        except BaseException as exc:  # noqa: BLE001 - handed to the test thread
+            errors.append(exc)
+
+    thread = threading.Thread(target=body)
+    thread.start()
+    victim = None
+    deadline = time.monotonic() + 300
+    while victim is None and time.monotonic() < deadline and thread.is_alive():
+        running = [r for r in _experiment_runs(mlflow_client) if r.info.status == "RUNNING"]
+        if running:
+            victim = running[0]
+            break
+        time.sleep(0.5)
+    assert victim is not None, "the train step never showed a RUNNING run"
+    if PIPELINE_RUN_TAG not in victim.data.tags:
+        # the run is still killed below so the pipeline ends; the assertion follows after the join
+        pass
+    children = psutil.Process().children(recursive=True)
+    executors = [p for p in children if "kfp.dsl.executor_main" in " ".join(p.cmdline())]
+    assert executors, "no component process to kill"
+    for proc in executors:
+        proc.send_signal(signal.SIGKILL)
+    thread.join(timeout=300)
+    assert not thread.is_alive()
+    assert errors and "FAILURE" in str(errors[0])
+    tagged = victim.data.tags.get(PIPELINE_RUN_TAG)
+    assert tagged, (
+        "runs created by ampflow.tracking carry no ampflow.pipeline_run_id tag: the tracker must merge "
+        "MLflow's run-context tags (MLFLOW_RUN_CONTEXT) into create_run"
+    )
+    assert mlflow_client.get_run(victim.info.run_id).info.status == "FAILED"

@@ -1,0 +1,342 @@
+"""``ampflow train`` through the real CLI entry (ampflow.cli.main) on the tiny fixture recipe.
+
+Covers: a short run whose loss falls, the result schema, determinism with a seed, the data order and
+global-batch semantics, batch_size=auto, gradient accumulation, non-finite abort, every bad input (exit 2,
+nothing already written damaged), tracker status on failure and SIGTERM, and one tiny compiled run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from ampflow.cli import main
+from ampflow.train import autobatch
+from ampflow.train.devices import cpu_has_native_bf16
+from ampflow.train.loop import DataOrder, Position, epoch_permutation
+from tests.recipes_fixture import NAME, write_dataset
+
+torch.set_num_threads(1)
+
+RESULT_KEYS = {
+    "schema",
+    "status",
+    "recipe",
+    "config",
+    "precision",
+    "compile",
+    "strategy",
+    "world_size",
+    "device",
+    "device_name",
+    "bf16_emulated",
+    "fp32_matmul_precision",
+    "torch_version",
+    "ampflow_version",
+    "dataset_hash",
+    "metrics",
+    "loss_curve",
+    "memory_kind",
+    "checkpoint",
+}
+METRIC_KEYS = {
+    "samples_per_s",
+    "samples_per_s_per_device",
+    "tokens_per_s",
+    "step_time_p50_s",
+    "step_time_p90_s",
+    "step_time_p99_s",
+    "step_time_min_s",
+    "step_time_max_s",
+    "data_wait_frac",
+    "peak_memory_bytes",
+    "peak_memory_reserved_bytes",
+    "compile_s",
+    "recompiles",
+    "flops_per_sample",
+    "mfu",
+    "final_train_loss",
+    "loss_scale",
+    "skipped_steps",
+    "steps",
+    "timed_steps",
+    "batch_size",
+    "train_wall_s",
+    "timed_wall_s",
+    "checkpoint_s",
+}
+
+
+@pytest.fixture(autouse=True)
+def _no_tracking(monkeypatch):
+    monkeypatch.setenv("AMPFLOW_TRACKING", "off")
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    return write_dataset(tmp_path_factory.mktemp("tiny") / "data")
+
+
+def train(data: Path, out: Path, *extra: str, recipe: str = NAME) -> int:
+    return main(["train", "--recipe", recipe, "--data", str(data), "--out", str(out), *extra])
+
+
+def weights(run: Path) -> dict[str, torch.Tensor]:
+    return torch.load(run / "checkpoint.pt", weights_only=True)["model"]
+
+
+def result(run: Path) -> dict:
+    return json.loads((run / "result.json").read_text())
+
+
+def test_short_run_loss_falls_and_result_schema(data, tmp_path):
+    run = tmp_path / "run"
+    assert train(data, run, "--set", "max_steps=40", "--set", "warmup_steps=3") == 0
+    r = result(run)
+    assert RESULT_KEYS <= set(r)
+    assert set(r["metrics"]) == METRIC_KEYS
+    assert r["schema"] == "ampflow.train.result/1"
+    assert r["precision"] == "32-true" and r["fp32_matmul_precision"] == "highest"
+    assert r["memory_kind"] == "cpu_peak_rss" and r["metrics"]["peak_memory_bytes"] > 0
+    assert r["config"]["batch_size"] == 32 and r["config"]["learning_rate"] == 0.01  # recipe defaults
+    m = r["metrics"]
+    assert m["steps"] == 40 and m["timed_steps"] == 37 and m["batch_size"] == 32
+    assert m["mfu"] is None  # no known peak FLOP/s on a CPU
+    # forward 2 FLOPs per MAC; backward 4 per MAC, except the first layer: no gradient for the input
+    assert m["flops_per_sample"] == pytest.approx(2 * (16 * 32 + 32 * 3) + 2 * 16 * 32 + 4 * 32 * 3, rel=0.01)
+    assert 0 <= m["data_wait_frac"] < 1
+    assert m["step_time_min_s"] <= m["step_time_p50_s"] <= m["step_time_p90_s"] <= m["step_time_max_s"]
+    assert m["samples_per_s"] == pytest.approx(m["samples_per_s_per_device"])
+    curve = [loss for _, loss in r["loss_curve"]]
+    assert [s for s, _ in r["loss_curve"]] == list(range(1, 41))
+    assert np.mean(curve[-5:]) < 0.8 * np.mean(curve[:5])
+    assert m["final_train_loss"] == curve[-1]
+    assert r["checkpoint"] == str(run / "checkpoint.pt")
+
+
+def test_same_seed_same_weights_other_seed_differs(data, tmp_path):
+    args = ("--set", "max_steps=12")
+    assert train(data, tmp_path / "a", *args) == 0
+    assert train(data, tmp_path / "b", *args) == 0
+    assert train(data, tmp_path / "c", *args, "--set", "seed=1") == 0
+    a, b, c = weights(tmp_path / "a"), weights(tmp_path / "b"), weights(tmp_path / "c")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not all(torch.equal(a[k], c[k]) for k in a)
+
+
+def test_bf16_mixed_on_cpu_marks_emulation_honestly(data, tmp_path):
+    assert train(data, tmp_path / "bf", "--precision", "bf16-mixed", "--set", "max_steps=6") == 0
+    r = result(tmp_path / "bf")
+    assert r["precision"] == "bf16-mixed"
+    assert r["bf16_emulated"] is (not cpu_has_native_bf16())
+    assert r["metrics"]["loss_scale"] is None and r["metrics"]["skipped_steps"] == 0
+
+
+def test_bf16_true_keeps_weights_in_bf16(data, tmp_path):
+    assert train(data, tmp_path / "bt", "--precision", "bf16-true", "--set", "max_steps=4") == 0
+    assert all(v.dtype == torch.bfloat16 for v in weights(tmp_path / "bt").values())
+
+
+def test_data_order_is_seeded_and_global_batches_split_across_ranks():
+    assert np.array_equal(epoch_permutation(0, 3, 100), epoch_permutation(0, 3, 100))
+    assert not np.array_equal(epoch_permutation(0, 0, 100), epoch_permutation(0, 1, 100))
+    cpu = torch.device("cpu")
+    single = DataOrder(100, 8, 0, 0, 1, cpu, Position())
+    ranks = [DataOrder(100, 8, 0, r, 2, cpu, Position()) for r in range(2)]
+    for _ in range(30):  # crosses epoch boundaries (drop-last at 96)
+        e, s = single.next_global()
+        for r in ranks:
+            assert r.next_global() == (e, s)
+        joined = torch.cat([r.local_indices(e, s) for r in ranks])
+        assert torch.equal(joined, single.local_indices(e, s))
+        assert np.array_equal(joined.numpy(), single.global_indices(e, s))
+    assert single.pos.epoch == 2
+
+
+def test_grad_accum_counts_optimizer_steps(data, tmp_path):
+    run = tmp_path / "acc"
+    assert train(data, run, "--set", "max_steps=5", "--set", "grad_accum=3", "--set", "batch_size=16") == 0
+    r = result(run)
+    assert r["metrics"]["steps"] == 5 and len(r["loss_curve"]) == 5
+    # 5 steps x 3 micro-batches x 16 samples = 240 of 512 samples: still the first epoch
+    assert r["epochs_seen"] == 1
+
+
+def test_batch_size_auto_reports_search(data, tmp_path):
+    run = tmp_path / "auto"
+    assert (
+        train(data, run, "--set", "batch_size=auto", "--set", "max_steps=3", "--set", "auto_batch_max=64")
+        == 0
+    )
+    r = result(run)
+    search = r["batch_size_search"]
+    assert search["trials"][0]["batch_size"] == 8
+    sizes = [t["batch_size"] for t in search["trials"]]
+    assert sizes == sorted(sizes) and max(sizes) <= 64
+    assert r["config"]["batch_size"] == search["chosen"] == r["metrics"]["batch_size"]
+    assert search["stop_reason"] in {"cap", "throughput_plateau", "memory_budget"}
+
+
+def test_autobatch_search_stops_at_oom_budget_and_plateau():
+    def oom_above(limit):
+        def trial(bs):
+            if bs > limit:
+                raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate")
+            return bs * 10.0, bs * 100
+
+        return trial
+
+    chosen, trials, reason = autobatch.search(
+        oom_above(64), start=8, cap=4096, memory_budget=None, plateau=0.0
+    )
+    assert (chosen, reason) == (64, "out_of_memory") and trials[-1].outcome == "oom"
+    chosen, _, reason = autobatch.search(oom_above(10**6), start=8, cap=4096, memory_budget=3200, plateau=0.0)
+    assert (chosen, reason) == (32, "memory_budget")
+    flat = lambda bs: (min(bs, 32) * 10.0, 0)  # noqa: E731 - throughput stops growing at 32
+    chosen, trials, reason = autobatch.search(flat, start=8, cap=4096, memory_budget=None, plateau=0.05)
+    assert (chosen, reason) == (32, "throughput_plateau") and trials[-1].batch_size == 64
+    chosen, _, reason = autobatch.search(
+        oom_above(10**6), start=8, cap=100, multiple=2, memory_budget=None, plateau=0.0
+    )
+    assert (chosen, reason) == (100, "cap")
+    with pytest.raises(ValueError):
+        autobatch.search(
+            lambda bs: (_ for _ in ()).throw(ValueError("bug")),
+            start=8,
+            cap=64,
+            memory_budget=None,
+            plateau=0.0,
+        )
+
+
+def test_consecutive_nonfinite_losses_abort(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("AMPFLOW_QUIET_ERRORS", "1")
+    data = write_dataset(tmp_path / "data", recipe=None)
+    rc = train(
+        data,
+        tmp_path / "nan",
+        "--set",
+        "max_steps=20",
+        "--set",
+        "max_nonfinite_steps=3",
+        recipe="tests.recipes_fixture:tiny_nan",
+    )
+    assert rc == 1
+    err = capsys.readouterr().err
+    assert "3 consecutive non-finite losses at step 3" in err
+    assert not (tmp_path / "nan" / "result.json").exists()
+
+
+def test_plain_log_lines_when_not_a_tty(data, tmp_path, capsys):
+    assert train(data, tmp_path / "log", "--set", "max_steps=4", "--set", "log_every=2") == 0
+    out = capsys.readouterr().out
+    assert "step 2/4 loss" in out and "step 4/4 loss" in out and "step 3/4" not in out
+
+
+# -- bad input: exit 2, one line, nothing damaged ---------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "extra, needle",
+    [
+        (("--precision", "fp12"), "precision must be one of"),
+        (("--set", "batch_size=0"), "batch_size must be a positive integer"),
+        (("--set", "no_such_key=1"), "unknown --set key 'no_such_key'"),
+        (("--precision", "16-mixed", "--set", "device=cpu"), "precision 16-mixed"),
+        (("--set", "batch_size=100000"), "exceeds the 512 training examples"),
+    ],
+)
+def test_bad_config_exits_2_with_one_line(data, tmp_path, capsys, extra, needle):
+    assert train(data, tmp_path / "bad", *extra) == 2
+    err = capsys.readouterr().err.strip()
+    assert needle in err and "\n" not in err and "Traceback" not in err
+    assert not (tmp_path / "bad" / "checkpoint.pt").exists()
+
+
+def test_unknown_recipe_and_not_a_dataset(data, tmp_path, capsys):
+    assert train(data, tmp_path / "r", recipe="no-such-recipe") == 2
+    assert "unknown recipe 'no-such-recipe'" in capsys.readouterr().err
+    assert train(tmp_path, tmp_path / "r") == 2
+    assert "not a prepared dataset" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()
+
+
+def test_fresh_train_refuses_to_overwrite_a_checkpoint(data, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert train(data, run, "--set", "max_steps=3") == 0
+    before = (run / "checkpoint.pt").read_bytes(), (run / "result.json").read_bytes()
+    assert train(data, run, "--set", "max_steps=3") == 2
+    assert "--resume" in capsys.readouterr().err
+    assert before == ((run / "checkpoint.pt").read_bytes(), (run / "result.json").read_bytes())
+
+
+def test_unreadable_checkpoint_on_resume_exits_2(data, tmp_path, capsys):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "checkpoint.pt").write_bytes(b"not a checkpoint")
+    assert train(data, run, "--resume") == 2
+    assert "unreadable checkpoint" in capsys.readouterr().err
+    assert (run / "checkpoint.pt").read_bytes() == b"not a checkpoint"
+
+
+def test_resume_with_other_recipe_or_dataset_exits_2(tmp_path, capsys):
+    # a dataset without a recorded recipe, so that the resume check (not the dataset check) speaks
+    data = write_dataset(tmp_path / "data", recipe=None)
+    run = tmp_path / "run"
+    assert train(data, run, "--set", "max_steps=3") == 0
+    before = (run / "checkpoint.pt").read_bytes()
+    assert train(data, run, "--resume", recipe="tests.recipes_fixture:tiny_nan") == 2
+    assert "was trained with recipe" in capsys.readouterr().err
+    other = write_dataset(tmp_path / "other", seed=5, recipe=None)
+    assert train(other, run, "--resume") == 2
+    assert "hash differs" in capsys.readouterr().err
+    assert (run / "checkpoint.pt").read_bytes() == before
+
+
+# -- tracker status ---------------------------------------------------------------------------------
+
+
+class RecordingTracker:
+    """Records close() statuses; the wrapper under test is the real one."""
+
+    def __init__(self) -> None:
+        self.statuses: list[str] = []
+
+    def close(self, status: str = "FINISHED") -> None:
+        self.statuses.append(status)
+
+
+def test_tracker_closed_failed_killed_finished():
+    from ampflow.steps.train import Terminated, _tracked
+
+    t = RecordingTracker()
+    with pytest.raises(RuntimeError), _tracked(t):
+        raise RuntimeError("boom")
+    with pytest.raises(Terminated), _tracked(t):
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(5)  # the handler interrupts this at once
+    with pytest.raises(KeyboardInterrupt), _tracked(t):
+        raise KeyboardInterrupt
+    with _tracked(t):
+        pass
+    assert t.statuses == ["FAILED", "KILLED", "KILLED", "FINISHED"]
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL or callable(signal.getsignal(signal.SIGTERM))
+
+
+@pytest.mark.slow
+def test_compiled_run_reports_compile_time_apart(data, tmp_path):
+    """One tiny compiled run (the first inductor compile takes tens of seconds on 2 cores)."""
+    run = tmp_path / "compiled"
+    assert train(data, run, "--compile", "--set", "max_steps=4", "--set", "warmup_steps=0") == 0
+    m = result(run)["metrics"]
+    assert result(run)["compile"] is True
+    assert m["compile_s"] > 0 and m["recompiles"] == 0
+    assert m["timed_steps"] == 3  # the compiling step is outside the timed window
+    assert m["compile_s"] > m["step_time_max_s"]
