@@ -133,7 +133,9 @@ def hand_loop(config: Any, recipe: Any, data_dir: Path, steps: int, warmup: int)
         pos += bs
         ctx = torch.amp.autocast(device.type, dtype=amp) if amp else contextlib.nullcontext()
         with ctx:
-            loss = recipe.loss(model(**{k: v[idx] for k, v in inputs.items()}), labels[idx])
+            loss = recipe.loss(
+                model(**{k: v.index_select(0, idx) for k, v in inputs.items()}), labels.index_select(0, idx)
+            )
         if scaler:
             scaler.scale(loss).backward()
             scaler.unscale_(opt)

@@ -16,7 +16,6 @@ from kfp import dsl
 from components import CACHE_MOUNT, TRAINING_IMAGE
 from components.compare import compare
 from components.evaluate import evaluate
-from components.mark_failed import mark_failed
 from components.prep import prep
 from components.sweep_plan import sweep_plan
 from components.train import train
@@ -52,8 +51,8 @@ def benchmark(
     tolerations: list = cluster.GPU_TOLERATIONS,
     mlflow_secret: str = "ampflow-mlflow",
     cache_pvc: str = "ampflow-cache",
-) -> None:
-    # no pipeline outputs: KFP refuses outputs from inside an ExitHandler; the report is compare's artifact
+) -> str:
+    """Returns the recommended configuration id ("" when none passes)."""
     run_id = dsl.PIPELINE_JOB_ID_PLACEHOLDER
     gpu = dict(
         accelerator_type=accelerator_type,
@@ -66,60 +65,56 @@ def benchmark(
         tolerations=tolerations,
     )
 
-    exit_task = mark_failed(pipeline_run_id=run_id).set_display_name("close MLflow runs on failure")
-    exit_task.set_caching_options(False)
-    cluster.with_mlflow(cluster.with_small_resources(cluster.on_image(exit_task, image)), mlflow_secret)
+    # No ExitHandler around a ParallelFor: the KFP backend fails such runs (kubeflow/pipelines#12390).
+    # A step ends its own MLflow run as FAILED or KILLED (SIGTERM from a deleted pod included).
+    plan = sweep_plan(configurations=configurations, repeats=repeats).set_display_name("plan")
+    cluster.with_small_resources(cluster.on_image(plan, image))
 
-    with dsl.ExitHandler(exit_task, name="benchmark"):
-        plan = sweep_plan(configurations=configurations, repeats=repeats).set_display_name("plan")
-        cluster.with_small_resources(cluster.on_image(plan, image))
+    prep_task = prep(
+        recipe=recipe,
+        source=source,
+        seed=seed,
+        limit=limit,
+        cache_dir=CACHE_MOUNT,
+        pipeline_run_id=run_id,
+    ).set_display_name("prep")
+    cluster.with_resources(
+        prep_task, cpu_request=cpu_request, memory_request=memory_request, memory_limit=memory_limit
+    )
+    cluster.with_cache(cluster.on_image(prep_task, image), cache_pvc)
 
-        prep_task = prep(
+    with dsl.ParallelFor(plan.output, parallelism=PARALLELISM, name="configurations") as entry:
+        train_task = train(
             recipe=recipe,
-            source=source,
-            seed=seed,
-            limit=limit,
+            data=prep_task.outputs["data"],
+            precision=entry.precision,
+            compile=entry.compile,
+            settings=settings,
             cache_dir=CACHE_MOUNT,
             pipeline_run_id=run_id,
-        ).set_display_name("prep")
-        prep_task.set_cpu_request(cpu_request).set_memory_request(memory_request).set_memory_limit(
-            memory_limit
-        )
-        cluster.with_cache(cluster.on_image(prep_task, image), cache_pvc)
+        ).set_display_name("train")
+        # a benchmark measures: never reuse a cached training
+        train_task.set_caching_options(False)
+        cluster.with_accelerator(cluster.on_image(train_task, image), **gpu)
+        cluster.with_cache(cluster.with_mlflow(train_task, mlflow_secret), cache_pvc)
+        cluster.with_train_retries(train_task)
 
-        with dsl.ParallelFor(plan.output, parallelism=PARALLELISM, name="configurations") as entry:
-            train_task = train(
-                recipe=recipe,
-                data=prep_task.outputs["data"],
-                precision=entry.precision,
-                compile=entry.compile,
-                settings=settings,
-                cache_dir=CACHE_MOUNT,
-                pipeline_run_id=run_id,
-            ).set_display_name("train")
-            # a benchmark measures: never reuse a cached training
-            train_task.set_caching_options(False)
-            cluster.with_accelerator(cluster.on_image(train_task, image), **gpu)
-            cluster.with_cache(cluster.with_mlflow(train_task, mlflow_secret), cache_pvc)
-            cluster.with_train_retries(train_task)
-
-            eval_task = evaluate(
-                recipe=recipe,
-                data=prep_task.outputs["data"],
-                model=train_task.outputs["model"],
-                pipeline_run_id=run_id,
-            ).set_display_name("evaluate")
-            eval_task.set_caching_options(False)
-            cluster.with_accelerator(cluster.on_image(eval_task, image), **gpu)
-            cluster.with_mlflow(eval_task, mlflow_secret)
-
-        compare_task = compare(
-            runs=dsl.Collected(eval_task.outputs["evaluated_run"]),
-            baseline=baseline,
-            tolerance=tolerance,
+        eval_task = evaluate(
+            recipe=recipe,
+            data=prep_task.outputs["data"],
+            model=train_task.outputs["model"],
             pipeline_run_id=run_id,
-        ).set_display_name("compare")
-        compare_task.set_caching_options(False)
-        cluster.with_mlflow(
-            cluster.with_small_resources(cluster.on_image(compare_task, image)), mlflow_secret
-        )
+        ).set_display_name("evaluate")
+        eval_task.set_caching_options(False)
+        cluster.with_accelerator(cluster.on_image(eval_task, image), **gpu)
+        cluster.with_mlflow(eval_task, mlflow_secret)
+
+    compare_task = compare(
+        runs=dsl.Collected(eval_task.outputs["evaluated_run"]),
+        baseline=baseline,
+        tolerance=tolerance,
+        pipeline_run_id=run_id,
+    ).set_display_name("compare")
+    compare_task.set_caching_options(False)
+    cluster.with_mlflow(cluster.with_small_resources(cluster.on_image(compare_task, image)), mlflow_secret)
+    return compare_task.outputs["recommended"]

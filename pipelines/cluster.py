@@ -12,6 +12,7 @@ from typing import Any
 
 from kfp import kubernetes
 from kfp.dsl import PipelineTask
+from kfp.dsl.pipeline_channel import PipelineChannel
 
 from components import CACHE_MOUNT
 
@@ -47,6 +48,10 @@ def with_accelerator(
     tolerations: Any,
 ) -> PipelineTask:
     """GPU type and count, CPU and memory, node selector and tolerations, all from parameters."""
+    # kfp 2.17's resource setters do not register their channels with the task, so a task inside a
+    # control-flow group (ExitHandler, ParallelFor, If) would reference parameters its group never
+    # receives: kfp.local fails on it, and so would the cluster
+    _register(task, accelerator_type, accelerator_count, cpu_request, cpu_limit, memory_request, memory_limit)
     task.set_accelerator_type(accelerator_type)
     task.set_accelerator_limit(accelerator_count)
     task.set_cpu_request(cpu_request).set_cpu_limit(cpu_limit)
@@ -54,6 +59,18 @@ def with_accelerator(
     kubernetes.add_node_selector_json(task, node_selector)
     kubernetes.add_toleration_json(task, tolerations)
     return task
+
+
+def with_resources(
+    task: PipelineTask, *, cpu_request: Any, memory_request: Any, memory_limit: Any
+) -> PipelineTask:
+    """CPU and memory from parameters, no accelerator (prep)."""
+    _register(task, cpu_request, memory_request, memory_limit)
+    return task.set_cpu_request(cpu_request).set_memory_request(memory_request).set_memory_limit(memory_limit)
+
+
+def _register(task: PipelineTask, *values: Any) -> None:
+    task.register_pipeline_channels([v for v in values if isinstance(v, PipelineChannel)])
 
 
 def with_small_resources(task: PipelineTask) -> PipelineTask:

@@ -161,8 +161,8 @@ def retrain(
             cache_dir=CACHE_MOUNT,
             pipeline_run_id=run_id,
         ).set_display_name("prep")
-        prep_task.set_cpu_request(cpu_request).set_memory_request(memory_request).set_memory_limit(
-            memory_limit
+        cluster.with_resources(
+            prep_task, cpu_request=cpu_request, memory_request=memory_request, memory_limit=memory_limit
         )
         cluster.with_cache(cluster.on_image(prep_task, image), cache_pvc)
         data = prep_task.outputs["data"]

@@ -25,6 +25,7 @@ every request from :attr:`LoopbackCluster.requests`.
 
 from __future__ import annotations
 
+import functools
 import json
 import threading
 import time
@@ -64,9 +65,18 @@ _STATUS_REASON = {
 }
 
 
+@functools.cache
 def crd_schema(group: str, version: str, plural: str) -> dict[str, Any]:
-    crd = yaml.safe_load((CRD_DIR / CRD_FILES[(group, version, plural)]).read_text(encoding="utf-8"))
+    text = (CRD_DIR / CRD_FILES[(group, version, plural)]).read_text(encoding="utf-8")
+    crd = yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))  # noqa: S506 - a safe loader
     return crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+
+
+@functools.cache
+def _validator(group: str, version: str, plural: str) -> Any:
+    import jsonschema
+
+    return jsonschema.Draft7Validator(crd_schema(group, version, plural))
 
 
 @dataclass
@@ -104,7 +114,6 @@ class LoopbackCluster:
         self.requests: list[tuple[str, str]] = []  # (method, path with query)
         self.next_script = Script()
         self._faults: list[tuple[str, int, int, str]] = []  # (verb, status, remaining, message)
-        self._validators: dict[tuple[str, str, str], Any] = {}
         self.stopped = threading.Event()
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
         self.server.daemon_threads = True
@@ -163,12 +172,7 @@ class LoopbackCluster:
     # -- the API server ---------------------------------------------------------------------------
 
     def _validate(self, group: str, version: str, plural: str, body: dict[str, Any]) -> str | None:
-        import jsonschema
-
-        key = (group, version, plural)
-        if key not in self._validators:
-            self._validators[key] = jsonschema.Draft7Validator(crd_schema(*key))
-        errors = sorted(self._validators[key].iter_errors(body), key=lambda e: list(e.path))
+        errors = sorted(_validator(group, version, plural).iter_errors(body), key=lambda e: list(e.path))
         if errors:
             e = errors[0]
             return f"{'.'.join(str(p) for p in e.path)}: {e.message}"

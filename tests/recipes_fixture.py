@@ -48,8 +48,12 @@ class TinyRecipe(BaseRecipe):
         arrays = {s: {"x": df[cols].to_numpy(np.float32)} for s, df in splits.items()}
         return arrays, {"num_features": FEATURES, "num_classes": CLASSES}
 
+    dropout = 0.1
+
     def build_model(self, info: dict[str, Any]) -> Any:
         import torch
+
+        p = self.dropout
 
         class TinyMLP(torch.nn.Module):
             def __init__(self) -> None:
@@ -57,7 +61,7 @@ class TinyRecipe(BaseRecipe):
                 self.net = torch.nn.Sequential(
                     torch.nn.Linear(info["num_features"], 32),
                     torch.nn.ReLU(),
-                    torch.nn.Dropout(0.1),
+                    torch.nn.Dropout(p),
                     torch.nn.Linear(32, info["num_classes"]),
                 )
 
@@ -75,6 +79,16 @@ class NanRecipe(TinyRecipe):
 
     def loss(self, logits: Any, labels: Any) -> Any:
         return super().loss(logits, labels) * float("nan")
+
+
+class NoDropoutRecipe(TinyRecipe):
+    """Deterministic forward: 1 and N processes must then agree up to float summation order."""
+
+    dropout = 0.0
+
+
+def tiny_nodrop() -> NoDropoutRecipe:
+    return NoDropoutRecipe()
 
 
 def tiny() -> TinyRecipe:

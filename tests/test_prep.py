@@ -148,6 +148,36 @@ def test_seed_decides_the_content_hash(tmp_path):
     assert hash_for(2, "c") != first
 
 
+def test_hash_is_the_same_in_a_fresh_process(tmp_path):
+    """No dict/set-order or hash-seed dependence: another interpreter, another PYTHONHASHSEED, same bytes."""
+    import subprocess
+    import sys
+
+    here = prep.run(RunConfig(recipe="tweets-bow", seed=5), Paths.of(out=tmp_path / "a"), limit=300)
+    env = {**os.environ, "PYTHONHASHSEED": "12345"}
+    argv = [
+        sys.executable,
+        "-m",
+        "ampflow",
+        "prep",
+        "--recipe",
+        "tweets-bow",
+        "--seed",
+        "5",
+        "--limit",
+        "300",
+    ]
+    subprocess.run([*argv, "--out", str(tmp_path / "b")], check=True, env=env, capture_output=True)  # noqa: S603
+    assert read_manifest(tmp_path / "b")["content_hash"] == here["content_hash"]
+    assert (tmp_path / "a" / "vocab.json").read_bytes() == (tmp_path / "b" / "vocab.json").read_bytes()
+
+
+def test_out_that_is_a_file_is_refused(tmp_path):
+    (tmp_path / "f").write_text("x")
+    with pytest.raises(ConfigError, match="exists and is not a directory"):
+        prep.run(RunConfig(recipe="mnist-cnn"), Paths.of(out=tmp_path / "f"), limit=100)
+
+
 def test_rerun_replaces_a_dataset_whole(tmp_path):
     out = tmp_path / "d"
     a = prep.run(RunConfig(recipe="mnist-cnn", seed=0), Paths.of(out=out), limit=100)
@@ -250,10 +280,12 @@ def _bad_sources(tmp: Path) -> dict[str, tuple[str, str]]:
     text_frame().drop(columns="label").rename(columns={"text": "text"}).assign(sentiment="x").to_csv(
         tmp / "nolabelcol.csv", index=False
     )
+    (tmp / "adir.csv").mkdir()
     (tmp / "notes.txt").write_text("text,label\nhi,good\n")
     small = pd.concat([text_frame(), pd.DataFrame({"text": ["rare a", "rare b"], "label": ["rare", "rare"]})])
     small.to_csv(tmp / "small.csv", index=False)
     (tmp / "broken.jsonl").write_text('{"text": "a", "label": "x"}\n{not json\n')
+    text_frame().rename(columns={"text": "body"}).to_json(tmp / "notext.jsonl", orient="records", lines=True)
     return {
         "missing": (str(tmp / "nope.csv"), "no such file"),
         "empty": (str(tmp / "empty.csv"), "file is empty"),
@@ -267,6 +299,8 @@ def _bad_sources(tmp: Path) -> dict[str, tuple[str, str]]:
         "too few per class": (str(tmp / "small.csv"), "too few rows per class"),
         "unparsable": (str(tmp / "broken.jsonl"), "cannot parse as jsonl"),
         "missing memory uri": ("memory://nowhere/x.csv", "no such file"),
+        "no text column": (str(tmp / "notext.jsonl"), "no text column 'text'; columns found: body, label"),
+        "a directory": (str(tmp / "adir.csv"), "is a directory"),
     }
 
 
@@ -282,6 +316,8 @@ def _bad_sources(tmp: Path) -> dict[str, tuple[str, str]]:
         "too few per class",
         "unparsable",
         "missing memory uri",
+        "no text column",
+        "a directory",
     ],
 )
 def test_bad_source_is_exit_2_and_leaves_out_alone(tmp_path, capsys, existing, case):

@@ -81,7 +81,8 @@ def api_client_from_config(context: str | None = None) -> k8s.ApiClient:
     configuration = k8s.Configuration()
     try:
         if os.path.exists(kubeconfig.split(os.pathsep)[0]):
-            config.load_kube_config(context=context, client_configuration=configuration)
+            # explicit: the package reads KUBECONFIG once, at import, not when called
+            config.load_kube_config(config_file=kubeconfig, context=context, client_configuration=configuration)
         else:
             config.load_incluster_config(client_configuration=configuration)
     except config.ConfigException as exc:

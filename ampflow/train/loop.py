@@ -19,6 +19,9 @@ import random
 import sys
 import time
 import warnings
+
+# a GradScaler-skipped step makes torch warn that the scheduler stepped before the optimizer: expected
+warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler\.step\(\)` before", category=UserWarning)
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -216,10 +219,7 @@ class Stepper:
         norm_val = float(norm.item()) if norm is not None else None
         finite = math.isfinite(loss_val) and (norm_val is None or math.isfinite(norm_val))
         stepped = self.policy.step(self.optimizer, grads_finite=finite)
-        with warnings.catch_warnings():
-            # a GradScaler-skipped first step makes torch warn about scheduler order; expected
-            warnings.simplefilter("ignore", UserWarning)
-            self.scheduler.step()
+        self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         return StepOutcome(loss_val, stepped, data_s, norm_val)
 
@@ -330,6 +330,9 @@ def train(
     model = recipe.build_model(info).to(device)
     model = policy.convert_model(model)
     loss_fn = loss_fn_of(recipe)
+    if rank:
+        # same initial weights on every rank (seeded above), but independent dropout masks per rank
+        torch.manual_seed(config.seed + 1000 * rank)
 
     # -- batch size ------------------------------------------------------------------------------
     search_report = None

@@ -1,0 +1,140 @@
+"""``ampflow compare``: verdict, noise, regression logic on controlled figures, and the report's numbers
+against the runs' metrics in a real `mlflow server` (session fixture).
+
+    .venv/bin/python -m pytest tests/test_compare.py -q -x
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from ampflow.cli import main
+from ampflow.config import ConfigError
+from ampflow.steps import compare
+from tests.fixtures_mlflow import log_sweep
+
+
+def rec(precision, thr, acc, *, peak=100.0, compile=False, ece=0.05, name=None):
+    return {"name": name or precision, "precision": precision, "compile": compile, "strategy": "single",
+            "recipe": "tweets-bow", "metrics": {"samples_per_s": thr, "accuracy": acc, "macro_f1": acc - 0.01,
+                                                "ece": ece, "peak_memory_bytes": peak},
+            "loss_curve": [[0, 1.0], [1, 0.5]]}  # fmt: skip
+
+
+def by_id(summary):
+    return {c["config_id"]: c for c in summary["configs"]}
+
+
+def test_verdict_and_recommendation_follow_the_tolerance():
+    runs = [rec("32-true", 100, 0.800, peak=200), rec("bf16-mixed", 150, 0.797, peak=120),
+            rec("tf32", 180, 0.790, peak=200), rec("16-mixed", 170, 0.804, peak=110)]  # fmt: skip
+    s = compare.compare_runs(runs, baseline="32-true", tolerance=0.5, previous=[])
+    c = by_id(s)
+    assert c["32-true"]["verdict"] == "baseline"
+    assert c["bf16-mixed"]["verdict"] == "pass" and c["bf16-mixed"]["speedup"] == 1.5
+    assert c["bf16-mixed"]["memory_ratio"] == 0.6
+    assert c["bf16-mixed"]["accuracy_delta_pp"] == pytest.approx(-0.3)
+    assert c["tf32"]["verdict"] == "fail"  # fastest, but 1 pp below the baseline
+    assert s["recommended"] == "16-mixed"  # the fastest that passes
+    # a wider tolerance lets the fastest one through
+    assert compare.compare_runs(runs, tolerance=1.5, previous=[])["recommended"] == "tf32"
+    # single runs cannot tell noise
+    assert c["bf16-mixed"]["throughput_within_noise"] is None
+    md = compare.render_markdown(s)
+    assert "16-mixed" in md and "**recommended**" in md and "1.50x" in md
+
+
+def test_repeats_give_medians_spread_and_within_noise():
+    runs = [rec("32-true", 100, 0.80), rec("32-true", 110, 0.81), rec("32-true", 90, 0.79),
+            rec("bf16-mixed", 104, 0.80), rec("bf16-mixed", 96, 0.80), rec("bf16-mixed", 106, 0.80),
+            rec("tf32", 150, 0.80), rec("tf32", 152, 0.80), rec("tf32", 149, 0.80)]  # fmt: skip
+    c = by_id(compare.compare_runs(runs, previous=[]))
+    thr = c["32-true"]["figures"]["samples_per_s"]
+    assert (thr["median"], thr["min"], thr["max"], thr["n"]) == (100, 90, 110, 3)
+    assert c["bf16-mixed"]["speedup"] == 1.04 and c["bf16-mixed"]["speedup_range"] == [0.96, 1.06]
+    assert c["bf16-mixed"]["throughput_within_noise"] is True  # 4/s apart, spread 20/s
+    assert c["tf32"]["throughput_within_noise"] is False  # 50/s apart
+    assert c["tf32"]["accuracy_within_noise"] is True
+
+
+def test_regression_against_previous_sweeps():
+    runs = [rec("32-true", 100, 0.80), rec("bf16-mixed", 130, 0.78)]
+    previous = [
+        {
+            "sweep_run_id": "a",
+            "configs": {
+                "32-true": {"samples_per_s": 101, "accuracy": 0.80},
+                "bf16-mixed": {"samples_per_s": 160, "accuracy": 0.80},
+            },
+        },
+        {"sweep_run_id": "b", "configs": {"bf16-mixed": {"samples_per_s": 150, "accuracy": 0.799}}},
+    ]
+    s = compare.compare_runs(runs, previous=previous, throughput_drop=0.10, accuracy_drop=1.0)
+    flagged = {(r["config_id"], r["metric"]) for r in s["regressions"]}
+    # bf16: 130 against a median of 155 (-16%), accuracy 2 pp below; 32-true: 1% slower, inside the threshold
+    assert flagged == {("bf16-mixed", "samples_per_s"), ("bf16-mixed", "accuracy")}
+    assert s["regressed"] is True
+    assert not compare.compare_runs(runs, previous=previous, throughput_drop=0.2, accuracy_drop=2.5)[
+        "regressed"
+    ]
+
+
+def test_bad_input_is_a_config_error():
+    with pytest.raises(ConfigError, match="--baseline"):
+        compare.compare_runs([rec("bf16-mixed", 1, 0.5)], baseline="32-true", previous=[])
+    assert main(["compare", "--runs", "/nonexistent/run"]) == 2
+    assert main(["compare"]) == 2
+
+
+@pytest.mark.slow
+def test_report_from_a_tracked_sweep_and_regression_gate(tracking_env, mlflow_client, tmp_path):
+    first, dirs = log_sweep(
+        tmp_path / "s1", [("32-true", 100.0, 2.0e8, 0.80), ("bf16-mixed", 140.0, 1.2e8, 0.798)]
+    )
+    out = tmp_path / "report1"
+    assert main(["compare", "--sweep", first, "--out", str(out), "--fail-on-regression"]) == 0
+    s = json.loads((out / "summary.json").read_text())
+    assert (
+        s["schema"] == "ampflow.compare/1" and s["sweep_run_id"] == first and s["regression_baseline"] == []
+    )
+    # every figure in the report is the run's metric in MLflow
+    for c in s["configs"]:
+        (run_id,) = c["run_ids"]
+        m = mlflow_client.get_run(run_id).data.metrics
+        assert c["figures"]["samples_per_s"]["median"] == m["samples_per_s"]
+        assert c["figures"]["peak_memory_bytes"]["median"] == m["peak_memory_bytes"]
+        assert c["figures"]["accuracy"]["median"] == m["accuracy"]
+        assert c["loss_curve"] and c["loss_curve"][-1][0] == 19
+    assert by_id(s)["bf16-mixed"]["speedup"] == 1.4 and s["recommended"] == "bf16-mixed"
+    html = (out / "report.html").read_text()
+    assert html.count("data:image/png;base64,") == 4 and "bf16-mixed" in html
+    arts = {a.path for a in mlflow_client.list_artifacts(first, "compare")}
+    assert arts == {"compare/summary.json", "compare/report.md", "compare/report.html"}
+    assert mlflow_client.get_run(first).data.tags["ampflow.recommended"] == "bf16-mixed"
+
+    # the same summary from run directories
+    s_dirs = compare.compare_runs(dirs, previous=[])
+    assert by_id(s_dirs)["bf16-mixed"]["speedup"] == 1.4
+
+    # the next scheduled sweep got slower: flagged, and the gate exits 3
+    second, _ = log_sweep(
+        tmp_path / "s2", [("32-true", 99.0, 2.0e8, 0.80), ("bf16-mixed", 100.0, 1.2e8, 0.797)]
+    )
+    out2 = tmp_path / "report2"
+    assert (
+        main(["compare", "--sweep", second, "--out", str(out2), "--fail-on-regression"])
+        == compare.EXIT_REGRESSION
+    )
+    s2 = json.loads((out2 / "summary.json").read_text())
+    assert s2["regression_baseline"] == [first]
+    assert [(r["config_id"], r["metric"]) for r in s2["regressions"]] == [("bf16-mixed", "samples_per_s")]
+    # without the flag a regression is reported, not fatal; by experiment + recipe finds the latest sweep
+    assert main(["compare", "--experiment", tracking_env_experiment(), "--recipe", "tweets-bow"]) == 0
+
+
+def tracking_env_experiment():
+    import os
+
+    return os.environ["AMPFLOW_EXPERIMENT"]
