@@ -70,6 +70,13 @@ test-airflow: airflow-venv setup
 bench: setup
 	$(BIN)/python -m benchmarks.run_all $(BENCH_ARGS)
 
+# opt-in: `ampflow launch` against a real cluster (kind + the Kubeflow operators: README, section kube)
+e2e-cluster: setup
+	@kc="$${KUBECONFIG:-$$HOME/.kube/config}"; if [ ! -f "$${kc%%:*}" ]; then \
+	  echo "make e2e-cluster: no kubeconfig at $$kc; skipped (README, section kube, sets up a kind cluster)"; \
+	  exit 0; fi; \
+	KUBECONFIG="$$kc" $(BIN)/python -m pytest -q -m cluster tests/test_e2e_cluster.py $(PYTEST_ARGS)
+
 # KFP: compile the pipelines into pipelines/compiled/*.yaml (committed; a test fails when they are stale)
 compile: setup
 	$(BIN)/python -m pipelines.compile

@@ -24,8 +24,10 @@ STEP_OPTIONS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "register": (("summary", "model_name", "tolerance"), ()),
     "launch": (
         ("recipe", "data", "out", "precision", "strategy", "nodes", "gpus_per_node", "image", "name", "api",
-         "namespace"),
-        ("compile", "dry_run"),
+         "namespace", "runtime", "node_selector", "tolerations", "volume", "cpu", "memory", "service_account",
+         "mlflow_secret", "tracking_uri", "clean_pod_policy", "backoff_limit", "active_deadline_seconds",
+         "ttl_seconds_after_finished", "timeout", "context", "poll_interval"),
+        ("compile", "dry_run", "no_logs"),
     ),
 }
 

@@ -284,7 +284,15 @@ class AmpflowStepOperator(ResumableJobMixin, BaseOperator):
         elif step == "train" and context["ti"].try_number > 1:
             # a retry continues from the failed try's last checkpoint (train starts fresh without one)
             opts["resume"] = True
-        return step_argv(step, program=program, overrides=dict(self.overrides) or None, **opts)
+        overrides = dict(self.overrides or {})
+        if step == "evaluate":
+            # evaluate takes the trained run's configuration; only a few keys may differ
+            from ampflow.steps.evaluate import EVAL_MAY_CHANGE
+
+            overrides = {k: v for k, v in overrides.items() if k in EVAL_MAY_CHANGE}
+        elif step not in ("train", "launch"):
+            overrides = {}
+        return step_argv(step, program=program, overrides=overrides or None, **opts)
 
     # -- execute ----------------------------------------------------------------------------------
 
@@ -405,6 +413,10 @@ class AmpflowStepOperator(ResumableJobMixin, BaseOperator):
         return str(folder / name)
 
     def _report(self, value: Any) -> Any:
+        if isinstance(value, dict):
+            # per-step series (loss curve, lr schedule) stay in the result file, out of the metadata DB
+            value = {k: v for k, v in value.items()
+                     if k not in ("loss_curve", "lr_schedule") and not (isinstance(v, list) and len(v) > 50)}
         if isinstance(value, dict) and isinstance(value.get("markdown"), str):
             self.log.info("ampflow %s report:\n%s", self.step, value["markdown"])
         return value
@@ -506,29 +518,50 @@ def _mlflow_request(base: str, path: str, payload: dict[str, Any] | None = None)
         return json.loads(resp.read() or b"{}")
 
 
+def local_run_ids(root: str | Path) -> set[str]:
+    """MLflow run ids the steps recorded under ``root`` (each run directory's tracking/state.json)."""
+    ids = set()
+    for state in Path(root).glob("**/tracking/state.json"):
+        try:
+            run_id = json.loads(state.read_text()).get("run_id")
+        except (OSError, ValueError):
+            continue
+        if run_id:
+            ids.add(run_id)
+    return ids
+
+
 def close_leftover_runs(context: Any, log: Any) -> list[str]:
     """Mark FAILED every MLflow run of this DAG run still RUNNING (a step killed by SIGKILL, OOM or a
-    lost pod cannot close its own run). Needs an http(s) tracking URI; returns the closed run ids."""
+    lost pod cannot close its own run). The runs are those tagged with this Airflow run id and, in
+    local mode, those the run directories record. Needs an http(s) tracking URI; returns what it closed."""
     uri = _variable("ampflow_mlflow_tracking_uri") or os.environ.get("MLFLOW_TRACKING_URI", "")
     if not uri.startswith(("http://", "https://")):
         log.info("MLflow tracking URI %r is not a server: leftover-run check skipped", uri or None)
         return []
-    ti = context["ti"]
+    candidates: dict[str, str] = {}
     experiments = _mlflow_request(uri, "experiments/search", {"max_results": 1000}).get("experiments", [])
     ids = [e["experiment_id"] for e in experiments]
-    if not ids:
-        return []
-    run_id = ti.run_id.replace("'", "")
-    query = f"tags.`ampflow.airflow_run_id` = '{run_id}' and attributes.status = 'RUNNING'"
-    runs = _mlflow_request(uri, "runs/search", {"experiment_ids": ids, "filter": query,
-                                                 "max_results": 1000}).get("runs", [])
+    if ids:
+        run_id = context["ti"].run_id.replace("'", "")
+        query = f"tags.`ampflow.airflow_run_id` = '{run_id}' and attributes.status = 'RUNNING'"
+        for run in _mlflow_request(uri, "runs/search", {"experiment_ids": ids, "filter": query,
+                                                         "max_results": 1000}).get("runs", []):
+            candidates[run["info"]["run_id"]] = run["info"]["status"]
+    if resolve_mode(context) == "local":
+        for rid in local_run_ids(run_root(context, "local")) - set(candidates):
+            try:
+                candidates[rid] = _mlflow_request(uri, "runs/get", {"run_id": rid})["run"]["info"]["status"]
+            except urllib.error.HTTPError as exc:
+                log.warning("MLflow run %s recorded in the run directory is unknown to %s (%s)", rid, uri, exc.code)
     closed = []
-    for run in runs:
-        rid = run["info"]["run_id"]
-        _mlflow_request(uri, "runs/update", {"run_id": rid, "status": "FAILED",
-                                              "end_time": int(time.time() * 1000)})
+    for rid, status in sorted(candidates.items()):
+        if status != "RUNNING":
+            continue
+        _mlflow_request(uri, "runs/update", {"run_id": rid, "status": "FAILED", "end_time": int(time.time() * 1000)})
         log.warning("marked MLflow run %s FAILED (left RUNNING by a killed step)", rid)
         closed.append(rid)
+    log.info("MLflow runs of this DAG run checked: %d, closed: %d", len(candidates), len(closed))
     return closed
 
 

@@ -36,6 +36,7 @@ def main(argv: list[str]) -> int:
     env.pop("MLFLOW_RUN_ID", None)
     env.setdefault("PYTHONUNBUFFERED", "1")
     with open(log_path, "ab", buffering=0) as log:
+        log.write(("$ " + " ".join(command) + "\n").encode())
         try:
             child = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,  # noqa: S603
                                      env=env)

@@ -91,5 +91,9 @@ def with_cache(task: PipelineTask, pvc_name: Any) -> PipelineTask:
     return kubernetes.mount_pvc(task, pvc_name=pvc_name, mount_path=CACHE_MOUNT)
 
 
-def with_train_retries(task: PipelineTask) -> PipelineTask:
-    return task.set_retry(num_retries=TRAIN_RETRIES, backoff_duration=TRAIN_BACKOFF, backoff_factor=2.0)
+def with_train_retries(
+    task: PipelineTask, retries: int = TRAIN_RETRIES, backoff: str = TRAIN_BACKOFF
+) -> PipelineTask:
+    if retries <= 0:
+        return task
+    return task.set_retry(num_retries=retries, backoff_duration=backoff, backoff_factor=2.0)

@@ -47,7 +47,7 @@ def run_benchmark_locally(
     """
     from kfp import local
 
-    from pipelines.benchmark import benchmark
+    from pipelines.benchmark import build_benchmark
 
     out = Path(out)
     root = out / "kfp"
@@ -56,7 +56,7 @@ def run_benchmark_locally(
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root), raise_on_error=True)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*no effect in the current local runner.*")
-        benchmark(
+        build_benchmark(train_retries=0)(
             recipe=recipe,
             configurations=configurations_of(precisions, compile_modes),
             repeats=repeats,

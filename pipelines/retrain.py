@@ -92,124 +92,138 @@ def evaluate_and_promote(
         )
 
 
-@dsl.pipeline(
-    name="ampflow-retrain",
-    description="Retrain one recipe, evaluate it, and register it as the new champion only when it "
-    "passes the comparison; single device or a distributed PyTorchJob.",
-)
-def retrain(
-    recipe: str = "tweets-minilm",
-    precision: str = "bf16-mixed",
-    compile: bool = False,
-    num_nodes: int = 1,
-    gpus_per_node: int = 1,
-    strategy: str = "ddp",
-    settings: List[str] = [],  # noqa: B006, UP006
-    tolerance: float = 0.5,
-    model_name: str = "",
-    experiment: str = "",
-    source: str = "",
-    limit: int = 0,
-    seed: int = 0,
-    image: str = TRAINING_IMAGE,
-    accelerator_type: str = "nvidia.com/gpu",
-    cpu_request: str = "4",
-    cpu_limit: str = "8",
-    memory_request: str = "16Gi",
-    memory_limit: str = "32Gi",
-    node_selector: dict = {},  # noqa: B006
-    tolerations: list = cluster.GPU_TOLERATIONS,
-    mlflow_secret: str = "ampflow-mlflow",
-    cache_pvc: str = "ampflow-cache",
-    namespace: str = "",
-    job_api: str = "pytorchjob",
-) -> None:
-    run_id = dsl.PIPELINE_JOB_ID_PLACEHOLDER
-    # a single-device run gets gpus_per_node (1, or 0 for a CPU run) accelerators
-    gpu = dict(
-        accelerator_type=accelerator_type,
-        accelerator_count=gpus_per_node,
-        cpu_request=cpu_request,
-        cpu_limit=cpu_limit,
-        memory_request=memory_request,
-        memory_limit=memory_limit,
-        node_selector=node_selector,
-        tolerations=tolerations,
-    )
-    promote = dict(
-        recipe=recipe,
-        baseline=precision,
-        tolerance=tolerance,
-        model_name=model_name,
-        experiment=experiment,
-        image=image,
-        mlflow_secret=mlflow_secret,
-        pipeline_run_id=run_id,
-        **gpu,
-    )
+def build_retrain(train_retries: int = cluster.TRAIN_RETRIES, retry_backoff: str = cluster.TRAIN_BACKOFF):
+    """The retrain pipeline with this retry policy on its train step.
 
-    exit_task = mark_failed(pipeline_run_id=run_id).set_display_name("close MLflow runs on failure")
-    exit_task.set_caching_options(False)
-    cluster.with_mlflow(cluster.with_small_resources(cluster.on_image(exit_task, image)), mlflow_secret)
+    The compiled pipeline keeps the defaults; local runs build one without retries, because kfp.local
+    honours the policy and its backoff, and a retried local task writes into the same folder.
+    """
 
-    with dsl.ExitHandler(exit_task, name="retrain"):
-        prep_task = prep(
-            recipe=recipe,
-            source=source,
-            seed=seed,
-            limit=limit,
-            cache_dir=CACHE_MOUNT,
-            pipeline_run_id=run_id,
-        ).set_display_name("prep")
-        cluster.with_resources(
-            prep_task, cpu_request=cpu_request, memory_request=memory_request, memory_limit=memory_limit
+    @dsl.pipeline(
+        name="ampflow-retrain",
+        description="Retrain one recipe, evaluate it, and register it as the new champion only when it "
+        "passes the comparison; single device or a distributed PyTorchJob.",
+    )
+    def retrain(
+        recipe: str = "tweets-minilm",
+        precision: str = "bf16-mixed",
+        compile: bool = False,
+        num_nodes: int = 1,
+        gpus_per_node: int = 1,
+        strategy: str = "ddp",
+        settings: List[str] = [],  # noqa: B006, UP006
+        tolerance: float = 0.5,
+        model_name: str = "",
+        experiment: str = "",
+        source: str = "",
+        limit: int = 0,
+        seed: int = 0,
+        image: str = TRAINING_IMAGE,
+        accelerator_type: str = "nvidia.com/gpu",
+        cpu_request: str = "4",
+        cpu_limit: str = "8",
+        memory_request: str = "16Gi",
+        memory_limit: str = "32Gi",
+        node_selector: dict = {},  # noqa: B006
+        tolerations: list = cluster.GPU_TOLERATIONS,
+        mlflow_secret: str = "ampflow-mlflow",
+        cache_pvc: str = "ampflow-cache",
+        namespace: str = "",
+        job_api: str = "pytorchjob",
+    ) -> None:
+        run_id = dsl.PIPELINE_JOB_ID_PLACEHOLDER
+        # a single-device run gets gpus_per_node (1, or 0 for a CPU run) accelerators
+        gpu = dict(
+            accelerator_type=accelerator_type,
+            accelerator_count=gpus_per_node,
+            cpu_request=cpu_request,
+            cpu_limit=cpu_limit,
+            memory_request=memory_request,
+            memory_limit=memory_limit,
+            node_selector=node_selector,
+            tolerations=tolerations,
         )
-        cluster.with_cache(cluster.on_image(prep_task, image), cache_pvc)
-        data = prep_task.outputs["data"]
+        promote = dict(
+            recipe=recipe,
+            baseline=precision,
+            tolerance=tolerance,
+            model_name=model_name,
+            experiment=experiment,
+            image=image,
+            mlflow_secret=mlflow_secret,
+            pipeline_run_id=run_id,
+            **gpu,
+        )
 
-        def distributed(label: str) -> None:
-            job = train_distributed(
-                recipe=recipe,
-                data=data,
-                image=image,
-                nodes=num_nodes,
-                gpus_per_node=gpus_per_node,
-                precision=precision,
-                compile=compile,
-                strategy=strategy,
-                settings=settings,
-                api=job_api,
-                namespace=namespace,
-                cache_pvc=cache_pvc,
-                cache_dir=CACHE_MOUNT,
-                mlflow_secret=mlflow_secret,
-                node_selector=node_selector,
-                tolerations=tolerations,
-                pipeline_run_id=run_id,
-            ).set_display_name(label)
-            # the launcher reattaches to its job on a retry instead of submitting a second one
-            cluster.with_train_retries(cluster.with_small_resources(cluster.on_image(job, image)))
-            # stages the dataset on the PVC the job's pods mount, and copies their run directory back
-            cluster.with_cache(job, cache_pvc)
-            job.set_caching_options(False)
-            evaluate_and_promote(data=data, model=job.outputs["model"], **promote)
+        exit_task = mark_failed(pipeline_run_id=run_id).set_display_name("close MLflow runs on failure")
+        exit_task.set_caching_options(False)
+        cluster.with_mlflow(cluster.with_small_resources(cluster.on_image(exit_task, image)), mlflow_secret)
 
-        with dsl.If(num_nodes > 1, name="multi-node"):
-            distributed("train (PyTorchJob, multi-node)")
-        with dsl.Elif(gpus_per_node > 1, name="multi-gpu"):
-            distributed("train (PyTorchJob, multi-GPU)")
-        with dsl.Else(name="single-device"):
-            train_task = train(
+        with dsl.ExitHandler(exit_task, name="retrain"):
+            prep_task = prep(
                 recipe=recipe,
-                data=data,
-                precision=precision,
-                compile=compile,
-                settings=settings,
+                source=source,
+                seed=seed,
+                limit=limit,
                 cache_dir=CACHE_MOUNT,
                 pipeline_run_id=run_id,
-            ).set_display_name("train")
-            train_task.set_caching_options(False)
-            cluster.with_accelerator(cluster.on_image(train_task, image), **gpu)
-            cluster.with_cache(cluster.with_mlflow(train_task, mlflow_secret), cache_pvc)
-            cluster.with_train_retries(train_task)
-            evaluate_and_promote(data=data, model=train_task.outputs["model"], **promote)
+            ).set_display_name("prep")
+            cluster.with_resources(
+                prep_task, cpu_request=cpu_request, memory_request=memory_request, memory_limit=memory_limit
+            )
+            cluster.with_cache(cluster.on_image(prep_task, image), cache_pvc)
+            data = prep_task.outputs["data"]
+
+            def distributed(label: str) -> None:
+                job = train_distributed(
+                    recipe=recipe,
+                    data=data,
+                    image=image,
+                    nodes=num_nodes,
+                    gpus_per_node=gpus_per_node,
+                    precision=precision,
+                    compile=compile,
+                    strategy=strategy,
+                    settings=settings,
+                    api=job_api,
+                    namespace=namespace,
+                    cache_pvc=cache_pvc,
+                    cache_dir=CACHE_MOUNT,
+                    mlflow_secret=mlflow_secret,
+                    node_selector=node_selector,
+                    tolerations=tolerations,
+                    pipeline_run_id=run_id,
+                ).set_display_name(label)
+                # the launcher reattaches to its job on a retry instead of submitting a second one
+                cluster.with_train_retries(
+                    cluster.with_small_resources(cluster.on_image(job, image)), train_retries, retry_backoff
+                )
+                # stages the dataset on the PVC the job's pods mount, and copies their run directory back
+                cluster.with_cache(job, cache_pvc)
+                job.set_caching_options(False)
+                evaluate_and_promote(data=data, model=job.outputs["model"], **promote)
+
+            with dsl.If(num_nodes > 1, name="multi-node"):
+                distributed("train (PyTorchJob, multi-node)")
+            with dsl.Elif(gpus_per_node > 1, name="multi-gpu"):
+                distributed("train (PyTorchJob, multi-GPU)")
+            with dsl.Else(name="single-device"):
+                train_task = train(
+                    recipe=recipe,
+                    data=data,
+                    precision=precision,
+                    compile=compile,
+                    settings=settings,
+                    cache_dir=CACHE_MOUNT,
+                    pipeline_run_id=run_id,
+                ).set_display_name("train")
+                train_task.set_caching_options(False)
+                cluster.with_accelerator(cluster.on_image(train_task, image), **gpu)
+                cluster.with_cache(cluster.with_mlflow(train_task, mlflow_secret), cache_pvc)
+                cluster.with_train_retries(train_task, train_retries, retry_backoff)
+                evaluate_and_promote(data=data, model=train_task.outputs["model"], **promote)
+
+    return retrain
+
+
+retrain = build_retrain()

@@ -94,6 +94,8 @@ class Script:
     message: str = ""
     master_log: list[str] = field(default_factory=lambda: ["epoch 0 step 1 loss 1.10", "done"])
     log_delay_s: float = 0.0
+    # pods exist but wait to be scheduled until running_at, with this PodScheduled message
+    unschedulable: str = ""
 
 
 @dataclass
@@ -211,6 +213,8 @@ class LoopbackCluster:
         job.gets += 1
         s, obj = job.script, job.obj
         conditions = [_cond("Created", "JobCreated", "job created")]
+        if s.unschedulable and job.gets < s.running_at:
+            self._ensure_pods(plural, job, "Pending")
         if job.gets >= s.running_at:
             self._ensure_pods(plural, job, "Running")
             conditions.append(_cond("Running", "JobRunning", "job is running"))
@@ -298,6 +302,19 @@ class LoopbackCluster:
                         "status": {},
                     }
                     self.logs[key] = list(job.script.master_log) if is_master else ["worker up"]
+                if phase == "Pending":
+                    self.pods[key]["status"] = {
+                        "phase": "Pending",
+                        "conditions": [
+                            {
+                                "type": "PodScheduled",
+                                "status": "False",
+                                "reason": "Unschedulable",
+                                "message": job.script.unschedulable,
+                            }
+                        ],
+                    }
+                    continue
                 state = (
                     {"running": {}}
                     if phase == "Running"

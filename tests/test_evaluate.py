@@ -122,3 +122,36 @@ def test_bad_input_exits_2(trained, tmp_path, capsys):
     assert evaluate(data, run, tmp_path / "e4", "--set", "learning_rate=1") == 2
     assert "only eval_batch_size, device may change" in capsys.readouterr().err
     assert not any((tmp_path / d).exists() for d in ("e1", "e2", "e3", "e4"))
+
+
+@pytest.mark.slow
+def test_tweets_bow_subset_train_and_evaluate(tmp_path):
+    """The real built-in recipe end to end on a small stratified subset of the tweets."""
+    data, run = tmp_path / "data", tmp_path / "run"
+    assert main(["prep", "--recipe", "tweets-bow", "--out", str(data), "--limit", "900"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--recipe",
+                "tweets-bow",
+                "--data",
+                str(data),
+                "--out",
+                str(run),
+                "--set",
+                "max_steps=8",
+                "--set",
+                "warmup_steps=2",
+                "--set",
+                "batch_size=32",
+            ]
+        )
+        == 0
+    )
+    r = json.loads((run / "result.json").read_text())
+    assert r["recipe"] == "tweets-bow" and r["metrics"]["tokens_per_s"] > 0
+    assert evaluate(data, run, run / "eval", recipe="tweets-bow") == 0
+    e = json.loads((run / "eval" / "eval.json").read_text())
+    assert e["labels"] == ["negative", "neutral", "positive"]
+    assert e["n"] == sum(map(sum, e["confusion_matrix"]))

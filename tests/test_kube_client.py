@@ -47,8 +47,18 @@ def _jobs(cluster: LoopbackCluster, out: io.StringIO, **kw: Any) -> JobClient:
 
 
 def _manifest(api: str = "pytorchjob", nodes: int = 2, **kw: Any) -> dict[str, Any]:
-    return build_manifest(LaunchSpec(recipe="tweets-bow", data="/data/t", out="/data/runs/a", nodes=nodes,
-                                     gpus_per_node=1, image="reg/ampflow:0.1", api=api, **kw))
+    return build_manifest(
+        LaunchSpec(
+            recipe="tweets-bow",
+            data="/data/t",
+            out="/data/runs/a",
+            nodes=nodes,
+            gpus_per_node=1,
+            image="reg/ampflow:0.1",
+            api=api,
+            **kw,
+        )
+    )
 
 
 PLURAL = {"pytorchjob": "pytorchjobs", "trainjob": "trainjobs"}
@@ -61,7 +71,12 @@ def test_success_streams_master_log(cluster: LoopbackCluster, api: str) -> None:
     out = io.StringIO()
     outcome = _jobs(cluster, out).run(m, timeout=60)
     text = out.getvalue()
-    assert (outcome.status, outcome.exit_code, outcome.reattached, outcome.deleted) == ("Succeeded", 0, False, False)
+    assert (outcome.status, outcome.exit_code, outcome.reattached, outcome.deleted) == (
+        "Succeeded",
+        0,
+        False,
+        False,
+    )
     assert cluster.count("POST") == 1 and cluster.count("DELETE") == 0
     # the master's lines, in order, prefixed with the master pod (not a worker's "worker up")
     streamed = [line.split("] ", 1)[1] for line in text.splitlines() if line.startswith("[")]
@@ -72,11 +87,23 @@ def test_success_streams_master_log(cluster: LoopbackCluster, api: str) -> None:
     assert "Running" in text and ("Succeeded" if api == "pytorchjob" else "Complete") in text
 
 
+def test_unschedulable_master_is_reported_once(cluster: LoopbackCluster) -> None:
+    why = "0/4 nodes are available: 4 Insufficient nvidia.com/gpu."
+    cluster.next_script = Script(unschedulable=why, running_at=30, end_at=32)
+    out = io.StringIO()
+    outcome = _jobs(cluster, out).run(_manifest(), timeout=60)
+    assert outcome.exit_code == 0
+    assert out.getvalue().count(f"not scheduled: {why}") == 1
+
+
 def test_failure_reports_reason_and_log_tail(cluster: LoopbackCluster) -> None:
     log = [f"step {i}" for i in range(120)] + ["RuntimeError: CUDA out of memory"]
-    cluster.next_script = Script(outcome="Failed", reason="PyTorchJobFailed",
-                                 message="PyTorchJob ml/x is failed because 1 Master replica(s) failed.",
-                                 master_log=log)
+    cluster.next_script = Script(
+        outcome="Failed",
+        reason="PyTorchJobFailed",
+        message="PyTorchJob ml/x is failed because 1 Master replica(s) failed.",
+        master_log=log,
+    )
     outcome = _jobs(cluster, io.StringIO(), tail_lines=20).run(_manifest(), timeout=60)
     assert (outcome.status, outcome.exit_code) == ("Failed", 1)
     assert outcome.reason == "PyTorchJobFailed" and "Master replica(s) failed" in outcome.message
@@ -97,15 +124,21 @@ def test_client_deadline_deletes_the_job(cluster: LoopbackCluster) -> None:
 
 
 def test_operator_deadline_deletes_the_job(cluster: LoopbackCluster) -> None:
-    cluster.next_script = Script(outcome="Failed", reason="DeadlineExceeded",
-                                 message="PyTorchJob default/x has failed because it has reached the deadline")
+    cluster.next_script = Script(
+        outcome="Failed",
+        reason="DeadlineExceeded",
+        message="PyTorchJob default/x has failed because it has reached the deadline",
+    )
     m = _manifest(active_deadline_seconds=60)
     outcome = _jobs(cluster, io.StringIO()).run(m)
     assert (outcome.status, outcome.exit_code, outcome.deleted) == ("DeadlineExceeded", 1, True)
     assert cluster.job("pytorchjobs", "default", m["metadata"]["name"]) is None
 
 
-@pytest.mark.parametrize("status,needle", [(403, "403 Forbidden"), (422, "422"), (404, "is the Kubeflow training operator installed")])
+@pytest.mark.parametrize(
+    "status,needle",
+    [(403, "403 Forbidden"), (422, "422"), (404, "is the Kubeflow training operator installed")],
+)
 def test_api_refusal_is_a_clear_failure(cluster: LoopbackCluster, status: int, needle: str) -> None:
     cluster.fail("create", status, message='pytorchjobs.kubeflow.org is forbidden: User "ci" cannot create')
     with pytest.raises(LaunchError, match=needle) as info:
@@ -131,9 +164,17 @@ def test_a_transient_error_does_not_fail_the_launch(cluster: LoopbackCluster) ->
 
 def test_schema_refusal_by_the_api_server(cluster: LoopbackCluster) -> None:
     m = _manifest()
-    m["spec"]["pytorchReplicaSpecs"]["Master"]["replicas"] = "one"  # what a hand-edited manifest might hold
-    with pytest.raises(LaunchError, match="422 .*is invalid.*replicas"):
+    m["spec"]["runPolicy"]["backoffLimit"] = "3"  # what a hand-edited manifest might hold
+    with pytest.raises(LaunchError, match="422 .*is invalid.*backoffLimit"):
         _jobs(cluster, io.StringIO()).run(m)
+
+
+def test_admission_problems_are_refused_before_submitting(cluster: LoopbackCluster) -> None:
+    m = _manifest()
+    m["spec"]["pytorchReplicaSpecs"]["Master"]["replicas"] = 2
+    with pytest.raises(LaunchError, match="would be refused: .*Master.replicas must be 1"):
+        _jobs(cluster, io.StringIO()).run(m)
+    assert cluster.count("POST") == 0
 
 
 def test_retry_reattaches_instead_of_creating_a_duplicate(cluster: LoopbackCluster) -> None:
@@ -147,9 +188,18 @@ def test_retry_reattaches_instead_of_creating_a_duplicate(cluster: LoopbackClust
     assert cluster.count("POST") == 1 and len(cluster.jobs) == 1
 
     out = io.StringIO()
-    retry = _jobs(cluster, out).run(build_manifest(LaunchSpec(
-        recipe="tweets-bow", data="/data/t", out="/data/runs/a", nodes=2, gpus_per_node=1,
-        image="reg/ampflow:0.1")))  # rebuilt from the same inputs, as a retry would
+    retry = _jobs(cluster, out).run(
+        build_manifest(
+            LaunchSpec(
+                recipe="tweets-bow",
+                data="/data/t",
+                out="/data/runs/a",
+                nodes=2,
+                gpus_per_node=1,
+                image="reg/ampflow:0.1",
+            )
+        )
+    )  # rebuilt from the same inputs, as a retry would
     assert (retry.status, retry.reattached) == ("Succeeded", True)
     assert cluster.count("POST") == 2 and len(cluster.jobs) == 1  # the second create met 409
     assert cluster.count("DELETE") == 0
@@ -165,8 +215,17 @@ def test_same_name_different_spec_is_refused_untouched(cluster: LoopbackCluster)
 
 def test_reattach_to_a_finished_job_reports_its_outcome(cluster: LoopbackCluster) -> None:
     m = _manifest(api="trainjob")
-    cluster.put(m, Script(outcome="Failed", running_at=1, end_at=1, reason="TrainingFailed", message="boom",
-                          master_log=["Traceback", "ValueError: boom"]))
+    cluster.put(
+        m,
+        Script(
+            outcome="Failed",
+            running_at=1,
+            end_at=1,
+            reason="TrainingFailed",
+            message="boom",
+            master_log=["Traceback", "ValueError: boom"],
+        ),
+    )
     outcome = _jobs(cluster, io.StringIO()).run(m)
     assert (outcome.status, outcome.reattached, outcome.reason) == ("Failed", True, "TrainingFailed")
     assert outcome.log_tail == ["Traceback", "ValueError: boom"]
@@ -190,18 +249,37 @@ def test_job_state_reads_terminal_conditions() -> None:
 @pytest.fixture
 def kubeconfig(cluster: LoopbackCluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     path = tmp_path / "kubeconfig"
-    path.write_text(yaml.safe_dump({
-        "apiVersion": "v1", "kind": "Config", "current-context": "loopback",
-        "clusters": [{"name": "loopback", "cluster": {"server": cluster.host}}],
-        "users": [{"name": "tester", "user": {"token": "not-a-secret"}}],
-        "contexts": [{"name": "loopback", "context": {"cluster": "loopback", "user": "tester"}}],
-    }))
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "current-context": "loopback",
+                "clusters": [{"name": "loopback", "cluster": {"server": cluster.host}}],
+                "users": [{"name": "tester", "user": {"token": "not-a-secret"}}],
+                "contexts": [{"name": "loopback", "context": {"cluster": "loopback", "user": "tester"}}],
+            }
+        )
+    )
     monkeypatch.setenv("KUBECONFIG", str(path))
     return path
 
 
-CLI = ["launch", "--recipe", "tweets-bow", "--data", "/data/t", "--nodes", "2", "--gpus-per-node", "8",
-       "--image", "reg/ampflow:0.1", "--poll-interval", str(POLL)]
+CLI = [
+    "launch",
+    "--recipe",
+    "tweets-bow",
+    "--data",
+    "/data/t",
+    "--nodes",
+    "2",
+    "--gpus-per-node",
+    "8",
+    "--image",
+    "reg/ampflow:0.1",
+    "--poll-interval",
+    str(POLL),
+]
 
 
 def test_cli_success(cluster: LoopbackCluster, kubeconfig: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -212,31 +290,42 @@ def test_cli_success(cluster: LoopbackCluster, kubeconfig: Path, capsys: pytest.
     assert cluster.job("trainjobs", "default", "nightly") is not None
 
 
-def test_cli_failure_exit_1(cluster: LoopbackCluster, kubeconfig: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    cluster.next_script = Script(outcome="Failed", reason="PyTorchJobFailed", message="1 Master replica(s) failed",
-                                 master_log=["loading data", "FileNotFoundError: /data/t/manifest.json"])
+def test_cli_failure_exit_1(
+    cluster: LoopbackCluster, kubeconfig: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cluster.next_script = Script(
+        outcome="Failed",
+        reason="PyTorchJobFailed",
+        message="1 Master replica(s) failed",
+        master_log=["loading data", "FileNotFoundError: /data/t/manifest.json"],
+    )
     assert main(CLI) == 1
     err = capsys.readouterr().err
     assert "failed: PyTorchJob default/" in err and "PyTorchJobFailed: 1 Master replica(s) failed" in err
-    assert err.rstrip().endswith("FileNotFoundError: /data/t/manifest.json")
+    assert "FileNotFoundError: /data/t/manifest.json\ninspect: kubectl -n default describe pytorchjob " in err
 
 
-def test_cli_api_error_exit_1(cluster: LoopbackCluster, kubeconfig: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_api_error_exit_1(
+    cluster: LoopbackCluster, kubeconfig: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     cluster.fail("create", 403, message='User "ci" cannot create resource "pytorchjobs"')
     assert main(CLI) == 1
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "403 Forbidden" in err and "Traceback" not in err
 
 
-def test_cli_timeout_deletes(cluster: LoopbackCluster, kubeconfig: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_timeout_deletes(
+    cluster: LoopbackCluster, kubeconfig: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     cluster.next_script = Script(outcome="Hang")
     assert main([*CLI, "--timeout", "0.3", "--no-logs"]) == 1
     assert "DeadlineExceeded" in capsys.readouterr().err
     assert cluster.count("DELETE") == 1 and cluster.jobs == {}
 
 
-def test_cli_without_any_cluster(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                 capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_without_any_cluster(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     monkeypatch.setenv("KUBECONFIG", str(tmp_path / "absent"))
     monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
     assert main(CLI) == 1

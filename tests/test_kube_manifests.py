@@ -53,7 +53,9 @@ def validators() -> dict[str, jsonschema.Draft7Validator]:
 
 @pytest.fixture(scope="module")
 def runtime() -> dict[str, Any]:
-    return yaml.safe_load((CRDS / "clustertrainingruntime_torch-distributed.yaml").read_text(encoding="utf-8"))
+    return yaml.safe_load(
+        (CRDS / "clustertrainingruntime_torch-distributed.yaml").read_text(encoding="utf-8")
+    )
 
 
 def pruned_fields(instance: Any, schema: dict[str, Any], path: str = "") -> list[str]:
@@ -81,34 +83,83 @@ EXTRAS: dict[str, dict[str, Any]] = {
     "plain": {},
     "scheduled": {
         "node_selector": {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3", "pool": "training"},
-        "tolerations": (parse_toleration("nvidia.com/gpu:NoSchedule"), parse_toleration("spot=true:NoExecute")),
-        "cpu": "8", "memory": "64Gi",
+        "tolerations": (
+            parse_toleration("nvidia.com/gpu:NoSchedule"),
+            parse_toleration("spot=true:NoExecute"),
+        ),
+        "cpu": "8",
+        "memory": "64Gi",
     },
     "tracked": {
-        "mlflow_secret": "mlflow-credentials", "out": "/data/runs/r1", "volumes": (("training-data", "/data"),),
-        "service_account": "trainer", "precision": "bf16-mixed", "compile": True,
+        "mlflow_secret": "mlflow-credentials",
+        "out": "/data/runs/r1",
+        "volumes": (("training-data", "/data"),),
+        "service_account": "trainer",
+        "precision": "bf16-mixed",
+        "compile": True,
         "overrides": {"max_steps": 500, "batch_size": "auto"},
     },
-    "uri-and-secret": {"mlflow_secret": "mlflow", "tracking_uri": "http://mlflow.mlops.svc:5000",
-                       "active_deadline_seconds": None},
+    "uri-and-secret": {
+        "mlflow_secret": "mlflow",
+        "tracking_uri": "http://mlflow.mlops.svc:5000",
+        "active_deadline_seconds": None,
+    },
 }
 
 
 def _specs() -> list[tuple[str, LaunchSpec]]:
     out = []
-    for api, nodes, gpus, extra in itertools.product(("pytorchjob", "trainjob"), (1, 2, 3), (0, 1, 8), EXTRAS):
+    for api, nodes, gpus, extra in itertools.product(
+        ("pytorchjob", "trainjob"), (1, 2, 3), (0, 1, 8), EXTRAS
+    ):
         kw = dict(EXTRAS[extra])
         if api == "pytorchjob" and extra == "scheduled":
             kw.update(clean_pod_policy="All", backoff_limit=0, ttl_seconds_after_finished=600)
-        out.append((f"{api}-n{nodes}-g{gpus}-{extra}", LaunchSpec(
-            recipe="tweets-bow", data="/data/tweets", nodes=nodes, gpus_per_node=gpus,
-            image="registry.example.com/ampflow:0.1.0", api=api, namespace="ml-team", **kw)))
+        out.append(
+            (
+                f"{api}-n{nodes}-g{gpus}-{extra}",
+                LaunchSpec(
+                    recipe="tweets-bow",
+                    data="/data/tweets",
+                    nodes=nodes,
+                    gpus_per_node=gpus,
+                    image="registry.example.com/ampflow:0.1.0",
+                    api=api,
+                    namespace="ml-team",
+                    **kw,
+                ),
+            )
+        )
     # a FSDP run and a user recipe named module:function, on both APIs
     for api in ("pytorchjob", "trainjob"):
-        out.append((f"{api}-fsdp", LaunchSpec(recipe="mypkg.recipes:bert", data="/d", nodes=2, gpus_per_node=4,
-                                              image="img@sha256:" + "a" * 64, api=api, strategy="fsdp")))
-        out.append((f"{api}-long-name", LaunchSpec(recipe="tweets-bow", data="/d", nodes=3, gpus_per_node=1,
-                                                   image="img:1", api=api, name="Nightly_Retrain." + "x" * 80)))
+        out.append(
+            (
+                f"{api}-fsdp",
+                LaunchSpec(
+                    recipe="mypkg.recipes:bert",
+                    data="/d",
+                    nodes=2,
+                    gpus_per_node=4,
+                    image="img@sha256:" + "a" * 64,
+                    api=api,
+                    strategy="fsdp",
+                ),
+            )
+        )
+        out.append(
+            (
+                f"{api}-long-name",
+                LaunchSpec(
+                    recipe="tweets-bow",
+                    data="/d",
+                    nodes=3,
+                    gpus_per_node=1,
+                    image="img:1",
+                    api=api,
+                    name="Nightly_Retrain." + "x" * 80,
+                ),
+            )
+        )
     return out
 
 
@@ -146,18 +197,29 @@ def test_manifest_is_admitted(spec: LaunchSpec, validators: dict[str, Any], runt
     else:
         trainer = m["spec"]["trainer"]
         assert trainer["numNodes"] == spec.nodes and trainer["numProcPerNode"] == procs
-        assert m["spec"]["runtimeRef"] == {"name": "torch-distributed", "apiGroup": "trainer.kubeflow.org",
-                                           "kind": "ClusterTrainingRuntime"}
+        assert m["spec"]["runtimeRef"] == {
+            "name": "torch-distributed",
+            "apiGroup": "trainer.kubeflow.org",
+            "kind": "ClusterTrainingRuntime",
+        }
         containers = [trainer]
         resources = [trainer.get("resourcesPerNode", {})]
         env = trainer["env"]
         assert not {e["name"] for e in env} & set(TORCHRUN_RESERVED_ENV)
         # the patch must name a replicated job and a container the runtime really has
-        assert runtime["metadata"]["name"] == m["spec"]["runtimeRef"]["name"] and "torch" in runtime["spec"]["mlPolicy"]
+        assert (
+            runtime["metadata"]["name"] == m["spec"]["runtimeRef"]["name"]
+            and "torch" in runtime["spec"]["mlPolicy"]
+        )
         rt_jobs = {j["name"]: j for j in runtime["spec"]["template"]["spec"]["replicatedJobs"]}
-        for patch in m["spec"]["runtimePatches"][0]["trainingRuntimeSpec"]["template"]["spec"]["replicatedJobs"]:
+        for patch in m["spec"]["runtimePatches"][0]["trainingRuntimeSpec"]["template"]["spec"][
+            "replicatedJobs"
+        ]:
             assert patch["name"] in rt_jobs
-            rt_containers = {c["name"] for c in rt_jobs[patch["name"]]["template"]["spec"]["template"]["spec"]["containers"]}
+            rt_containers = {
+                c["name"]
+                for c in rt_jobs[patch["name"]]["template"]["spec"]["template"]["spec"]["containers"]
+            }
             pod = patch["template"]["spec"]["template"]["spec"]
             assert {c["name"] for c in pod["containers"]} <= rt_containers
             assert pod.get("nodeSelector", {}) == spec.node_selector
@@ -194,8 +256,10 @@ def _check_env(env: list[dict[str, Any]], spec: LaunchSpec) -> None:
             assert by_name[key] == {"name": key, "value": spec.tracking_uri}
         elif spec.mlflow_secret:
             # credentials only by reference to the Secret, never a value in the manifest
-            assert by_name[key] == {"name": key, "valueFrom": {"secretKeyRef": {
-                "name": spec.mlflow_secret, "key": key, "optional": True}}}
+            assert by_name[key] == {
+                "name": key,
+                "valueFrom": {"secretKeyRef": {"name": spec.mlflow_secret, "key": key, "optional": True}},
+            }
         else:
             assert key not in by_name
 
@@ -209,7 +273,14 @@ def test_command_topology(api: str, nodes: int, gpus: int) -> None:
         assert cmd[:2] == ["ampflow", "train"] and cmd[cmd.index("--strategy") + 1] == "single"
     else:
         procs = max(gpus, 1)
-        assert cmd[:6] == ["torchrun", f"--nnodes={nodes}", f"--nproc-per-node={procs}", "-m", "ampflow", "train"]
+        assert cmd[:6] == [
+            "torchrun",
+            f"--nnodes={nodes}",
+            f"--nproc-per-node={procs}",
+            "-m",
+            "ampflow",
+            "train",
+        ]
         assert cmd[cmd.index("--strategy") + 1] == "ddp"
         # per-pod facts come from the operator's PET_* environment, never baked into a shared template
         assert not any(a.startswith(("--node-rank", "--master-addr", "--master-port")) for a in cmd)
@@ -220,14 +291,30 @@ def test_command_parses_with_the_train_cli() -> None:
     """The argv in the manifest is accepted by the real ``ampflow train`` parser."""
     from ampflow.cli import build_parser
 
-    spec = LaunchSpec(recipe="tweets-bow", data="/d", out="/r", nodes=2, gpus_per_node=8, image="i:1",
-                      precision="bf16-mixed", strategy="fsdp", compile=True, mlflow_secret="s",
-                      overrides={"max_steps": 7, "batch_size": "auto", "allow_16_true": False})
+    spec = LaunchSpec(
+        recipe="tweets-bow",
+        data="/d",
+        out="/r",
+        nodes=2,
+        gpus_per_node=8,
+        image="i:1",
+        precision="bf16-mixed",
+        strategy="fsdp",
+        compile=True,
+        mlflow_secret="s",
+        overrides={"max_steps": 7, "batch_size": "auto", "allow_16_true": False},
+    )
     cmd = container_command(spec)
-    argv = cmd[cmd.index("ampflow", 1) + 1:]
+    argv = cmd[cmd.index("ampflow", 1) + 1 :]
     args = build_parser().parse_args(argv)
     assert (args.step, args.recipe, args.data, args.out, args.precision, args.strategy) == (
-        "train", "tweets-bow", "/d", "/r", "bf16-mixed", "fsdp")
+        "train",
+        "tweets-bow",
+        "/d",
+        "/r",
+        "bf16-mixed",
+        "fsdp",
+    )
     assert args.compile and args.resume and args.require_tracking
     assert sorted(args.overrides) == ["allow_16_true=false", "batch_size=auto", "max_steps=7"]
 
@@ -248,8 +335,11 @@ def test_names() -> None:
     for api, nodes in itertools.product(("pytorchjob", "trainjob"), (1, 2, 12, 100)):
         limit = max_job_name_len(api, nodes)
         name = "j" * limit
-        longest = (f"{name}-node-0-{nodes - 1}" if api == "trainjob"
-                   else (f"{name}-worker-{nodes - 2}" if nodes > 1 else f"{name}-master-0"))
+        longest = (
+            f"{name}-node-0-{nodes - 1}"
+            if api == "trainjob"
+            else (f"{name}-worker-{nodes - 2}" if nodes > 1 else f"{name}-master-0")
+        )
         assert len(longest) == 63
 
 
@@ -267,8 +357,9 @@ def test_default_name_is_stable_and_distinct() -> None:
 
 
 def _valid(api: str) -> dict[str, Any]:
-    return build_manifest(LaunchSpec(recipe="r", data="/d", nodes=2, gpus_per_node=1, image="i:1", api=api,
-                                     name="good"))
+    return build_manifest(
+        LaunchSpec(recipe="r", data="/d", nodes=2, gpus_per_node=1, image="i:1", api=api, name="good")
+    )
 
 
 def _v1_container(m: dict[str, Any], role: str = "Worker") -> dict[str, Any]:
@@ -281,13 +372,17 @@ V1_BREAKS = {
     "pods too long": lambda m: m["metadata"].update(name="a" * 60),
     "master replicas": lambda m: m["spec"]["pytorchReplicaSpecs"]["Master"].update(replicas=2),
     "worker replicas 0": lambda m: m["spec"]["pytorchReplicaSpecs"]["Worker"].update(replicas=0),
-    "replica type": lambda m: m["spec"]["pytorchReplicaSpecs"].update(PS=m["spec"]["pytorchReplicaSpecs"]["Worker"]),
+    "replica type": lambda m: m["spec"]["pytorchReplicaSpecs"].update(
+        PS=m["spec"]["pytorchReplicaSpecs"]["Worker"]
+    ),
     "container name": lambda m: _v1_container(m).update(name="trainer"),
     "no image": lambda m: _v1_container(m, "Master").update(image=""),
     "clean pod policy": lambda m: m["spec"]["runPolicy"].update(cleanPodPolicy="Sometimes"),
     "restart policy": lambda m: m["spec"]["pytorchReplicaSpecs"]["Master"].update(restartPolicy="Maybe"),
-    "elastic without worker": lambda m: (m["spec"]["pytorchReplicaSpecs"].pop("Worker"),
-                                         m["spec"].update(elasticPolicy={"maxReplicas": 2})),
+    "elastic without worker": lambda m: (
+        m["spec"]["pytorchReplicaSpecs"].pop("Worker"),
+        m["spec"].update(elasticPolicy={"maxReplicas": 2}),
+    ),
     "elastic nproc twice": lambda m: m["spec"].update(elasticPolicy={"nProcPerNode": 2}),
     "duplicate env": lambda m: _v1_container(m)["env"].append(dict(_v1_container(m)["env"][0])),
 }
@@ -301,7 +396,9 @@ V2_BREAKS = {
 }
 
 
-@pytest.mark.parametrize("api,rule", [("pytorchjob", r) for r in V1_BREAKS] + [("trainjob", r) for r in V2_BREAKS])
+@pytest.mark.parametrize(
+    "api,rule", [("pytorchjob", r) for r in V1_BREAKS] + [("trainjob", r) for r in V2_BREAKS]
+)
 def test_admission_rules_catch_each_violation(api: str, rule: str) -> None:
     m = _valid(api)
     assert validate_admission(m) == []
@@ -317,28 +414,67 @@ def test_schema_and_pruning_checks_are_live(validators: dict[str, Any]) -> None:
     typo = copy.deepcopy(m)
     typo["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]["nodeselector"] = {"a": "b"}
     assert pruned_fields(typo, _schema_cached("PyTorchJob")) == [
-        ".spec.pytorchReplicaSpecs.Master.template.spec.nodeselector"]
+        ".spec.pytorchReplicaSpecs.Master.template.spec.nodeselector"
+    ]
     t = _valid("trainjob")
     t["spec"]["trainer"]["numNodes"] = "2"
     assert list(validators["TrainJob"].iter_errors(t))
 
 
 def _launch_args(*extra: str) -> list[str]:
-    return ["launch", "--recipe", "tweets-bow", "--data", "/data/t", "--nodes", "2", "--gpus-per-node", "4",
-            "--image", "reg/ampflow:0.1", *extra]
+    return [
+        "launch",
+        "--recipe",
+        "tweets-bow",
+        "--data",
+        "/data/t",
+        "--nodes",
+        "2",
+        "--gpus-per-node",
+        "4",
+        "--image",
+        "reg/ampflow:0.1",
+        *extra,
+    ]
 
 
 @pytest.mark.parametrize("api", ["pytorchjob", "trainjob"])
 def test_dry_run_prints_the_manifest(api: str, capsys: pytest.CaptureFixture[str]) -> None:
-    argv = _launch_args("--api", api, "--dry-run", "--mlflow-secret", "mlflow", "--set", "max_steps=50",
-                        "--node-selector", "pool=gpu", "--toleration", "nvidia.com/gpu:NoSchedule",
-                        "--volume", "data:/data", "--namespace", "ml")
+    argv = _launch_args(
+        "--api",
+        api,
+        "--dry-run",
+        "--mlflow-secret",
+        "mlflow",
+        "--set",
+        "max_steps=50",
+        "--node-selector",
+        "pool=gpu",
+        "--toleration",
+        "nvidia.com/gpu:NoSchedule",
+        "--volume",
+        "data:/data",
+        "--namespace",
+        "ml",
+    )
     assert main(argv) == 0
     printed = yaml.safe_load(capsys.readouterr().out)
-    expected = build_manifest(LaunchSpec(
-        recipe="tweets-bow", data="/data/t", nodes=2, gpus_per_node=4, image="reg/ampflow:0.1", api=api,
-        namespace="ml", mlflow_secret="mlflow", overrides={"max_steps": 50}, node_selector={"pool": "gpu"},
-        tolerations=(parse_toleration("nvidia.com/gpu:NoSchedule"),), volumes=(("data", "/data"),)))
+    expected = build_manifest(
+        LaunchSpec(
+            recipe="tweets-bow",
+            data="/data/t",
+            nodes=2,
+            gpus_per_node=4,
+            image="reg/ampflow:0.1",
+            api=api,
+            namespace="ml",
+            mlflow_secret="mlflow",
+            overrides={"max_steps": 50},
+            node_selector={"pool": "gpu"},
+            tolerations=(parse_toleration("nvidia.com/gpu:NoSchedule"),),
+            volumes=(("data", "/data"),),
+        )
+    )
     assert printed == expected
     assert validate_admission(printed) == []
 
@@ -351,6 +487,53 @@ def test_dry_run_names_and_keeps_secrets_out(capsys: pytest.CaptureFixture[str])
     assert "nightly-retrain" in captured.err  # the user is told the name changed
     env = m["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]["containers"][0]["env"]
     assert all("value" not in e for e in env if e["name"] != "PYTHONUNBUFFERED")
+
+
+def test_launch_argv_from_step_argv_and_list_forms(capsys: pytest.CaptureFixture[str]) -> None:
+    """KFP and Airflow build ``ampflow launch`` with the lead's ``step_argv``; lists arrive comma-joined."""
+    import json
+
+    from ampflow.commands import step_argv
+
+    argv = step_argv(
+        "launch",
+        recipe="tweets-bow",
+        data="/d",
+        out="/r",
+        precision="bf16-mixed",
+        strategy="fsdp",
+        nodes=3,
+        gpus_per_node=8,
+        image="i:1",
+        name="Retrain_1",
+        api="trainjob",
+        namespace="ml",
+        compile=True,
+        dry_run=True,
+        overrides={"max_steps": 9},
+    )
+    tolerations = [
+        {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"},
+        {"key": "spot", "operator": "Equal", "value": "true", "effect": "NoExecute"},
+    ]
+    argv += [
+        "--tolerations",
+        ",".join(json.dumps(t) for t in tolerations),
+        "--node-selector",
+        "a=1,b=2",
+        "--volume",
+        "cache:/cache,data:/data",
+    ]
+    assert main(argv[1:]) == 0
+    m = yaml.safe_load(capsys.readouterr().out)
+    pod = m["spec"]["runtimePatches"][0]["trainingRuntimeSpec"]["template"]["spec"]["replicatedJobs"][0][
+        "template"
+    ]["spec"]["template"]["spec"]
+    assert pod["tolerations"] == tolerations and pod["nodeSelector"] == {"a": "1", "b": "2"}
+    assert [v["persistentVolumeClaim"]["claimName"] for v in pod["volumes"][1:]] == ["cache", "data"]
+    assert m["metadata"] == {**m["metadata"], "name": "retrain-1", "namespace": "ml"}
+    assert m["spec"]["trainer"]["numNodes"] == 3 and "--compile" in m["spec"]["trainer"]["command"]
+    assert validate_admission(m) == []
 
 
 BAD_INPUT = {
@@ -366,13 +549,18 @@ BAD_INPUT = {
     "strategy": (["--strategy", "single"], "strategy"),
     "precision": (["--precision", "fp8"], "precision"),
     "toleration": (["--toleration", "k=v:Sometimes"], "effect"),
+    "toleration json": (["--toleration", '{"key": "k", "operator": "Maybe"}'], "operator"),
     "selector": (["--node-selector", "pool"], "--node-selector"),
     "volume": (["--volume", "claim"], "--volume"),
     "cpu": (["--cpu", "lots"], "cpu"),
     "clean policy": (["--clean-pod-policy", "Sometimes"], "clean_pod_policy"),
-    "v1 field on v2": (["--api", "trainjob", "--ttl-seconds-after-finished", "60"], "ttl_seconds_after_finished"),
+    "v1 field on v2": (
+        ["--api", "trainjob", "--ttl-seconds-after-finished", "60"],
+        "ttl_seconds_after_finished",
+    ),
     "inline credentials": (["--tracking-uri", "https://bob:hunter2@mlflow.example.com"], "tracking_uri"),
     "timeout": (["--timeout", "0"], "timeout"),
+    "token in uri": (["--tracking-uri", "https://hunter2@mlflow.example.com"], "tracking_uri"),
 }
 
 

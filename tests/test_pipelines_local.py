@@ -52,8 +52,14 @@ def test_benchmark_pipeline_runs_locally_and_reports(tmp_path, tracking_env, mlf
 
     out = tmp_path / "bench"
     summary = run_benchmark_locally(
-        recipe="tweets-bow", precisions=["32-true", "bf16-mixed"], compile_modes=[False], repeats=1,
-        out=out, overrides=TINY, tolerance=100.0, limit=LIMIT,
+        recipe="tweets-bow",
+        precisions=["32-true", "bf16-mixed"],
+        compile_modes=[False],
+        repeats=1,
+        out=out,
+        overrides=TINY,
+        tolerance=100.0,
+        limit=LIMIT,
     )
     assert [c["config_id"] for c in summary["configs"]] == ["32-true", "bf16-mixed"]
     assert summary["recommended"] in ("32-true", "bf16-mixed")
@@ -78,7 +84,9 @@ def test_benchmark_pipeline_runs_locally_and_reports(tmp_path, tracking_env, mlf
 
 
 def test_retrain_pipeline_registers_a_passing_candidate(kfp_local, tracking_env, mlflow_client):
-    from pipelines.retrain import retrain
+    from pipelines.retrain import build_retrain
+
+    retrain = build_retrain(train_retries=0)
 
     retrain(recipe="tweets-bow", precision="32-true", settings=TINY, limit=LIMIT, tolerance=100.0)
     run_dir = _only_run_dir(kfp_local)
@@ -93,9 +101,17 @@ def test_retrain_pipeline_registers_a_passing_candidate(kfp_local, tracking_env,
 def test_failing_step_fails_the_pipeline_and_leaves_no_run_running(kfp_local, tracking_env, mlflow_client):
     """A training that diverges (every loss non-finite) fails its step; the pipeline fails, the exit
     handler runs, and no MLflow run is left RUNNING."""
-    from pipelines.retrain import retrain
+    from pipelines.retrain import build_retrain
 
-    diverge = ["max_steps=8", "warmup_steps=2", "learning_rate=1e38", "max_nonfinite_steps=1", "clip_grad_norm=none"]
+    retrain = build_retrain(train_retries=0)
+
+    diverge = [
+        "max_steps=8",
+        "warmup_steps=2",
+        "learning_rate=1e38",
+        "max_nonfinite_steps=1",
+        "clip_grad_norm=none",
+    ]
     with pytest.raises(RuntimeError, match="FAILURE"):
         retrain(recipe="tweets-bow", precision="32-true", settings=diverge, limit=LIMIT)
     run_dir = _only_run_dir(kfp_local)
@@ -113,7 +129,9 @@ def test_killed_step_is_marked_failed_by_the_exit_handler(kfp_local, tracking_en
     import psutil
 
     from components import PIPELINE_RUN_TAG
-    from pipelines.retrain import retrain
+    from pipelines.retrain import build_retrain
+
+    retrain = build_retrain(train_retries=0)
 
     long = ["max_steps=100000", "epochs=100000", "warmup_steps=2", "log_every=1"]
     errors: list[BaseException] = []

@@ -3,7 +3,7 @@
 ``ampflow.kube`` itself, ``names`` and ``manifests`` import neither torch, mlflow nor the kubernetes
 client; ``ampflow.kube.client`` needs the ``kube`` extra (``kubernetes``) and imports it on use.
 
-    ampflow launch --recipe tweets-bow --data s3://bucket/tweets --nodes 2 --gpus-per-node 8 \\
+    ampflow launch --recipe tweets-bow --data /data/tweets --nodes 2 --gpus-per-node 8 \\
         --image registry.example.com/ampflow:0.1.0 --dry-run
 """
 

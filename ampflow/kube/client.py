@@ -29,12 +29,14 @@ from kubernetes import client as k8s
 from kubernetes.client.exceptions import ApiException
 from urllib3.exceptions import HTTPError as Urllib3Error
 
-from ampflow.kube.manifests import V1_CONTAINER, V2_JOB, resource_of, stored_spec_hash
+from ampflow.kube.manifests import V1_CONTAINER, V2_JOB, resource_of, stored_spec_hash, validate_admission
 
 # HTTP statuses worth another try: throttling, API server restarts, a gateway in between
 TRANSIENT = (429, 500, 502, 503, 504)
 # after activeDeadlineSeconds the operator fails the job itself; the client waits this much longer
 DEADLINE_GRACE_S = 300
+# a job without any condition this long after the watch began has no operator acting on it
+NO_STATUS_WARN_S = 120
 TERMINAL = {"Succeeded": "Succeeded", "Complete": "Succeeded", "Failed": "Failed"}
 
 
@@ -82,7 +84,9 @@ def api_client_from_config(context: str | None = None) -> k8s.ApiClient:
     try:
         if os.path.exists(kubeconfig.split(os.pathsep)[0]):
             # explicit: the package reads KUBECONFIG once, at import, not when called
-            config.load_kube_config(config_file=kubeconfig, context=context, client_configuration=configuration)
+            config.load_kube_config(
+                config_file=kubeconfig, context=context, client_configuration=configuration
+            )
         else:
             config.load_incluster_config(client_configuration=configuration)
     except config.ConfigException as exc:
@@ -202,6 +206,9 @@ class JobClient:
         """Create the job, or reattach to the same job already there. Returns (object, reattached)."""
         group, version, plural, ns, name = self._where(manifest)
         what = f"{manifest['kind']} {ns}/{name}"
+        problems = validate_admission(manifest)
+        if problems:  # say it here, in full, rather than as the webhook's first complaint
+            raise LaunchError(f"{what} would be refused: {'; '.join(problems)}")
         try:
             obj = self._call(
                 f"create {what}",
@@ -329,6 +336,8 @@ class JobClient:
         if follower:
             follower.start()
         seen: list[str] = []
+        started = time.monotonic()
+        warned = False
         try:
             while True:
                 try:
@@ -346,8 +355,15 @@ class JobClient:
                         self.say(f"{kind} {ns}/{name}: {t}")
                 if status is not None:
                     break
+                if not true_types and not warned and time.monotonic() - started > NO_STATUS_WARN_S:
+                    warned = True
+                    self.say(
+                        f"{kind} {ns}/{name}: no status from the operator after {NO_STATUS_WARN_S} s; "
+                        "is the operator running and watching this namespace?"
+                    )
                 if deadline is not None and time.monotonic() >= deadline:
-                    tail = self._stop_and_tail(follower, manifest)
+                    # the master still runs: its log stream would not end by itself
+                    tail = self._stop_and_tail(follower, manifest, wait=0)
                     self.delete(manifest)
                     self.say(f"{kind} {ns}/{name}: no result within {timeout:g} s: deleted")
                     return Outcome(
@@ -377,9 +393,11 @@ class JobClient:
             )
         return Outcome(name, ns, kind, "Failed", reason, message, tail, reattached)
 
-    def _stop_and_tail(self, follower: _LogFollower | None, manifest: dict[str, Any]) -> list[str]:
+    def _stop_and_tail(
+        self, follower: _LogFollower | None, manifest: dict[str, Any], wait: float = 10.0
+    ) -> list[str]:
         if follower:
-            follower.stop(wait=max(2.0, 2 * self.poll_interval))
+            follower.stop(wait=wait and max(wait, 2 * self.poll_interval))
         tail = self.log_tail(manifest)
         if not tail and follower:  # pod gone (cleanPodPolicy All): what we streamed is all there is
             tail = list(follower.buffer)
@@ -400,6 +418,7 @@ class _LogFollower(threading.Thread):
         self._halt = threading.Event()
         self._printed: dict[tuple[str, int], int] = {}
         self._finished: set[tuple[str, int]] = set()
+        self._said: set[str] = set()
         self._resp: Any = None
         # its own connection pool: a blocked follow must not hold one the status polls need
         self._core = k8s.CoreV1Api(k8s.ApiClient(jobs.api_client.configuration))
@@ -417,21 +436,26 @@ class _LogFollower(threading.Thread):
         self.join(1.0)
 
     def run(self) -> None:
-        while True:
-            final = self._halt.is_set()
-            try:
-                self._follow_once(final)
-            except Exception:  # noqa: BLE001 - a log hiccup must never end the watch
-                pass
-            if final:
-                return
-            self._halt.wait(self.jobs.poll_interval)
+        try:
+            while True:
+                final = self._halt.is_set()
+                try:
+                    self._follow_once(final)
+                except Exception:  # noqa: BLE001 - a log hiccup must never end the watch
+                    pass
+                if final:
+                    return
+                self._halt.wait(self.jobs.poll_interval)
+        finally:
+            self._core.api_client.close()
 
     def _follow_once(self, final: bool) -> None:
         pod, container = self.jobs.master_pod(self.manifest)
         if pod is None:
             return
         meta, status = pod.get("metadata") or {}, pod.get("status") or {}
+        if status.get("phase") == "Pending":
+            self._report_pending(meta.get("name", ""), status)
         # the last round after the job ended only drains a finished container (it cannot block)
         wanted = ("Succeeded", "Failed") if final else ("Running", "Succeeded", "Failed")
         if status.get("phase") not in wanted:
@@ -477,6 +501,23 @@ class _LogFollower(threading.Thread):
         # the next round reopens it and skips the lines already printed
         if status.get("phase") in ("Succeeded", "Failed") or self._container_done(container):
             self._finished.add(key)
+
+    def _report_pending(self, pod: str, status: dict[str, Any]) -> None:
+        """Say once why the master waits (no GPU free, image pull failing), instead of silence."""
+        for c in status.get("conditions") or []:
+            if c.get("type") == "PodScheduled" and c.get("status") == "False" and c.get("message"):
+                self._say_once(f"[{pod}] not scheduled: {c['message']}")
+        for cs in status.get("containerStatuses") or []:
+            waiting = (cs.get("state") or {}).get("waiting") or {}
+            if waiting.get("reason") not in (None, "ContainerCreating", "PodInitializing"):
+                self._say_once(
+                    f"[{pod}] waiting: {waiting.get('reason')}: {waiting.get('message', '')}".rstrip(": ")
+                )
+
+    def _say_once(self, line: str) -> None:
+        if line not in self._said:
+            self._said.add(line)
+            self.jobs.say(line)
 
     def _container_done(self, container: str) -> bool:
         fresh, _ = self.jobs.master_pod(self.manifest)

@@ -1,6 +1,6 @@
 """PyTorchJob (kubeflow.org/v1) and TrainJob (trainer.kubeflow.org/v1alpha1) manifests: pure functions.
 
-    >>> spec = LaunchSpec(recipe="tweets-bow", data="s3://bucket/tweets", nodes=2, gpus_per_node=8,
+    >>> spec = LaunchSpec(recipe="tweets-bow", data="/data/tweets", nodes=2, gpus_per_node=8,
     ...                   image="registry.example.com/ampflow:0.1.0")
     >>> job = build_manifest(spec)          # a dict, ready for CustomObjectsApi or yaml.safe_dump
     >>> validate_admission(job)             # what the operator's webhook would say: no problems
@@ -10,7 +10,7 @@ No torch, no mlflow, no kubernetes client: KFP components and Airflow DAG files 
 
 The container command (the same for both APIs, built by :func:`ampflow.commands.step_argv`)::
 
-    torchrun --nnodes=N --nproc-per-node=G -m ampflow train --recipe R --data D ... --strategy ddp
+    torchrun --nnodes=N --nproc-per-node=G -m ampflow train --recipe R --data D --out O ... --strategy ddp --resume
 
 Why node rank and rendezvous address are not on the command line: one pod template serves every
 Worker, so the node rank can only come from the pod's environment. Both operators put it there in
@@ -205,7 +205,7 @@ def _validate_spec(s: LaunchSpec) -> None:
     for key, value in s.node_selector.items():
         _check_label(f"node selector {key}={value}", key, value)
     for tol in s.tolerations:
-        if tol.get("effect") not in (None, *TOLERATION_EFFECTS):
+        if tol.get("effect") not in (None, "", *TOLERATION_EFFECTS):
             raise ConfigError(
                 f"toleration effect must be one of {', '.join(TOLERATION_EFFECTS)}; got {tol.get('effect')!r}"
             )
@@ -215,7 +215,7 @@ def _validate_spec(s: LaunchSpec) -> None:
             raise ConfigError(
                 f"{name} must name a Kubernetes object (lower case, digits, '-', '.'), got {v!r}"
             )
-    if s.tracking_uri is not None and re.match(r"^[a-z][a-z0-9+.-]*://[^/@]*:[^/@]*@", s.tracking_uri, re.I):
+    if s.tracking_uri is not None and re.match(r"^[a-z][a-z0-9+.-]*://[^/@]+@", s.tracking_uri, re.I):
         raise ConfigError("tracking_uri must not carry credentials; put them in the --mlflow-secret Secret")
     for name in ("cpu", "memory"):
         v = getattr(s, name)
@@ -272,8 +272,10 @@ def _check_label(what: str, key: str, value: str) -> None:
 
 
 def parse_key_values(what: str, pairs: list[str] | None) -> dict[str, str]:
+    """``KEY=VALUE`` items; one item may hold several, comma-separated (label values have no comma),
+    which is how ``step_argv`` renders a list."""
     out: dict[str, str] = {}
-    for pair in pairs or []:
+    for pair in (p for item in pairs or [] for p in item.split(",")):
         key, sep, value = pair.partition("=")
         if not sep or not key:
             raise ConfigError(f"{what} expects key=value, got {pair!r}")
@@ -287,6 +289,34 @@ def parse_volume(text: str) -> tuple[str, str]:
     if not sep or not claim or not mount:
         raise ConfigError(f"--volume expects CLAIM:MOUNT_PATH, got {text!r}")
     return claim, mount
+
+
+_TOLERATION_FIELDS = {"key", "operator", "value", "effect", "tolerationSeconds"}
+
+
+def parse_tolerations(text: str) -> list[dict[str, Any]]:
+    """One ``--toleration``: ``KEY[=VALUE][:EFFECT]`` items, or toleration objects as JSON; either may
+    come comma-joined (``step_argv`` renders a list so)."""
+    if text.lstrip().startswith("{"):
+        try:
+            objs = json.loads(f"[{text}]")
+        except json.JSONDecodeError:
+            raise ConfigError(f"--toleration: not a JSON toleration object: {text!r}") from None
+        for tol in objs:
+            if not isinstance(tol, dict) or not set(tol) <= _TOLERATION_FIELDS:
+                raise ConfigError(
+                    f"--toleration objects take the fields {', '.join(sorted(_TOLERATION_FIELDS))}; got {tol!r}"
+                )
+            if tol.get("operator", "Equal") not in ("Equal", "Exists"):
+                raise ConfigError(
+                    f"--toleration operator must be Equal or Exists; got {tol.get('operator')!r}"
+                )
+            if tol.get("effect") not in (None, "", *TOLERATION_EFFECTS):
+                raise ConfigError(
+                    f"--toleration effect must be one of {', '.join(TOLERATION_EFFECTS)}; got {tol.get('effect')!r}"
+                )
+        return objs
+    return [parse_toleration(item) for item in text.split(",") if item.strip()]
 
 
 def parse_toleration(text: str) -> dict[str, Any]:

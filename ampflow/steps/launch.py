@@ -27,7 +27,7 @@ from ampflow.kube.manifests import (
     LaunchSpec,
     build_manifest,
     parse_key_values,
-    parse_toleration,
+    parse_tolerations,
     parse_volume,
 )
 
@@ -72,20 +72,27 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     k.add_argument("--api", default="pytorchjob", help=f"one of {', '.join(APIS)} (default pytorchjob)")
     k.add_argument("--namespace", default="default", help="namespace (default: default)")
     k.add_argument("--runtime", default="torch-distributed", help="ClusterTrainingRuntime for --api trainjob")
-    k.add_argument("--node-selector", action="append", default=[], metavar="KEY=VALUE", help="repeatable")
+    k.add_argument(
+        "--node-selector",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="repeatable, or comma-separated",
+    )
     k.add_argument(
         "--toleration",
+        "--tolerations",
         action="append",
         default=[],
         metavar="KEY[=VALUE][:EFFECT]",
-        help="repeatable; without =VALUE the toleration uses operator Exists",
+        help="repeatable; without =VALUE the toleration uses operator Exists (a JSON toleration object works too)",
     )
     k.add_argument(
         "--volume",
         action="append",
         default=[],
         metavar="CLAIM:MOUNT_PATH",
-        help="mount a PersistentVolumeClaim in every pod (repeatable)",
+        help="mount a PersistentVolumeClaim in every pod (repeatable, or comma-separated)",
     )
     k.add_argument("--cpu", help="CPU request per pod (e.g. 8, 500m)")
     k.add_argument("--memory", help="memory request per pod (e.g. 64Gi)")
@@ -150,8 +157,8 @@ def spec_from_args(args: argparse.Namespace) -> LaunchSpec:
         namespace=args.namespace,
         runtime=args.runtime,
         node_selector=parse_key_values("--node-selector", args.node_selector),
-        tolerations=tuple(parse_toleration(t) for t in args.toleration),
-        volumes=tuple(parse_volume(v) for v in args.volume),
+        tolerations=tuple(t for text in args.toleration for t in parse_tolerations(text)),
+        volumes=tuple(parse_volume(v) for text in args.volume for v in text.split(",") if v.strip()),
         cpu=args.cpu,
         memory=args.memory,
         service_account=args.service_account,
@@ -210,6 +217,11 @@ def report(result: dict[str, Any], err: TextIO | None = None) -> int:
             print(line, file=err)
     else:
         print("(no master log could be read)", file=err)
+    if not result["deleted"]:
+        print(
+            f"inspect: kubectl -n {result['namespace']} describe {result['kind'].lower()} {result['name']}",
+            file=err,
+        )
     return result["exit_code"]
 
 
@@ -239,6 +251,10 @@ def run(
     from ampflow.kube.client import JobClient, api_client_from_config
 
     client = api_client or api_client_from_config(context)
-    jobs = JobClient(client, poll_interval=poll_interval, out=out, stream_logs=stream_logs)
-    outcome = jobs.run(manifest, timeout=timeout)
+    try:
+        jobs = JobClient(client, poll_interval=poll_interval, out=out, stream_logs=stream_logs)
+        outcome = jobs.run(manifest, timeout=timeout)
+    finally:
+        if api_client is None:
+            client.close()
     return {"manifest": manifest, **outcome.to_dict()}

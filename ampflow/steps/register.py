@@ -108,7 +108,14 @@ def run(
         client.get_registered_model(name)
     except MlflowException:
         client.create_registered_model(name, description="ampflow: recommended configurations of sweeps")
-    mv = client.create_model_version(name, model_uri, run_id=source.info.run_id, tags=lineage)
+    model_id = model_uri.split("/", 1)[1] if model_uri.startswith("models:/") else None
+    source_uri = model_uri
+    if model_id:
+        # a version's source must be the logged model's artifact location, linked by model_id
+        source_uri = client.get_logged_model(model_id).artifact_location
+    mv = client.create_model_version(
+        name, source_uri, run_id=source.info.run_id, tags=lineage, model_id=model_id
+    )
 
     champion = None
     try:

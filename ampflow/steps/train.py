@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import signal
 import sys
 from pathlib import Path
@@ -89,7 +90,7 @@ def cli(args: argparse.Namespace) -> int:
         parent_run_id=args.parent_run_id,
         explicit=explicit,
     )
-    if result.get("_rank", 0) == 0:
+    if int(os.environ.get("RANK", "0")) == 0:  # under torchrun only rank 0 speaks
         print(summary_line(result))
     return 0
 
@@ -224,7 +225,6 @@ def run(
                 atomic_write_json(out / RESULT_FILE, result)
                 tracker.log_train_result(result, out)
                 tracker.log_model(trained["model"], input_example=trained["example"])
-        result["_rank"] = dist_info.rank
         return result
     finally:
         parallel.shutdown(dist_info)

@@ -12,6 +12,7 @@ Contract used by the steps (train, evaluate, bench):
     tracker.log_eval_result(eval_result, eval_dir)               # eval.json
     tracker.log_model(model, input_example=batch)                # loadable back
     tracker.log_artifact(path)                                   # any other file
+    tracker.log_dataset(data_dir)                                # the prepared dataset as a run input
     tracker.close("FINISHED" | "FAILED" | "KILLED")
 """
 
@@ -33,6 +34,7 @@ class Tracker(Protocol):
     def log_eval_result(self, result: dict[str, Any], out_dir: str | Path) -> None: ...
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None: ...
     def log_model(self, model: Any, *, input_example: Any = None, name: str = "model") -> None: ...
+    def log_dataset(self, data_dir: str | Path, context: str = "train") -> None: ...
     def close(self, status: Status = "FINISHED") -> None: ...
 
 
@@ -60,6 +62,9 @@ class NullTracker:
         pass
 
     def log_model(self, model: Any, *, input_example: Any = None, name: str = "model") -> None:
+        pass
+
+    def log_dataset(self, data_dir: str | Path, context: str = "train") -> None:
         pass
 
     def close(self, status: Status = "FINISHED") -> None:

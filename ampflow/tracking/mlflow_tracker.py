@@ -234,6 +234,7 @@ class MlflowTracker:
         self._stop = threading.Event()
         self._send_lock = threading.Lock()
         self._params: dict[str, str] = {}
+        self._names: dict[str, str] = {}  # step metric key -> logged name, so the hot path skips formatting
         self._down_since: float | None = None
         self._next_try = 0.0
         self._backoff = 1.0
@@ -296,8 +297,13 @@ class MlflowTracker:
             "run_name": name,
             "start_time": int(time.time() * 1000),
         }
-        self.spool.save_state(tracking_uri=self.uri, kind=kind, run_id=None,
-                              parent_run_id=tags.get(schema.TAG_PARENT), run_dir=str(self.run_dir.resolve()))
+        self.spool.save_state(
+            tracking_uri=self.uri,
+            kind=kind,
+            run_id=None,
+            parent_run_id=tags.get(schema.TAG_PARENT),
+            run_dir=str(self.run_dir.resolve()),
+        )
         self.spool.append([op])
         try:
             with self._send_lock:
@@ -340,19 +346,26 @@ class MlflowTracker:
         self._queue_tags({k: str(v) for k, v in tags.items() if v is not None})
 
     def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
-        """Buffered: costs a list append on the training thread; sent in batches by the writer thread."""
+        """Buffered: a few list appends on the training thread; the writer thread sends log_batch."""
         ts = int(time.time() * 1000)
         step = 0 if step is None else int(step)
-        prefix = self.kind + "/"
+        names = self._names
         items = []
         for key, value in metrics.items():
-            v = schema.finite(value)
-            if v is None:
+            try:
+                v = float(value)
+            except (TypeError, ValueError):
                 continue
-            items.append(("m", key if "/" in key else prefix + key, v, ts, step))
+            if v - v != 0.0:  # nan or inf: MLflow cannot store them, a report cannot use them
+                continue
+            name = names.get(key)
+            if name is None:
+                name = names[key] = key if "/" in key else f"{self.kind}/{key}"
+            items.append(("m", name, v, ts, step))
         with self._buf_lock:
             self._buf.extend(items)
-        if len(self._buf) >= MAX_METRICS:
+            full = len(self._buf) >= MAX_METRICS
+        if full:
             self._wake.set()
 
     def log_summary(self, metrics: dict[str, Any], step: int = 0) -> None:
@@ -438,10 +451,13 @@ class MlflowTracker:
                 input_example=example,
                 signature=_signature(wrapped, example, names),
                 run_id=self.run_id,
+                pip_requirements=_requirements(),
             )
         except Exception as exc:
-            if self.require or self._reachable():
-                raise  # a model that cannot be exported is a bug to see, not a server outage
+            if self._reachable():
+                info = self._log_pickled(model, name, exc)
+            elif self.require:
+                raise
             self._mark_down(exc)
             self._save_model_offline(wrapped, example, name, names)
             return
@@ -450,6 +466,26 @@ class MlflowTracker:
                 schema.TAG_MODEL_URI: info.model_uri,
                 **({schema.TAG_MODEL_INPUTS: ",".join(names)} if names else {}),
             }
+        )
+
+    def _log_pickled(self, model: Any, name: str, exc: BaseException) -> Any:
+        """torch.export cannot trace every model (data-dependent control flow, odd outputs): keep the
+        model rather than fail a finished training run, in MLflow's pickle format, and say so."""
+        import mlflow
+
+        print(
+            f"ampflow tracking: pt2 export of the model failed ({type(exc).__name__}: {_short(exc)}); "
+            "logging it in pickle format instead",
+            file=sys.stderr,
+            flush=True,
+        )
+        self.set_tags({"ampflow.model_format": "pickle"})
+        return mlflow.pytorch.log_model(
+            model,
+            name=name,
+            serialization_format="pickle",
+            run_id=self.run_id,
+            pip_requirements=_requirements(),
         )
 
     def _reachable(self) -> bool:
@@ -615,12 +651,16 @@ class MlflowTracker:
         local = self.run_dir / FOLDER / f"{name}-{int(time.time())}"
         if isinstance(example, torch.Tensor):
             sig = _signature(model, example, names)
-            mlflow.pytorch.save_model(model, str(local), input_example=example, signature=sig)
+            mlflow.pytorch.save_model(
+                model, str(local), input_example=example, signature=sig, pip_requirements=_requirements()
+            )
         else:
             # no pt2 export of a keyword model offline: pickle the original module (its class is
             # importable from ampflow) rather than the local wrapper class
             inner = getattr(model, "inner", model)
-            mlflow.pytorch.save_model(inner, str(local), serialization_format="pickle")
+            mlflow.pytorch.save_model(
+                inner, str(local), serialization_format="pickle", pip_requirements=_requirements()
+            )
         self.log_artifact(local, name)
         if names:
             self.set_tags({schema.TAG_MODEL_INPUTS: ",".join(names)})
@@ -660,21 +700,61 @@ def _attached_state(attach_to: str | Path | None, kind: str, run_dir: Path) -> d
 
 
 def _positional(model: Any, example: Any) -> tuple[Any, Any, list[str]]:
+    """Wrap a keyword-input model so torch.export sees a fixed list of positional tensors.
+
+    torch.export binds a ``*args`` forward as one tuple parameter, which MLflow's per-input dynamic
+    shapes do not describe; hence one explicit parameter per input (up to four).
+    """
     if not isinstance(example, dict):
         return model, example, []
     import torch
 
     names = list(example)
+    if len(names) > 4:
+        return model, None, names  # offline path pickles the module; online pt2 would fail loudly
 
     class KeywordToPositional(torch.nn.Module):
         def __init__(self, inner: torch.nn.Module):
             super().__init__()
             self.inner = inner
 
-        def forward(self, *tensors: torch.Tensor) -> torch.Tensor:
-            return self.inner(**dict(zip(names, tensors, strict=True)))
+        def call(self, *tensors: torch.Tensor) -> torch.Tensor:
+            out = self.inner(**dict(zip(names, tensors, strict=True)))
+            return out if isinstance(out, torch.Tensor) else out.logits
 
-    return KeywordToPositional(model), tuple(example[n] for n in names), names
+    class One(KeywordToPositional):
+        def forward(self, x0: torch.Tensor) -> torch.Tensor:
+            return self.call(x0)
+
+    class Two(KeywordToPositional):
+        def forward(self, x0: torch.Tensor, x1: torch.Tensor) -> torch.Tensor:
+            return self.call(x0, x1)
+
+    class Three(KeywordToPositional):
+        def forward(self, x0: torch.Tensor, x1: torch.Tensor, x2: torch.Tensor) -> torch.Tensor:
+            return self.call(x0, x1, x2)
+
+    class Four(KeywordToPositional):
+        def forward(
+            self, x0: torch.Tensor, x1: torch.Tensor, x2: torch.Tensor, x3: torch.Tensor
+        ) -> torch.Tensor:
+            return self.call(x0, x1, x2, x3)
+
+    wrapper = (One, Two, Three, Four)[len(names) - 1]
+    return wrapper(model), tuple(example[n] for n in names), names
+
+
+def _requirements() -> list[str]:
+    """Pinned explicitly: MLflow's inference loads the model in a subprocess (about 10 s per model)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    reqs = []
+    for dist in ("torch", "mlflow", "numpy", "ampflow"):
+        try:
+            reqs.append(f"{dist}=={version(dist).split('+')[0]}")
+        except PackageNotFoundError:
+            continue
+    return reqs
 
 
 def _signature(model: Any, example: Any, names: list[str]) -> Any:

@@ -19,9 +19,6 @@ import random
 import sys
 import time
 import warnings
-
-# a GradScaler-skipped step makes torch warn that the scheduler stepped before the optimizer: expected
-warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler\.step\(\)` before", category=UserWarning)
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,6 +33,11 @@ from ampflow.train import autobatch, checkpoint, parallel
 from ampflow.train.devices import MemoryMeter, bf16_native, device_name, peak_flops
 from ampflow.train.metrics import dynamo_graph_count, flops_per_sample, step_time_stats
 from ampflow.train.precision import PrecisionPolicy
+
+# a GradScaler-skipped step makes torch warn that the scheduler stepped before the optimizer: expected
+warnings.filterwarnings(
+    "ignore", message=r"Detected call of `lr_scheduler\.step\(\)` before", category=UserWarning
+)
 
 RESULT_SCHEMA = "ampflow.train.result/1"
 AUTO_BATCH_START = 8
@@ -206,8 +208,8 @@ class Stepper:
             with ctx:
                 with self.policy.autocast():
                     loss = self.loss_fn(self.model(**inputs), labels)
-                self.policy.backward(loss / self.grad_accum)
-            loss_sum = loss.detach().float() if loss_sum is None else loss_sum + loss.detach().float()
+                self.policy.backward(loss / self.grad_accum if self.grad_accum > 1 else loss)
+            loss_sum = loss.detach() if loss_sum is None else loss_sum + loss.detach()
         self.policy.unscale(self.optimizer)
         norm = None
         if self.clip is not None:
@@ -215,7 +217,7 @@ class Stepper:
         elif self.policy.scaler is None:
             # no clipping asked: still read the norm (max_norm=inf clips nothing) to refuse NaN updates
             norm = torch.nn.utils.clip_grad_norm_(self.params, float("inf"))
-        loss_val = float(loss_sum.item()) / len(micro_indices)
+        loss_val = float(loss_sum.float().item()) / len(micro_indices)
         norm_val = float(norm.item()) if norm is not None else None
         finite = math.isfinite(loss_val) and (norm_val is None or math.isfinite(norm_val))
         stepped = self.policy.step(self.optimizer, grads_finite=finite)
@@ -297,10 +299,6 @@ class _Progress:
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
-
-
-def _to_int_or_none(x: float | None) -> int | None:
-    return None if x is None else int(x)
 
 
 def train(
@@ -420,6 +418,7 @@ def train(
     progress = _Progress(total_steps, start_step, config.log_every, main)
     last_loss = math.nan
     window_start: float | None = None
+    cpu_start = cpu_end = 0.0
     window_end = 0.0
     ckpt_s = ckpt_in_window = 0.0
     try:
@@ -433,6 +432,7 @@ def train(
             micro = [order.local_indices(e, s) for e, s in starts]
             sync(device)
             t0 = time.perf_counter()
+            c0 = time.process_time()
             out = stepper(micro)
             sync(device)
             dt = time.perf_counter() - t0
@@ -494,14 +494,14 @@ def train(
             if timed:
                 # the window's wall clock includes the loop's own bookkeeping (logging, progress,
                 # tracking): throughput is measured on it, not on the sum of step times
-                window_end = time.perf_counter()
+                window_end, cpu_end = time.perf_counter(), time.process_time()
                 if window_start is None:
-                    window_start = t0
+                    window_start, cpu_start = t0, c0
     finally:
         progress.close()
 
     mem = meter.read() if memory_reset_done else None
-    _save(
+    final_state = _save(
         ckpt_path,
         model,
         optimizer,
@@ -525,12 +525,17 @@ def train(
     tokens = _count_tokens(recipe, inputs, order, timed_batches) if main else 0
     peak = mem.peak_bytes if mem else None
     reserved = mem.reserved_bytes if mem else None
-    if world > 1:
+    if world > 1:  # the largest peak of any rank (0 stands for "no reading")
         peak, reserved = (
-            _to_int_or_none(v) if v is not None else None
-            for v in parallel.all_reduce([peak or 0, reserved or 0], "max", device)
+            int(v) or None for v in parallel.all_reduce([peak or 0, reserved or 0], "max", device)
         )
-        reserved = reserved or None
+    if not step_times and main:
+        print(
+            f"ampflow train: no step was timed ({pos.step - start_step} steps run, warmup_steps="
+            f"{config.warmup_steps}{', plus the compiling step' if config.compile else ''}); speed and memory "
+            "figures are empty: raise max_steps",
+            file=sys.stderr,
+        )
     peak_fs = peak_flops(device, policy.spec.compute)
     mfu = fps * sps / (world * peak_fs) if (fps and sps and peak_fs) else None
     recompiles = None
@@ -556,6 +561,8 @@ def train(
         "batch_size": batch_size,
         "train_wall_s": time.perf_counter() - wall0,
         "timed_wall_s": timed_s,
+        # process CPU time of the window: with one thread, a load-independent cost figure
+        "timed_cpu_s": (cpu_end - cpu_start) if window_start is not None else None,
         "checkpoint_s": ckpt_s,
     }
     result = {
@@ -587,7 +594,16 @@ def train(
         "loss_curve": loss_curve,
         "checkpoint": str(ckpt_path),
     }
-    return {"result": result, "model": parallel.unwrap(model), "example": _example(inputs)}
+    if config.strategy == "fsdp":
+        # FSDP2 shards the parameters in place: hand the tracker a plain copy with the gathered weights
+        # (gathered on rank 0 only, the one rank that logs)
+        logged_model = None
+        if main:
+            logged_model = policy.convert_model(recipe.build_model(info))
+            logged_model.load_state_dict(final_state)
+    else:
+        logged_model = parallel.unwrap(model)
+    return {"result": result, "model": logged_model, "example": _example(inputs)}
 
 
 def _example(inputs: dict[str, Any]) -> dict[str, Any]:
@@ -655,7 +671,8 @@ def _save(
     main,
     *,
     finished,
-) -> None:
+) -> dict[str, Any]:
+    """Write the checkpoint (rank 0); returns the full model state it holds."""
     # gathering FSDP state is collective: every rank takes part, rank 0 writes
     model_state = _model_state(model, strategy)
     optim_state = _optim_state(optimizer, model, strategy)
@@ -681,6 +698,7 @@ def _save(
             },
         )
     parallel.barrier()
+    return model_state
 
 
 def _auto_batch(config, model, inputs, labels, loss_fn, policy, device, world):
