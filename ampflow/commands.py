@@ -20,7 +20,8 @@ STEP_OPTIONS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "train": (("recipe", "data", "out", "precision", "strategy", "parent_run_id"), ("compile", "resume", "require_tracking")),
     "evaluate": (("recipe", "data", "checkpoint", "out", "parent_run_id"), ("require_tracking",)),
     "bench": (("recipe", "out", "precisions", "compile_modes", "repeats", "source", "tolerance"), ()),
-    "compare": (("runs", "out", "baseline", "tolerance", "sweep", "experiment", "recipe"), ("fail_on_regression",)),
+    "compare": (("runs", "out", "baseline", "tolerance", "sweep", "experiment", "recipe", "throughput_drop",
+                 "accuracy_drop"), ("fail_on_regression",)),
     "register": (("summary", "model_name", "tolerance"), ()),
     "launch": (
         ("recipe", "data", "out", "precision", "strategy", "nodes", "gpus_per_node", "image", "name", "api",

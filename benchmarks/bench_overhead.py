@@ -116,6 +116,7 @@ def hand_loop(config: Any, recipe: Any, data_dir: Path, steps: int, warmup: int)
     inputs = {k: torch.from_numpy(np.array(v)).to(device) for k, v in arrays.items()}
     info = read_manifest(data_dir).get("info", {})
     model = recipe.build_model(info).to(device)
+    model.train()
     half = {"bf16-true": torch.bfloat16, "16-true": torch.float16}.get(config.precision)
     if half is not None:
         model = model.to(half)

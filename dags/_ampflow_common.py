@@ -100,12 +100,22 @@ def default_args() -> dict[str, Any]:
 
 def common_params() -> dict[str, Param]:
     return {
-        "recipe": Param("tweets-bow", type="string", minLength=1, description="built-in recipe or module:function"),
-        "source": Param(None, type=["null", "string"], description="data file or fsspec URI (default: the recipe's data)"),
-        "limit": Param(None, type=["null", "integer"], minimum=1, description="prep: keep a stratified subset of N rows"),
-        "overrides": Param({}, type="object", description='RunConfig --set overrides, e.g. {"max_steps": 100}'),
+        "recipe": Param(
+            "tweets-bow", type="string", minLength=1, description="built-in recipe or module:function"
+        ),
+        "source": Param(
+            None, type=["null", "string"], description="data file or fsspec URI (default: the recipe's data)"
+        ),
+        "limit": Param(
+            None, type=["null", "integer"], minimum=1, description="prep: keep a stratified subset of N rows"
+        ),
+        "overrides": Param(
+            {}, type="object", description='RunConfig --set overrides, e.g. {"max_steps": 100}'
+        ),
         "execution_mode": Param(
-            None, type=["null", "string"], enum=[None, *MODES],
+            None,
+            type=["null", "string"],
+            enum=[None, *MODES],
             description="local or kubernetes; empty: Variable ampflow_execution_mode, else local",
         ),
         "ampflow_bin": Param(None, type=["null", "string"], description="local mode: the ampflow executable"),
@@ -128,16 +138,24 @@ def _variable(key: str, default: Any = None) -> Any:
 
 
 def resolve_mode(context: Any) -> str:
-    mode = (context["params"].get("execution_mode") or _variable("ampflow_execution_mode")
-            or os.environ.get("AMPFLOW_EXECUTION_MODE") or "local")
+    mode = (
+        context["params"].get("execution_mode")
+        or _variable("ampflow_execution_mode")
+        or os.environ.get("AMPFLOW_EXECUTION_MODE")
+        or "local"
+    )
     if mode not in MODES:
         raise AirflowFailException(f"execution_mode must be one of {', '.join(MODES)}; got {mode!r}")
     return mode
 
 
 def resolve_ampflow_bin(context: Any) -> str:
-    candidate = (context["params"].get("ampflow_bin") or _variable("ampflow_bin")
-                 or os.environ.get("AMPFLOW_BIN") or "ampflow")
+    candidate = (
+        context["params"].get("ampflow_bin")
+        or _variable("ampflow_bin")
+        or os.environ.get("AMPFLOW_BIN")
+        or "ampflow"
+    )
     found = shutil.which(candidate)
     if not found:
         raise AirflowFailException(
@@ -169,7 +187,11 @@ def run_root(context: Any, mode: str | None = None) -> str:
         base = kube_settings(context)["mount_path"]
     else:
         home = os.environ.get("AIRFLOW_HOME", os.path.expanduser("~/airflow"))
-        base = _variable("ampflow_workdir") or os.environ.get("AMPFLOW_WORKDIR") or os.path.join(home, "ampflow-work")
+        base = (
+            _variable("ampflow_workdir")
+            or os.environ.get("AMPFLOW_WORKDIR")
+            or os.path.join(home, "ampflow-work")
+        )
     return os.path.join(base, _safe(context["dag"].dag_id), _safe(context["run_id"]))
 
 
@@ -185,11 +207,20 @@ def run_context_tags(context: Any) -> dict[str, str]:
     """Tags every MLflow run a step starts carries (through MLflow's ``MLFLOW_RUN_CONTEXT``), so the
     finalizer can find and close runs a killed step left RUNNING."""
     ti = context["ti"]
-    return {"ampflow.airflow_dag_id": ti.dag_id, "ampflow.airflow_run_id": ti.run_id,
-            "ampflow.airflow_task_id": ti.task_id}
+    return {
+        "ampflow.airflow_dag_id": ti.dag_id,
+        "ampflow.airflow_run_id": ti.run_id,
+        "ampflow.airflow_task_id": ti.task_id,
+    }
 
 
 # -- local step processes -------------------------------------------------------------------------
+
+
+def _toleration_flag(t: dict[str, Any]) -> str:
+    """A toleration in ``ampflow launch``'s KEY[=VALUE][:EFFECT] spelling."""
+    text = t["key"] + (f"={t['value']}" if t.get("value") else "")
+    return text + (f":{t['effect']}" if t.get("effect") else "")
 
 
 def _proc_start_ticks(pid: int) -> str | None:
@@ -272,13 +303,23 @@ class AmpflowStepOperator(ResumableJobMixin, BaseOperator):
             if opts.get("strategy") == "single":
                 opts.pop("strategy")  # several processes: the launcher's default (ddp) applies
             nodes = int(params.get("nodes") or 1)
-            opts.update(name=job_name(context, nodes), nodes=nodes, gpus_per_node=int(params.get("gpus_per_node") or 1),
-                        image=settings["image"], namespace=settings["namespace"])
+            opts.update(
+                name=job_name(context, nodes),
+                nodes=nodes,
+                gpus_per_node=int(params.get("gpus_per_node") or 1),
+                image=settings["image"],
+                namespace=settings["namespace"],
+            )
             # cluster placement and credentials, where the launcher's CLI takes them
-            extra = {"mlflow_secret": settings["mlflow_secret"], "service_account": settings["service_account"],
-                     "node_selector": [f"{k}={v}" for k, v in settings["node_selector"].items()],
-                     "tolerations": [json.dumps(t, sort_keys=True) for t in settings["tolerations"]],
-                     "volume": f"{settings['pvc']}:{settings['mount_path']}"}
+            extra = {
+                "mlflow_secret": settings["mlflow_secret"],
+                "service_account": settings["service_account"],
+                "node_selector": [f"{k}={v}" for k, v in settings["node_selector"].items()] or None,
+                "tolerations": [_toleration_flag(t) for t in settings["tolerations"]] or None,
+                "volume": f"{settings['pvc']}:{settings['mount_path']}",
+                "cpu": settings["cpu"],
+                "memory": settings["memory"],
+            }
             launch_flags = STEP_OPTIONS["launch"][0]
             opts.update({k: v for k, v in extra.items() if k in launch_flags})
         elif step == "train" and context["ti"].try_number > 1:
@@ -329,8 +370,11 @@ class AmpflowStepOperator(ResumableJobMixin, BaseOperator):
         program = (resolve_ampflow_bin(context),)
         argv = self.argv(context, program, "local")
         ti = context["ti"]
-        folder = Path(run_root(context, "local")) / ".steps" / (
-            f"{ti.task_id}" + (f".{ti.map_index}" if ti.map_index >= 0 else "") + f".try{ti.try_number}")
+        folder = (
+            Path(run_root(context, "local"))
+            / ".steps"
+            / (f"{ti.task_id}" + (f".{ti.map_index}" if ti.map_index >= 0 else "") + f".try{ti.try_number}")
+        )
         folder.mkdir(parents=True, exist_ok=True)
         for key in ("out",):
             if self.options(context).get(key):
@@ -344,11 +388,21 @@ class AmpflowStepOperator(ResumableJobMixin, BaseOperator):
         self.log.info("running: %s", " ".join(argv))
         proc = subprocess.Popen(  # noqa: S603 - argv from step_argv, no shell
             [sys.executable, str(PROC), str(status), str(log), "--", *argv],
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-            start_new_session=True, close_fds=True, env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+            close_fds=True,
+            env=env,
         )
-        ident = {"pid": proc.pid, "start": _proc_start_ticks(proc.pid), "status": str(status), "log": str(log),
-                 "argv": argv, "result": self._result_path(context)}
+        ident = {
+            "pid": proc.pid,
+            "start": _proc_start_ticks(proc.pid),
+            "status": str(status),
+            "log": str(log),
+            "argv": argv,
+            "result": self._result_path(context),
+        }
         self._job = ident
         return ident
 
@@ -415,8 +469,11 @@ class AmpflowStepOperator(ResumableJobMixin, BaseOperator):
     def _report(self, value: Any) -> Any:
         if isinstance(value, dict):
             # per-step series (loss curve, lr schedule) stay in the result file, out of the metadata DB
-            value = {k: v for k, v in value.items()
-                     if k not in ("loss_curve", "lr_schedule") and not (isinstance(v, list) and len(v) > 50)}
+            value = {
+                k: v
+                for k, v in value.items()
+                if k not in ("loss_curve", "lr_schedule") and not (isinstance(v, list) and len(v) > 50)
+            }
         if isinstance(value, dict) and isinstance(value.get("markdown"), str):
             self.log.info("ampflow %s report:\n%s", self.step, value["markdown"])
         return value
@@ -463,8 +520,10 @@ class AmpflowStepOperator(ResumableJobMixin, BaseOperator):
             limits = {"cpu": s["cpu_step_cpu"], "memory": s["cpu_step_memory"]}
             requests = dict(limits)
         tolerations = [k8s.V1Toleration(**t) for t in s["tolerations"]] if gpu else []
-        env = [k8s.V1EnvVar(name="MLFLOW_RUN_CONTEXT", value=json.dumps(run_context_tags(context))),
-               k8s.V1EnvVar(name="PYTHONUNBUFFERED", value="1")]
+        env = [
+            k8s.V1EnvVar(name="MLFLOW_RUN_CONTEXT", value=json.dumps(run_context_tags(context))),
+            k8s.V1EnvVar(name="PYTHONUNBUFFERED", value="1"),
+        ]
         return KubernetesPodOperator(
             task_id=self.task_id,
             name=job_name(context),
@@ -478,8 +537,12 @@ class AmpflowStepOperator(ResumableJobMixin, BaseOperator):
             container_resources=k8s.V1ResourceRequirements(limits=limits, requests=requests),
             node_selector=dict(s["node_selector"]) if gpu else {},
             tolerations=tolerations,
-            volumes=[k8s.V1Volume(name="ampflow-data", persistent_volume_claim=k8s.V1PersistentVolumeClaimVolumeSource(
-                claim_name=s["pvc"]))],
+            volumes=[
+                k8s.V1Volume(
+                    name="ampflow-data",
+                    persistent_volume_claim=k8s.V1PersistentVolumeClaimVolumeSource(claim_name=s["pvc"]),
+                )
+            ],
             volume_mounts=[k8s.V1VolumeMount(name="ampflow-data", mount_path=s["mount_path"])],
             service_account_name=s["launcher_service_account"] if launcher else s["service_account"],
             security_context=k8s.V1PodSecurityContext(run_as_non_root=True),
@@ -506,8 +569,9 @@ def _mlflow_request(base: str, path: str, payload: dict[str, Any] | None = None)
         data = json.dumps(payload).encode()
     elif payload:
         url += "?" + urllib.parse.urlencode(payload)
-    req = urllib.request.Request(url, data=data, method="POST" if data else "GET",
-                                 headers={"Content-Type": "application/json"})
+    req = urllib.request.Request(
+        url, data=data, method="POST" if data else "GET", headers={"Content-Type": "application/json"}
+    )
     user, password = os.environ.get("MLFLOW_TRACKING_USERNAME"), os.environ.get("MLFLOW_TRACKING_PASSWORD")
     token = os.environ.get("MLFLOW_TRACKING_TOKEN")
     if user and password:
@@ -545,20 +609,25 @@ def close_leftover_runs(context: Any, log: Any) -> list[str]:
     if ids:
         run_id = context["ti"].run_id.replace("'", "")
         query = f"tags.`ampflow.airflow_run_id` = '{run_id}' and attributes.status = 'RUNNING'"
-        for run in _mlflow_request(uri, "runs/search", {"experiment_ids": ids, "filter": query,
-                                                         "max_results": 1000}).get("runs", []):
+        for run in _mlflow_request(
+            uri, "runs/search", {"experiment_ids": ids, "filter": query, "max_results": 1000}
+        ).get("runs", []):
             candidates[run["info"]["run_id"]] = run["info"]["status"]
     if resolve_mode(context) == "local":
         for rid in local_run_ids(run_root(context, "local")) - set(candidates):
             try:
                 candidates[rid] = _mlflow_request(uri, "runs/get", {"run_id": rid})["run"]["info"]["status"]
             except urllib.error.HTTPError as exc:
-                log.warning("MLflow run %s recorded in the run directory is unknown to %s (%s)", rid, uri, exc.code)
+                log.warning(
+                    "MLflow run %s recorded in the run directory is unknown to %s (%s)", rid, uri, exc.code
+                )
     closed = []
     for rid, status in sorted(candidates.items()):
         if status != "RUNNING":
             continue
-        _mlflow_request(uri, "runs/update", {"run_id": rid, "status": "FAILED", "end_time": int(time.time() * 1000)})
+        _mlflow_request(
+            uri, "runs/update", {"run_id": rid, "status": "FAILED", "end_time": int(time.time() * 1000)}
+        )
         log.warning("marked MLflow run %s FAILED (left RUNNING by a killed step)", rid)
         closed.append(rid)
     log.info("MLflow runs of this DAG run checked: %d, closed: %d", len(candidates), len(closed))

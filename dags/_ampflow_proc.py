@@ -38,8 +38,13 @@ def main(argv: list[str]) -> int:
     with open(log_path, "ab", buffering=0) as log:
         log.write(("$ " + " ".join(command) + "\n").encode())
         try:
-            child = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,  # noqa: S603
-                                     env=env)
+            child = subprocess.Popen(  # noqa: S603 - the task's step_argv, no shell
+                command,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=env,
+            )
         except OSError as exc:
             log.write(f"ampflow-proc: cannot start {command[0]!r}: {exc}\n".encode())
             _write_status(status_path, 127)

@@ -44,8 +44,14 @@ COMPILE_WORDS = {"off": False, "on": True}
 
 def evaluate_options(train: dict[str, Any]) -> dict[str, Any]:
     """The evaluate step of one configuration, from its train options."""
-    return {"recipe": train["recipe"], "data": train["data"], "checkpoint": train["out"],
-            "out": os.path.join(train["out"], "eval"), "_id": train["_id"]}
+    return {
+        "recipe": train["recipe"],
+        "data": train["data"],
+        "checkpoint": train["out"],
+        "out": os.path.join(train["out"], "eval"),
+        "_id": train["_id"],
+    }
+
 
 with DAG(
     dag_id="ampflow_benchmark",
@@ -60,16 +66,26 @@ with DAG(
     params={
         **common_params(),
         "precisions": Param(
-            [BASELINE_PRECISION, "bf16-mixed"], type="array", minItems=1, uniqueItems=True,
-            items={"type": "string", "enum": list(PRECISIONS)}, description="precision modes to compare",
+            [BASELINE_PRECISION, "bf16-mixed"],
+            type="array",
+            minItems=1,
+            uniqueItems=True,
+            items={"type": "string", "enum": list(PRECISIONS)},
+            description="precision modes to compare",
         ),
         "compile_modes": Param(
-            ["off"], type="array", minItems=1, uniqueItems=True, items={"type": "string", "enum": ["off", "on"]},
+            ["off"],
+            type="array",
+            minItems=1,
+            uniqueItems=True,
+            items={"type": "string", "enum": ["off", "on"]},
             description="torch.compile off, on, or both",
         ),
         "repeats": Param(1, type="integer", minimum=1, maximum=20, description="runs per configuration"),
         "baseline": precision_param(description="the configuration the others are compared with"),
-        "tolerance": Param(0.5, type="number", minimum=0, description="accuracy tolerance, percentage points"),
+        "tolerance": Param(
+            0.5, type="number", minimum=0, description="accuracy tolerance, percentage points"
+        ),
     },
     render_template_as_native_obj=True,
 ) as dag:
@@ -78,8 +94,9 @@ with DAG(
         if p["baseline"] not in p["precisions"]:
             raise AirflowFailException(f"baseline {p['baseline']!r} is not in precisions {p['precisions']}")
         try:
-            return sweep_entries(list(p["precisions"]), [COMPILE_WORDS[w] for w in p["compile_modes"]],
-                                 int(p["repeats"]))
+            return sweep_entries(
+                list(p["precisions"]), [COMPILE_WORDS[w] for w in p["compile_modes"]], int(p["repeats"])
+            )
         except ConfigError as exc:
             raise AirflowFailException(str(exc)) from None
 
@@ -92,10 +109,19 @@ with DAG(
         runs = [os.path.join(root, "runs", e.id) for e in _entries(p)]
         return {
             "mode": resolve_mode(ctx),
-            "prep": {"recipe": p["recipe"], "out": os.path.join(root, "data"), "source": p.get("source"),
-                     "limit": p.get("limit")},
-            "compare": {"recipe": p["recipe"], "runs": runs, "out": os.path.join(root, "compare"),
-                        "baseline": p["baseline"], "tolerance": p["tolerance"]},
+            "prep": {
+                "recipe": p["recipe"],
+                "out": os.path.join(root, "data"),
+                "source": p.get("source"),
+                "limit": p.get("limit"),
+            },
+            "compare": {
+                "recipe": p["recipe"],
+                "runs": runs,
+                "out": os.path.join(root, "compare"),
+                "baseline": p["baseline"],
+                "tolerance": p["tolerance"],
+            },
         }
 
     @task
@@ -105,8 +131,14 @@ with DAG(
         p = ctx["params"]
         root = run_root(ctx)
         return [
-            {"recipe": p["recipe"], "data": os.path.join(root, "data"), "out": os.path.join(root, "runs", e.id),
-             "precision": e.precision, "compile": e.compile, "_id": e.id}
+            {
+                "recipe": p["recipe"],
+                "data": os.path.join(root, "data"),
+                "out": os.path.join(root, "runs", e.id),
+                "precision": e.precision,
+                "compile": e.compile,
+                "_id": e.id,
+            }
             for e in _entries(p)
         ]
 
@@ -115,16 +147,25 @@ with DAG(
     overrides = "{{ params.overrides }}"
     prep = AmpflowStepOperator(task_id="prep", step="prep", step_options=layout["prep"])
     train = AmpflowStepOperator.partial(
-        task_id="train", step="train", overrides=overrides, result=("out", "result.json"), gpu=True,
+        task_id="train",
+        step="train",
+        overrides=overrides,
+        result=("out", "result.json"),
+        gpu=True,
         max_active_tis_per_dagrun=int(parse_time_setting("ampflow_bench_parallelism", "1")),
         map_index_template="{{ task.step_options['_id'] }}",
     ).expand(step_options=configs)
     evaluate = AmpflowStepOperator.partial(
-        task_id="evaluate", step="evaluate", overrides=overrides, result=("out", "eval.json"), gpu=True,
+        task_id="evaluate",
+        step="evaluate",
+        overrides=overrides,
+        result=("out", "eval.json"),
+        gpu=True,
         map_index_template="{{ task.step_options['_id'] }}",
     ).expand(step_options=configs.map(evaluate_options))
-    compare = AmpflowStepOperator(task_id="compare", step="compare", step_options=layout["compare"],
-                                  result=("out", "summary.json"))
+    compare = AmpflowStepOperator(
+        task_id="compare", step="compare", step_options=layout["compare"], result=("out", "summary.json")
+    )
 
     @task
     def close_mlflow_runs() -> list[str]:

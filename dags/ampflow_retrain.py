@@ -43,7 +43,15 @@ from _ampflow_common import (
     resolve_mode,
     run_root,
 )
-from airflow.sdk import DAG, Asset, AssetOrTimeSchedule, CronTriggerTimetable, Param, get_current_context, task
+from airflow.sdk import (
+    DAG,
+    Asset,
+    AssetOrTimeSchedule,
+    CronTriggerTimetable,
+    Param,
+    get_current_context,
+    task,
+)
 
 from ampflow.config import STRATEGIES
 
@@ -56,7 +64,9 @@ with DAG(
     dag_id="ampflow_retrain",
     description="Retrain on a schedule or on new data; register only a model that passes the champion gate",
     schedule=AssetOrTimeSchedule(
-        timetable=CronTriggerTimetable(parse_time_setting("ampflow_retrain_cron", "0 3 * * *"), timezone="UTC"),
+        timetable=CronTriggerTimetable(
+            parse_time_setting("ampflow_retrain_cron", "0 3 * * *"), timezone="UTC"
+        ),
         assets=[TRAINING_DATA],
     ),
     start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
@@ -72,8 +82,12 @@ with DAG(
         "strategy": Param("single", type="string", enum=list(STRATEGIES)),
         "nodes": Param(1, type="integer", minimum=1, description="kubernetes: PyTorchJob nodes"),
         "gpus_per_node": Param(1, type="integer", minimum=1, description="kubernetes: GPUs per node"),
-        "tolerance": Param(0.5, type="number", minimum=0, description="accuracy tolerance, percentage points"),
-        "model_name": Param(None, type=["null", "string"], description="registered model (default ampflow-RECIPE)"),
+        "tolerance": Param(
+            0.5, type="number", minimum=0, description="accuracy tolerance, percentage points"
+        ),
+        "model_name": Param(
+            None, type=["null", "string"], description="registered model (default ampflow-RECIPE)"
+        ),
     },
     render_template_as_native_obj=True,
 ) as dag:
@@ -98,25 +112,51 @@ with DAG(
         return {
             "mode": resolve_mode(ctx),
             "prep": {**common, "out": data, "source": source, "limit": p.get("limit")},
-            "train": {**common, "data": data, "out": run_dir, "precision": p["precision"],
-                      "strategy": p["strategy"], "compile": bool(p["compile"])},
+            "train": {
+                **common,
+                "data": data,
+                "out": run_dir,
+                "precision": p["precision"],
+                "strategy": p["strategy"],
+                "compile": bool(p["compile"]),
+            },
             "evaluate": {**common, "data": data, "checkpoint": run_dir, "out": os.path.join(run_dir, "eval")},
-            "compare": {**common, "runs": [run_dir], "out": compare_dir, "baseline": p["precision"],
-                        "tolerance": p["tolerance"]},
-            "register": {"summary": os.path.join(compare_dir, "summary.json"),
-                         "model_name": p.get("model_name") or f"ampflow-{p['recipe']}",
-                         "tolerance": p["tolerance"]},
+            "compare": {
+                **common,
+                "runs": [run_dir],
+                "out": compare_dir,
+                "baseline": p["precision"],
+                "tolerance": p["tolerance"],
+            },
+            "register": {
+                "summary": os.path.join(compare_dir, "summary.json"),
+                "model_name": p.get("model_name") or f"ampflow-{p['recipe']}",
+                "tolerance": p["tolerance"],
+            },
         }
 
     layout = plan()
     overrides = "{{ params.overrides }}"
     prep = AmpflowStepOperator(task_id="prep", step="prep", step_options=layout["prep"])
-    train = AmpflowStepOperator(task_id="train", step="train", step_options=layout["train"], overrides=overrides,
-                                result=("out", "result.json"), gpu=True)
-    evaluate = AmpflowStepOperator(task_id="evaluate", step="evaluate", step_options=layout["evaluate"],
-                                   overrides=overrides, result=("out", "eval.json"), gpu=True)
-    compare = AmpflowStepOperator(task_id="compare", step="compare", step_options=layout["compare"],
-                                  result=("out", "summary.json"))
+    train = AmpflowStepOperator(
+        task_id="train",
+        step="train",
+        step_options=layout["train"],
+        overrides=overrides,
+        result=("out", "result.json"),
+        gpu=True,
+    )
+    evaluate = AmpflowStepOperator(
+        task_id="evaluate",
+        step="evaluate",
+        step_options=layout["evaluate"],
+        overrides=overrides,
+        result=("out", "eval.json"),
+        gpu=True,
+    )
+    compare = AmpflowStepOperator(
+        task_id="compare", step="compare", step_options=layout["compare"], result=("out", "summary.json")
+    )
 
     @task.short_circuit(ignore_downstream_trigger_rules=False)
     def passes(summary: dict[str, Any]) -> bool:
@@ -129,8 +169,12 @@ with DAG(
         return ok
 
     gate = passes(compare.output)
-    register = AmpflowStepOperator(task_id="register", step="register", step_options=layout["register"],
-                                   result=("summary", "register.json"))
+    register = AmpflowStepOperator(
+        task_id="register",
+        step="register",
+        step_options=layout["register"],
+        result=("summary", "register.json"),
+    )
 
     @task
     def close_mlflow_runs() -> list[str]:

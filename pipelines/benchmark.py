@@ -58,8 +58,8 @@ def build_benchmark(train_retries: int = cluster.TRAIN_RETRIES, retry_backoff: s
         tolerations: list = cluster.GPU_TOLERATIONS,
         mlflow_secret: str = "ampflow-mlflow",
         cache_pvc: str = "ampflow-cache",
-    ) -> str:
-        """Returns the recommended configuration id ("" when none passes)."""
+    ) -> bool:
+        """Returns whether a configuration passes (the recommended one is in compare's summary)."""
         run_id = dsl.PIPELINE_JOB_ID_PLACEHOLDER
         gpu = dict(
             accelerator_type=accelerator_type,
@@ -126,7 +126,7 @@ def build_benchmark(train_retries: int = cluster.TRAIN_RETRIES, retry_backoff: s
         cluster.with_mlflow(
             cluster.with_small_resources(cluster.on_image(compare_task, image)), mlflow_secret
         )
-        return compare_task.outputs["recommended"]
+        return compare_task.outputs["Output"]
 
     return benchmark
 

@@ -55,7 +55,9 @@ def run_benchmark_locally(
     before = set(root.iterdir())
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root), raise_on_error=True)
     with warnings.catch_warnings():
+        # resources, kfp.kubernetes settings and the image are for the cluster; locally they are noise
         warnings.filterwarnings("ignore", message=".*no effect in the current local runner.*")
+        warnings.filterwarnings("ignore", message=".*custom or non-Python base image.*")
         build_benchmark(train_retries=0)(
             recipe=recipe,
             configurations=configurations_of(precisions, compile_modes),

@@ -79,7 +79,7 @@ def evaluate_and_promote(
     compare_task.set_caching_options(False)
     cluster.with_mlflow(cluster.with_small_resources(cluster.on_image(compare_task, image)), mlflow_secret)
 
-    with dsl.If(compare_task.outputs["passed"] == True, name="passed"):  # noqa: E712 - a KFP condition
+    with dsl.If(compare_task.outputs["Output"] == True, name="passed"):  # noqa: E712 - a KFP condition
         register_task = register(
             summary=compare_task.outputs["summary"],
             model_name=model_name,

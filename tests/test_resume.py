@@ -156,3 +156,29 @@ def test_resume_extends_a_finished_run(tmp_path, monkeypatch):
     assert main([*base, "--out", str(tmp_path / "a"), "--resume", "--set", "max_steps=12"]) == 0
     r = json.loads((tmp_path / "a" / "result.json").read_text())
     assert r["metrics"]["steps"] == 12 and r["resumed_from_step"] == 8 and len(r["loss_curve"]) == 12
+
+
+@pytest.mark.slow
+def test_sigterm_stops_cleanly_and_resume_continues(tmp_path):
+    """SIGTERM (a pod eviction) ends the run as interrupted (exit 130, tracker KILLED), leaves the last
+    checkpoint intact and no result.json; --resume then finishes the run."""
+    data = write_dataset(tmp_path / "data")
+    run = tmp_path / "run"
+    proc = subprocess.Popen(  # noqa: S603 - fixed argv, no shell
+        _argv(data, run), env=_env("0.05"), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
+    deadline = time.monotonic() + 120
+    while not (run / "checkpoint.pt").exists():
+        assert proc.poll() is None and time.monotonic() < deadline
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err.decode()
+    assert "interrupted" in err.decode()
+    assert not (run / "result.json").exists()
+    assert 0 < _load(run)["step"] < STEPS
+    resumed = subprocess.run(  # noqa: S603 - fixed argv, no shell
+        _argv(data, run, "--resume"), env=_env(), cwd=ROOT, capture_output=True, text=True
+    )
+    assert resumed.returncode == 0, resumed.stderr
+    assert json.loads((run / "result.json").read_text())["metrics"]["steps"] == STEPS

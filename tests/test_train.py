@@ -423,3 +423,23 @@ def test_two_process_gloo_matches_one_process(tmp_path, strategy, extra):
     one_curve = [loss for _, loss in result(tmp_path / "one")["loss_curve"]]
     multi_curve = [loss for _, loss in r["loss_curve"]]
     assert multi_curve == pytest.approx(one_curve, rel=1e-4)  # rank-averaged loss == global mean loss
+
+
+def test_submodules_left_in_eval_mode_are_trained_in_train_mode(tmp_path, monkeypatch):
+    """A recipe whose build_model returns a pretrained submodule in eval mode (what from_pretrained
+    does) still trains with dropout on: the engine calls model.train()."""
+    import tests.recipes_fixture as fx
+
+    seen: list[bool] = []
+    original = fx.TinyRecipe.build_model
+
+    def build(self, info):
+        model = original(self, info)
+        model.net.eval()
+        model.net[2].register_forward_hook(lambda mod, args, out: seen.append(mod.training))
+        return model
+
+    monkeypatch.setattr(fx.TinyRecipe, "build_model", build)
+    data = write_dataset(tmp_path / "data")
+    assert train(data, tmp_path / "run", "--set", "max_steps=3") == 0
+    assert seen and all(seen)

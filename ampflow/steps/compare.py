@@ -196,7 +196,7 @@ def records_from_sweep(sweep_run_id: str | None, *, uri: str | None = None) -> l
         raise ConfigError(f"--sweep {sweep_run_id}: the run has no child runs")
     records = []
     for child in children:
-        if child.info.status != "FINISHED":
+        if child.info.status != "FINISHED" or child.data.tags.get(schema.TAG_KIND, "train") != "train":
             continue
         p, m, t = child.data.params, child.data.metrics, child.data.tags
         history = client.get_metric_history(child.info.run_id, "train/loss")
@@ -645,10 +645,17 @@ def _plots(summary: dict[str, Any]) -> dict[str, str]:
     bars("peak_memory_bytes", 1 / 2**20, "MiB", "Peak memory", "memory")
 
     fig, ax = plt.subplots(figsize=(6, 3.4))
-    for c in configs:
+    styles = ("-", "--", ":", "-.")
+    for i, c in enumerate(configs):
         curve = c.get("loss_curve") or []
-        if curve:
-            ax.plot([p[0] for p in curve], [p[1] for p in curve], label=c["config_id"], linewidth=1.2)
+        if curve:  # dashes keep identical curves (same seed, same data order) visible on top of each other
+            ax.plot(
+                [p[0] for p in curve],
+                [p[1] for p in curve],
+                label=c["config_id"],
+                linewidth=1.2,
+                linestyle=styles[i % len(styles)],
+            )
     ax.set_xlabel("step")
     ax.set_ylabel("training loss")
     ax.set_title("Loss curves")
@@ -657,6 +664,7 @@ def _plots(summary: dict[str, Any]) -> dict[str, str]:
     save(fig, "loss")
 
     fig, ax = plt.subplots(figsize=(6, 3.4))
+    placed: list[str] = []  # labels of points that may coincide are stacked, not overprinted
     for c, color in zip(configs, colors, strict=True):
         thr, acc = c["figures"].get("samples_per_s"), c["figures"].get("accuracy")
         if thr and acc:
@@ -665,9 +673,10 @@ def _plots(summary: dict[str, Any]) -> dict[str, str]:
                 c["config_id"],
                 (thr["median"], acc["median"] * 100),
                 textcoords="offset points",
-                xytext=(5, 5),
+                xytext=(6, 6 - 11 * (len(placed) % 3)),
                 fontsize=8,
             )
+            placed.append(c["config_id"])
     base = next(c for c in configs if c["is_baseline"])
     if base["figures"].get("accuracy"):
         ref = base["figures"]["accuracy"]["median"] * 100
@@ -706,12 +715,13 @@ def render_html(summary: dict[str, Any]) -> str:
         f"<li>{html.escape(r['config_id'])}: {html.escape(r['message'])}</li>"
         for r in summary.get("regressions") or []
     )
-    regress_html = (
-        f"<h2>Regressions</h2><ul>{regress}</ul>"
-        if regress
-        else f"<p>Regression check: {len(summary.get('regression_baseline') or [])} previous sweep(s), "
-        "nothing flagged.</p>"
-    )
+    n_prev = len(summary.get("regression_baseline") or [])
+    if regress:
+        regress_html = f"<h2>Regressions</h2><ul>{regress}</ul>"
+    elif n_prev:
+        regress_html = f"<p>Regression check: nothing flagged against {n_prev} previous sweep(s).</p>"
+    else:
+        regress_html = "<p>Regression check: no previous sweep of this recipe on this hardware yet.</p>"
     imgs = "".join(f"<img alt='{k}' src='data:image/png;base64,{v}'>" for k, v in plots.items())
     return f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>ampflow compare: {html.escape(str(summary.get("recipe")))}</title>

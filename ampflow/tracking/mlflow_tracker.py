@@ -222,7 +222,12 @@ class MlflowTracker:
         self.uri = uri or tracking_uri()
         self.require = require
         self.closed = False
-        self.client = MlflowClient(self.uri)
+        try:
+            self.client = MlflowClient(self.uri)
+        except Exception as exc:  # a store MLflow refuses (the file store), an unknown scheme: bad input
+            from ampflow.config import ConfigError
+
+            raise ConfigError(f"MLFLOW_TRACKING_URI {_redact(self.uri)}: {_short(exc)}") from None
         self.run_dir = Path(run_dir) if run_dir is not None else Path(tempfile.mkdtemp(prefix="ampflow-run-"))
         _set_aside_stale_spool(self.run_dir)
         self.spool = Spool(self.run_dir / FOLDER)
@@ -235,6 +240,8 @@ class MlflowTracker:
         self._send_lock = threading.Lock()
         self._params: dict[str, str] = {}
         self._names: dict[str, str] = {}  # step metric key -> logged name, so the hot path skips formatting
+        self._dataset_logged = False
+        self.writer_cpu_s = 0.0  # CPU the writer thread used (benchmarks/bench_tracking.py)
         self._down_since: float | None = None
         self._next_try = 0.0
         self._backoff = 1.0
@@ -382,8 +389,15 @@ class MlflowTracker:
             self.set_tags({schema.TAG_DATASET_HASH: str(result["dataset_hash"])})
         self.log_summary(schema.result_metrics(result))
         data_dir = result.get("data_dir") or result.get("data")
-        if data_dir:
+        if self._dataset_logged:
+            pass
+        elif data_dir and (Path(data_dir) / "manifest.json").is_file():
             self.log_dataset(data_dir)
+        elif result.get("dataset_hash") and not self._dataset_logged:
+            # no manifest at hand: the content hash alone still identifies the dataset in MLflow
+            self._log_input(
+                str(result.get("recipe") or "dataset"), str(result["dataset_hash"]), {}, None, "train"
+            )
         result_file = Path(run_dir) / "result.json"
         if result_file.is_file():
             self.log_artifact(result_file)
@@ -411,17 +425,38 @@ class MlflowTracker:
         except (OSError, ValueError) as exc:
             log.warning("tracking: no dataset input logged (%s)", exc)
             return
-        digest = str(
-            manifest.get("content_hash") or manifest.get("dataset_hash") or manifest.get("hash") or ""
-        )
+        digest = str(manifest.get("content_hash") or manifest.get("hash") or "")
         profile = {"rows": manifest.get("rows"), "class_balance": manifest.get("class_balance")}
+        schema_ = {"arrays": manifest.get("arrays"), "schema": manifest.get("schema")}
+        self._log_input(
+            str(manifest.get("recipe") or "dataset"),
+            digest,
+            profile,
+            schema_,
+            context,
+            uri=str(Path(data_dir).resolve()),
+        )
+
+    def _log_input(
+        self,
+        name: str,
+        digest: str,
+        profile: dict[str, Any],
+        schema_: dict[str, Any] | None,
+        context: str,
+        uri: str | None = None,
+    ) -> None:
+        import json
+
+        self._dataset_logged = True
+        source = {"uri": uri} if uri else {"dataset_hash": digest}
         op = {
             "op": "input",
-            "name": f"{manifest.get('recipe', 'dataset')}",
+            "name": name,
             "digest": digest.split(":")[-1][:36],
             "source_type": "local",
-            "source": json.dumps({"uri": str(Path(data_dir).resolve())}),
-            "schema": json.dumps({"arrays": manifest.get("arrays"), "schema": manifest.get("schema")}),
+            "source": json.dumps(source),
+            "schema": json.dumps(schema_) if schema_ else None,
             "profile": json.dumps(profile, default=str),
             "context": context,
         }
@@ -613,6 +648,7 @@ class MlflowTracker:
             self._wake.wait(self._flush_interval)
             self._wake.clear()
             stopping = self._stop.is_set()
+            cpu0 = time.thread_time()
             try:
                 self._flush_buffer_to_spool()
                 if stopping:
@@ -620,6 +656,8 @@ class MlflowTracker:
                 self._deliver()
             except Exception as exc:  # the writer must never die silently and lose the buffer
                 log.warning("tracking: writer error: %s", exc)
+            # CPU the writer took from the machine (benchmarks/bench_tracking.py reports it)
+            self.writer_cpu_s += time.thread_time() - cpu0
             if stopping:
                 return
 
@@ -687,6 +725,8 @@ def _attached_state(attach_to: str | Path | None, kind: str, run_dir: Path) -> d
     import json
 
     candidates = [Path(attach_to)] if attach_to is not None else []
+    if candidates and candidates[0].is_file():  # a checkpoint file: its run directory
+        candidates[0] = candidates[0].parent
     if attach_to is None and kind == "evaluate":
         candidates.append(run_dir.parent)  # bench and the docs put eval/ inside the train run dir
     for folder in candidates:

@@ -121,6 +121,9 @@ def result_params(result: dict[str, Any]) -> dict[str, str]:
     for key in RESULT_PARAMS:
         if result.get(key) is not None:
             params[key] = param_value(result[key])
+    for key in ("torch_version", "ampflow_version"):  # the engine writes them flat; the brief nests them
+        if result.get(key) is not None:
+            params[key] = str(result[key])
     versions = result.get("versions") or {}
     for name, value in versions.items():
         if value is not None:

@@ -7,7 +7,7 @@ compare_task = compare(run=eval_task.outputs["evaluated_run"], baseline="bf16-mi
 """
 
 # No `from __future__ import annotations` here: KFP reads the annotations as types.
-from typing import List, NamedTuple, Optional  # noqa: UP035 - KFP reads these annotations
+from typing import List, Optional  # noqa: UP035 - KFP reads these annotations
 
 from kfp import dsl
 from kfp.dsl import HTML, Artifact, Input, Markdown, Metrics, Output
@@ -29,19 +29,20 @@ def compare(
     recipe: str = "",
     sweep: str = "",
     pipeline_run_id: str = "",
-) -> NamedTuple("CompareOutputs", passed=bool, recommended=str):  # noqa: UP014
+) -> bool:
     """Compare evaluated run directories (`runs` from a ParallelFor, or one `run`) against `baseline`.
 
     tolerance: accuracy tolerance in percentage points. With `experiment` and `recipe`, the runs are
     also checked for regressions against earlier sweeps of that recipe in MLflow.
-    Returns `passed` (a configuration passes and nothing regressed) and the recommended config id.
+    Returns whether a configuration passes and nothing regressed (the retrain pipeline gates register
+    on it); the recommended configuration id is the `summary` artifact's `recommended` metadata.
+    One return value on purpose: kfp.local resolves only a task's single ``Output`` in a condition.
     """
     import json
     import math
     import os
     import shutil
     import tempfile
-    from collections import namedtuple
 
     from ampflow.cli import main
     from ampflow.commands import step_argv
@@ -92,5 +93,6 @@ def compare(
             value = row.get(key)
             if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
                 metrics.log_metric(f"{row['config_id']}/{key}", float(value))
-    outputs = namedtuple("CompareOutputs", ["passed", "recommended"])
-    return outputs(passed, str(recommended))
+    summary.metadata["recommended"] = recommended
+    summary.metadata["regressed"] = bool(result.get("regressed"))
+    return passed

@@ -33,26 +33,36 @@ if importlib.util.find_spec("airflow") is None:
     collect_ignore_glob = ["test_*.py"]
 else:
     _HOME = tempfile.mkdtemp(prefix="ampflow-airflow-")
-    os.environ.update({
-        "AIRFLOW_HOME": _HOME,
-        "AIRFLOW__CORE__DAGS_FOLDER": str(DAGS),
-        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{_HOME}/airflow.db",
-        "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
-        "AIRFLOW__LOGGING__LOGGING_LEVEL": "INFO",
-        "AMPFLOW_WORKDIR": os.path.join(_HOME, "work"),
-        # a real connection definition, so the pod operator's hook can be built (never called)
-        "AIRFLOW_CONN_KUBERNETES_DEFAULT": json.dumps({"conn_type": "kubernetes", "extra": {"in_cluster": False}}),
-        # retries wait a second here instead of a minute
-        "AIRFLOW_VAR_AMPFLOW_RETRY_DELAY_S": "1",
-    })
+    os.environ.update(
+        {
+            "AIRFLOW_HOME": _HOME,
+            "AIRFLOW__CORE__DAGS_FOLDER": str(DAGS),
+            "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{_HOME}/airflow.db",
+            "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
+            "AIRFLOW__LOGGING__LOGGING_LEVEL": "INFO",
+            "AMPFLOW_WORKDIR": os.path.join(_HOME, "work"),
+            # a real connection definition, so the pod operator's hook can be built (never called)
+            "AIRFLOW_CONN_KUBERNETES_DEFAULT": json.dumps(
+                {"conn_type": "kubernetes", "extra": {"in_cluster": False}}
+            ),
+            # retries wait a second here instead of a minute
+            "AIRFLOW_VAR_AMPFLOW_RETRY_DELAY_S": "1",
+        }
+    )
     # a kubeconfig for a cluster that is never contacted: the pod operator's hook needs one to exist
-    Path(_HOME, "kubeconfig").write_text(json.dumps({
-        "apiVersion": "v1", "kind": "Config", "current-context": "test",
-        "clusters": [{"name": "test", "cluster": {"server": "https://127.0.0.1:1"}}],
-        "contexts": [{"name": "test", "context": {"cluster": "test", "user": "test"}}],
-        "users": [{"name": "test", "user": {}}],
-    }))
+    Path(_HOME, "kubeconfig").write_text(
+        json.dumps(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "current-context": "test",
+                "clusters": [{"name": "test", "cluster": {"server": "https://127.0.0.1:1"}}],
+                "contexts": [{"name": "test", "context": {"cluster": "test", "user": "test"}}],
+                "users": [{"name": "test", "user": {}}],
+            }
+        )
+    )
     os.environ["KUBECONFIG"] = os.path.join(_HOME, "kubeconfig")
     os.environ.setdefault("AMPFLOW_BIN", str(MAIN_BIN / "ampflow"))
     os.environ.setdefault("OMP_NUM_THREADS", "1")
@@ -85,7 +95,11 @@ def ampflow_steps_missing(*steps: str) -> list[str]:
     if not os.access(exe, os.X_OK):
         return list(steps)
     out = subprocess.run([exe, "--help"], capture_output=True, text=True, check=False)  # noqa: S603
-    return [s for s in steps if f"    {s}" not in out.stdout and f"{{{s}" not in out.stdout and f",{s}" not in out.stdout]
+    return [
+        s
+        for s in steps
+        if f"    {s}" not in out.stdout and f"{{{s}" not in out.stdout and f",{s}" not in out.stdout
+    ]
 
 
 def _free_port() -> int:
@@ -105,10 +119,23 @@ def mlflow_server(tmp_path_factory):
     env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
     log = open(folder / "server.log", "wb")  # noqa: SIM115 - open for the server's lifetime
     proc = subprocess.Popen(  # noqa: S603
-        [str(exe), "server", "--backend-store-uri", f"sqlite:///{folder}/mlflow.db",
-         "--artifacts-destination", str(folder / "artifacts"), "--host", "127.0.0.1", "--port", str(port),
-         "--workers", "1"],
-        stdout=log, stderr=subprocess.STDOUT, env=env,
+        [
+            str(exe),
+            "server",
+            "--backend-store-uri",
+            f"sqlite:///{folder}/mlflow.db",
+            "--artifacts-destination",
+            str(folder / "artifacts"),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=env,
     )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 120
@@ -135,8 +162,12 @@ def mlflow_server(tmp_path_factory):
 def mlflow_api(url: str, path: str, payload: dict | None = None) -> dict:
     """MLflow's REST API, from this venv (mlflow itself is not installed here)."""
     data = json.dumps(payload).encode() if payload is not None else None
-    req = urllib.request.Request(f"{url}/api/2.0/mlflow/{path}", data=data, method="POST" if data else "GET",
-                                 headers={"Content-Type": "application/json"})
+    req = urllib.request.Request(
+        f"{url}/api/2.0/mlflow/{path}",
+        data=data,
+        method="POST" if data else "GET",
+        headers={"Content-Type": "application/json"},
+    )
     with urllib.request.urlopen(req, timeout=30) as resp:  # noqa: S310
         return json.loads(resp.read() or b"{}")
 

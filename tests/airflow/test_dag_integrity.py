@@ -90,8 +90,13 @@ def test_retrain_chain_and_gate(dagbag):
     closer = dag.task_dict["close_mlflow_runs"]
     assert closer.is_teardown  # runs whatever happened, without deciding the run's state
     steps = {t.task_id: t.step for t in dag.tasks if hasattr(t, "step")}
-    assert steps == {"prep": "prep", "train": "train", "evaluate": "evaluate", "compare": "compare",
-                     "register": "register"}
+    assert steps == {
+        "prep": "prep",
+        "train": "train",
+        "evaluate": "evaluate",
+        "compare": "compare",
+        "register": "register",
+    }
 
 
 def test_benchmark_maps_train_and_evaluate(dagbag):
@@ -122,7 +127,13 @@ def test_benchmark_precision_params_take_only_ampflow_precisions(dagbag):
 
     good = validated({"precisions": ["32-true", "bf16-true"], "compile_modes": ["off", "on"]})
     assert good["precisions"] == ["32-true", "bf16-true"]
-    for bad in ({"precisions": ["fp64"]}, {"precisions": []}, {"compile_modes": ["maybe"]},
-                {"baseline": "int8"}, {"repeats": 0}, {"execution_mode": "docker"}):
+    for bad in (
+        {"precisions": ["fp64"]},
+        {"precisions": []},
+        {"compile_modes": ["maybe"]},
+        {"baseline": "int8"},
+        {"repeats": 0},
+        {"execution_mode": "docker"},
+    ):
         with pytest.raises(ParamValidationError):
             validated(bad)

@@ -16,7 +16,6 @@ import json
 import os
 import subprocess
 from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 
@@ -46,19 +45,32 @@ def dags():
 @pytest.fixture(autouse=True)
 def kube_variable(monkeypatch):
     # Airflow's environment spelling of the Variable ampflow_kubernetes
-    monkeypatch.setenv("AIRFLOW_VAR_AMPFLOW_KUBERNETES", json.dumps({
-        "namespace": "ml-train", "mlflow_secret": "mlflow-creds", "pvc": "ampflow-cache",
-        "node_selector": {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"},
-    }))
+    monkeypatch.setenv(
+        "AIRFLOW_VAR_AMPFLOW_KUBERNETES",
+        json.dumps(
+            {
+                "namespace": "ml-train",
+                "mlflow_secret": "mlflow-creds",
+                "pvc": "ampflow-cache",
+                "node_selector": {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"},
+            }
+        ),
+    )
 
 
-def context(dag, task_id, *, conf=None, run_id="scheduled__2026-11-23T03:00:00+00:00", map_index=-1, try_number=1):
+def context(
+    dag, task_id, *, conf=None, run_id="scheduled__2026-11-23T03:00:00+00:00", map_index=-1, try_number=1
+):
     params = copy.deepcopy(dag.params)
     for key, value in {"execution_mode": "kubernetes", "image": IMAGE, **(conf or {})}.items():
         params[key] = value
     params = params.validate()
-    return {"ti": TI(dag.dag_id, task_id, run_id, map_index, try_number), "run_id": run_id, "dag": dag,
-            "params": params}
+    return {
+        "ti": TI(dag.dag_id, task_id, run_id, map_index, try_number),
+        "run_id": run_id,
+        "dag": dag,
+        "params": params,
+    }
 
 
 def step_op(dag, task_id, step_options):
@@ -68,8 +80,14 @@ def step_op(dag, task_id, step_options):
     return op
 
 
-TRAIN_OPTS = {"recipe": "tweets-minilm", "data": "/mnt/ampflow/r/data", "out": "/mnt/ampflow/r/runs/candidate",
-              "precision": "bf16-mixed", "strategy": "single", "compile": False}
+TRAIN_OPTS = {
+    "recipe": "tweets-minilm",
+    "data": "/mnt/ampflow/r/data",
+    "out": "/mnt/ampflow/r/runs/candidate",
+    "precision": "bf16-mixed",
+    "strategy": "single",
+    "compile": False,
+}
 
 
 def test_train_pod_has_gpu_placement_secret_and_the_step_argv(dags):
@@ -88,13 +106,17 @@ def test_train_pod_has_gpu_placement_secret_and_the_step_argv(dags):
     assert c.args == step_argv("train", **TRAIN_OPTS, overrides={"max_steps": 500})
     assert c.resources.limits["nvidia.com/gpu"] == "1" and c.resources.requests["nvidia.com/gpu"] == "1"
     assert pod.spec.node_selector == {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"}
-    assert [(t.key, t.operator, t.effect) for t in pod.spec.tolerations] == [("nvidia.com/gpu", "Exists", "NoSchedule")]
+    assert [(t.key, t.operator, t.effect) for t in pod.spec.tolerations] == [
+        ("nvidia.com/gpu", "Exists", "NoSchedule")
+    ]
     # MLflow credentials come from the Secret; nothing secret is inline in the manifest
     assert [e.secret_ref.name for e in c.env_from] == ["mlflow-creds"]
     env = {e.name: e.value for e in c.env}
     assert not any("PASSWORD" in k or "TOKEN" in k for k in env)
     assert json.loads(env["MLFLOW_RUN_CONTEXT"])["ampflow.airflow_run_id"] == ctx["run_id"]
-    assert [v.persistent_volume_claim.claim_name for v in pod.spec.volumes if v.persistent_volume_claim] == ["ampflow-cache"]
+    assert [v.persistent_volume_claim.claim_name for v in pod.spec.volumes if v.persistent_volume_claim] == [
+        "ampflow-cache"
+    ]
     assert "/mnt/ampflow" in [m.mount_path for m in c.volume_mounts]
     assert pod.spec.security_context.run_as_non_root is True
     labels = pod.metadata.labels
@@ -123,7 +145,11 @@ def test_cpu_steps_get_no_gpu_and_compare_hands_its_summary_to_xcom(dags):
     assert c.command == ["ampflow"] and c.args[:1] == ["prep"]
 
     ctx = context(dag, "compare")
-    opts = {"recipe": "tweets-bow", "runs": ["/mnt/ampflow/r/runs/candidate"], "out": "/mnt/ampflow/r/compare"}
+    opts = {
+        "recipe": "tweets-bow",
+        "runs": ["/mnt/ampflow/r/runs/candidate"],
+        "out": "/mnt/ampflow/r/compare",
+    }
     kpo = step_op(dag, "compare", opts).pod_operator(ctx)
     pod = kpo.build_pod_request_obj(ctx)
     c = pod.spec.containers[0]
@@ -160,6 +186,10 @@ def test_multi_gpu_training_runs_the_launcher_in_a_small_pod(dags):
     flags = dict(zip(argv[2::2], argv[3::2], strict=False))
     assert flags["--nodes"] == "2" and flags["--gpus-per-node"] == "4" and flags["--image"] == IMAGE
     assert flags["--name"] == job_name_for(ctx) and flags["--namespace"] == "ml-train"
+    # the job's pods get the same placement, storage and credentials as the task pods
+    assert flags["--node-selector"] == "nvidia.com/gpu.product=NVIDIA-H100-80GB-HBM3"
+    assert flags["--tolerations"] == "nvidia.com/gpu:NoSchedule"
+    assert flags["--volume"] == "ampflow-cache:/mnt/ampflow" and flags["--mlflow-secret"] == "mlflow-creds"
     assert "nvidia.com/gpu" not in (c.resources.limits or {})  # the GPUs belong to the PyTorchJob
     assert pod.spec.service_account_name == "ampflow-launcher"
     assert kpo.do_xcom_push is False
@@ -190,13 +220,28 @@ def test_the_pytorchjob_the_launcher_pod_would_submit_is_valid(dags, tmp_path):
 
     dag = dags["retrain"]
     ctx = context(dag, "train", conf={"nodes": 2, "gpus_per_node": 4})
-    argv = step_op(dag, "train", TRAIN_OPTS).argv(ctx, (os.environ["AMPFLOW_BIN"],), "kubernetes") + ["--dry-run"]
+    argv = step_op(dag, "train", TRAIN_OPTS).argv(ctx, (os.environ["AMPFLOW_BIN"],), "kubernetes") + [
+        "--dry-run"
+    ]
     proc = subprocess.run(argv, capture_output=True, text=True, check=False, cwd=tmp_path)  # noqa: S603
     assert proc.returncode == 0, proc.stderr[-2000:]
     manifest = yaml.safe_load(proc.stdout)
     assert manifest["kind"] == "PyTorchJob"
     assert manifest["metadata"]["name"] == job_name_for(ctx)
-    jsonschema.validate(manifest, _crd_schema())
+    from tests.test_kube_manifests import pruned_fields  # the launcher's own check, reused
+
+    schema = _crd_schema()
+    jsonschema.Draft7Validator(schema).validate(manifest)
+    assert pruned_fields(manifest, schema) == []
     assert validate_admission(manifest) == []
-    master = manifest["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]["containers"][0]
-    assert master["image"] == IMAGE
+    specs = manifest["spec"]["pytorchReplicaSpecs"]
+    assert specs["Master"]["replicas"] == 1 and specs["Worker"]["replicas"] == 1
+    pod = specs["Master"]["template"]["spec"]
+    master = pod["containers"][0]
+    assert master["image"] == IMAGE and master["resources"]["limits"]["nvidia.com/gpu"] in (4, "4")
+    assert pod["nodeSelector"] == {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"}
+    assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in pod["tolerations"]
+    # credentials by reference to the Secret, never as values in the manifest
+    env = {e["name"]: e for e in master["env"]}
+    for name in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):
+        assert "value" not in env[name] and env[name]["valueFrom"]["secretKeyRef"]["name"] == "mlflow-creds"

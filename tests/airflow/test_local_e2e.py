@@ -49,8 +49,9 @@ def xcoms(dr, task_id):
     from airflow.utils.session import create_session
 
     with create_session() as session:
-        rows = session.scalars(XComModel.get_many(run_id=dr.run_id, dag_ids=dr.dag_id, task_ids=task_id,
-                                                  key="return_value")).all()
+        rows = session.scalars(
+            XComModel.get_many(run_id=dr.run_id, dag_ids=dr.dag_id, task_ids=task_id, key="return_value")
+        ).all()
         return {row.map_index: XComModel.deserialize_value(row) for row in rows}
 
 
@@ -109,7 +110,9 @@ def test_retrain_runs_end_to_end_and_registers_the_candidate(airflow_db, trackin
     assert {"samples_per_s", "accuracy", "macro_f1"} <= set(_metrics(run))
 
 
-@pytest.mark.xfail(strict=False, reason="needs the MLflow tracker to add MLFLOW_RUN_CONTEXT tags to the runs it creates")
+@pytest.mark.xfail(
+    strict=False, reason="needs the MLflow tracker to add MLFLOW_RUN_CONTEXT tags to the runs it creates"
+)
 def test_step_runs_carry_the_airflow_run_id(airflow_db, tracking):
     dr = fresh_dag("ampflow_benchmark").test(run_conf={**TINY, "precisions": ["32-true"]})
     tagged = [r for r in all_runs(tracking) if _tags(r).get("ampflow.airflow_run_id") == dr.run_id]
@@ -123,14 +126,20 @@ def test_benchmark_maps_over_configurations_and_compares(airflow_db, tracking):
     assert dr.state == "success", states(dr)
     st = states(dr)
     assert sorted(k for k in st if k[0] in ("train", "evaluate")) == [
-        ("evaluate", 0), ("evaluate", 1), ("train", 0), ("train", 1)]
+        ("evaluate", 0),
+        ("evaluate", 1),
+        ("train", 0),
+        ("train", 1),
+    ]
     assert all(s == "success" for s in st.values()), st
 
     summary = xcoms(dr, "compare")[-1]
     assert summary["baseline"] == "32-true"
     assert sorted(c["config_id"] for c in summary["configs"]) == ["32-true", "bf16-mixed"]
     assert summary["recommended"] in ("32-true", "bf16-mixed") and "| " in summary["markdown"]
-    trained = {_params(r)["precision"]: r for r in runs_of(tracking, dr) if _tags(r).get("ampflow.kind") == "train"}
+    trained = {
+        _params(r)["precision"]: r for r in runs_of(tracking, dr) if _tags(r).get("ampflow.kind") == "train"
+    }
     assert set(trained) == {"32-true", "bf16-mixed"}
     for precision, run in trained.items():
         assert run["info"]["status"] == "FINISHED"
@@ -148,8 +157,9 @@ def test_bad_input_fails_its_task_at_once_and_a_runtime_failure_uses_the_retries
     assert dr.get_task_instance("train").state == "upstream_failed"
 
     # a learning rate that makes every loss non-finite: train aborts (exit 1) and is retried
-    dr = fresh_dag("ampflow_retrain").test(run_conf={**TINY, "overrides": {**TINY["overrides"], "learning_rate": 1e38,
-                                                                   "max_nonfinite_steps": 1}})
+    dr = fresh_dag("ampflow_retrain").test(
+        run_conf={**TINY, "overrides": {**TINY["overrides"], "learning_rate": 1e38, "max_nonfinite_steps": 1}}
+    )
     train = dr.get_task_instance("train")
     assert dr.state == "failed"
     assert train.state == "failed"

@@ -1,0 +1,155 @@
+"""Retries that never duplicate a step, and no MLflow run left RUNNING.
+
+    .venv-airflow/bin/python -m pytest -q tests/airflow/test_retries.py
+
+Real parts: dag.test() with Airflow 3.3's task state store, real `ampflow train` processes of the main
+venv, a real `mlflow server`. The interrupted try is made with ``execution_timeout`` and
+``on_kill_action="keep"``: the try ends while its step keeps running, which is what a crashed worker
+leaves behind, and it happens inside one dag.test() run, so the retry is the same task instance.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from datetime import timedelta
+from pathlib import Path
+
+import pendulum
+import pytest
+
+from tests.airflow.conftest import ampflow_steps_missing, mlflow_api
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(autouse=True)
+def _steps_present():
+    missing = ampflow_steps_missing("prep", "train")
+    if missing:
+        pytest.skip(f"the main venv's ampflow has no step {', '.join(missing)} yet")
+
+
+def _dag(dag_id: str, *, timeout_s: float, max_steps: int):
+    from _ampflow_common import AmpflowStepOperator, common_params
+    from airflow.sdk import DAG
+
+    with DAG(
+        dag_id=dag_id,
+        schedule=None,
+        start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
+        params=common_params(),
+        render_template_as_native_obj=True,
+        tags=["ampflow", "test"],
+        default_args={"retries": 30, "retry_delay": timedelta(seconds=1)},
+    ) as dag:
+        root = os.path.join(
+            os.environ["AMPFLOW_WORKDIR"], dag_id, "{{ run_id | replace(':', '_') | replace('+', '_') }}"
+        )
+        data = root + "/data"
+        prep = AmpflowStepOperator(
+            task_id="prep", step="prep", step_options={"recipe": "tweets-bow", "out": data, "limit": 300}
+        )
+        train = AmpflowStepOperator(
+            task_id="train",
+            step="train",
+            result=("out", "result.json"),
+            step_options={"recipe": "tweets-bow", "data": data, "out": root + "/runs/candidate"},
+            overrides={"max_steps": max_steps, "warmup_steps": 2, "log_every": 1, "checkpoint_every": 50},
+            execution_timeout=timedelta(seconds=timeout_s),
+            on_kill_action="keep",
+        )
+        prep >> train
+    # dag.test() runs only serialized DAGs: store this one as the DAG processor would
+    from airflow.dag_processing.bundles.manager import DagBundlesManager
+    from airflow.dag_processing.dagbag import DagBag, sync_bag_to_db
+
+    DagBundlesManager().sync_bundles_to_db()
+
+    bag = DagBag(dag_folder=os.devnull, collect_dags=False)
+    bag.bag_dag(dag)
+    sync_bag_to_db(bag, "dags-folder", None)
+    return dag
+
+
+def test_an_interrupted_try_leaves_its_step_running_and_the_retry_reconnects(
+    airflow_db, mlflow_server, monkeypatch
+):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
+    # every try ends after 2 s; `ampflow train` needs longer than that only to import torch, so at
+    # least the first try is interrupted and later tries follow the same process until it ends
+    dag = _dag("ampflow_test_reconnect", timeout_s=2, max_steps=100)
+    dr = dag.test()
+    train = dr.get_task_instance("train")
+    assert dr.state == "success"
+    assert train.try_number >= 2
+    root = Path(os.environ["AMPFLOW_WORKDIR"], "ampflow_test_reconnect")
+    steps = sorted(root.glob("*/.steps/train.*"))
+    # one step process for both tries: the retry followed it instead of starting another
+    assert [p.name for p in steps] == ["train.try1"]
+    log = (steps[0] / "step.log").read_text()
+    assert log.count("$ ") == 1 and "--resume" not in log.splitlines()[0]
+    assert json.loads((steps[0] / "status.json").read_text()) == {"returncode": 0}
+    result = json.loads(next(root.glob("*/runs/candidate/result.json")).read_text())
+    assert result["metrics"]["steps"] == 100 and result.get("resumed_from_step") in (None, 0)
+
+
+def test_close_leftover_runs_marks_this_runs_running_runs_failed(
+    airflow_db, mlflow_server, monkeypatch, tmp_path
+):
+    """A step killed with SIGKILL cannot close its run; the teardown task does, and only this run's."""
+    from _ampflow_common import close_leftover_runs
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
+    monkeypatch.setenv("AMPFLOW_WORKDIR", str(tmp_path))
+    exp = mlflow_api(mlflow_server, "experiments/create", {"name": f"ampflow/closer-{time.time_ns()}"})
+    mine_run_id, other_run_id = "manual__2026-11-23T10:00:00+00:00", "manual__2026-11-22T10:00:00+00:00"
+
+    def create(airflow_run_id, **tags):
+        tags = {"ampflow.airflow_run_id": airflow_run_id, **tags}
+        run = mlflow_api(
+            mlflow_server,
+            "runs/create",
+            {
+                "experiment_id": exp["experiment_id"],
+                "start_time": int(time.time() * 1000),
+                "tags": [{"key": k, "value": v} for k, v in tags.items()],
+            },
+        )
+        return run["run"]["info"]["run_id"]
+
+    tagged = create(mine_run_id)
+    other = create(other_run_id)
+    finished = create(mine_run_id)
+    mlflow_api(mlflow_server, "runs/update", {"run_id": finished, "status": "FINISHED"})
+    # an untagged run that only the run directory knows about (how the steps record their runs today)
+    recorded = create("unrelated")
+    state = tmp_path / "ampflow_retrain" / "manual__2026-11-23T10_00_00_00_00" / "runs" / "x" / "tracking"
+    state.mkdir(parents=True)
+    (state / "state.json").write_text(json.dumps({"run_id": recorded}))
+
+    class TI:
+        dag_id, task_id, run_id, map_index, try_number = (
+            "ampflow_retrain",
+            "close_mlflow_runs",
+            mine_run_id,
+            -1,
+            1,
+        )
+
+    class Dag:
+        dag_id = "ampflow_retrain"
+
+    import logging
+
+    ctx = {"ti": TI(), "run_id": mine_run_id, "dag": Dag(), "params": {"execution_mode": "local"}}
+    closed = close_leftover_runs(ctx, logging.getLogger("test"))
+    assert sorted(closed) == sorted([tagged, recorded])
+
+    def status(rid):
+        return mlflow_api(mlflow_server, f"runs/get?run_id={rid}")["run"]["info"]["status"]
+
+    assert status(tagged) == "FAILED" and status(recorded) == "FAILED"
+    assert status(other) == "RUNNING" and status(finished) == "FINISHED"
+    mlflow_api(mlflow_server, "runs/update", {"run_id": other, "status": "KILLED"})

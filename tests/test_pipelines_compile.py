@@ -1,0 +1,189 @@
+"""The compiled pipelines: fresh against the code, and carrying the cluster settings asked for.
+
+kfp.local ignores resources and kfp.kubernetes settings, so this is where they are checked: in the
+IR YAML that Kubeflow Pipelines runs (pipeline spec + the kubernetes platform spec).
+"""
+
+from __future__ import annotations
+
+import filecmp
+from pathlib import Path
+
+import pytest
+import yaml
+
+from components import CACHE_MOUNT
+
+ROOT = Path(__file__).resolve().parents[1]
+COMPILED = ROOT / "pipelines" / "compiled"
+
+
+@pytest.fixture(scope="module")
+def fresh(tmp_path_factory):
+    from pipelines.compile import compile_all
+
+    out = tmp_path_factory.mktemp("compiled")
+    compile_all(out)
+    return out
+
+
+def _load(path: Path) -> tuple[dict, dict]:
+    spec, platform = yaml.safe_load_all(path.read_text())
+    return spec, platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+
+
+@pytest.mark.parametrize("name", ["benchmark.yaml", "retrain.yaml"])
+def test_committed_yaml_is_not_stale(fresh, name):
+    assert (COMPILED / name).is_file(), f"pipelines/compiled/{name} missing: run `make compile`"
+    assert filecmp.cmp(fresh / name, COMPILED / name, shallow=False), (
+        f"pipelines/compiled/{name} is stale: run `make compile` and commit the result"
+    )
+
+
+def test_compile_is_deterministic(fresh, tmp_path):
+    from pipelines.compile import compile_all
+
+    compile_all(tmp_path)
+    for name in ("benchmark.yaml", "retrain.yaml"):
+        assert (tmp_path / name).read_bytes() == (fresh / name).read_bytes()
+
+
+def _executors(spec):
+    return spec["deploymentSpec"]["executors"]
+
+
+def _all_tasks(spec):
+    """(component name, task name, task) for every task of every DAG in the spec."""
+    dags = [("root", spec["root"])] + [(n, c) for n, c in spec["components"].items() if "dag" in c]
+    for comp, body in dags:
+        for task_name, task in body["dag"]["tasks"].items():
+            yield comp, task_name, task
+
+
+def _executor_of(spec, task):
+    return spec["components"][task["componentRef"]["name"]].get("executorLabel")
+
+
+def _param(name):
+    return f"{{{{$.inputs.parameters['pipelinechannel--{name}']}}}}"
+
+
+def _check_gpu_executor(spec, platform, label, count_param):
+    container = _executors(spec)[label]["container"]
+    assert container["image"] == _param("image")
+    res = container["resources"]
+    assert res["accelerator"]["resourceType"] == _param("accelerator_type")
+    assert res["accelerator"]["resourceCount"] == _param(count_param)
+    assert res["resourceCpuRequest"] == _param("cpu_request") and res["resourceCpuLimit"] == _param(
+        "cpu_limit"
+    )
+    assert res["resourceMemoryRequest"] == _param("memory_request")
+    assert res["resourceMemoryLimit"] == _param("memory_limit")
+    k8s = platform[label]
+    assert "componentInputParameter" in k8s["nodeSelector"]["nodeSelectorJson"]
+    assert k8s["nodeSelector"]["nodeSelectorJson"]["componentInputParameter"].endswith("node_selector")
+    (tol,) = k8s["tolerations"]
+    assert tol["tolerationJson"]["componentInputParameter"].endswith("tolerations")
+    _check_mlflow_secret(k8s)
+
+
+def _check_mlflow_secret(k8s):
+    envs = {}
+    for entry in k8s["secretAsEnv"]:
+        assert entry["secretNameParameter"]["componentInputParameter"].endswith("mlflow_secret")
+        for pair in entry["keyToEnv"]:
+            envs[pair["envVar"]] = entry.get("optional", False)
+    assert envs["MLFLOW_TRACKING_URI"] is False, "the tracking URI must be there"
+    assert envs["MLFLOW_TRACKING_PASSWORD"] is True
+
+
+def _check_pvc(k8s):
+    (mount,) = k8s["pvcMount"]
+    assert mount["mountPath"] == CACHE_MOUNT
+    assert mount["pvcNameParameter"]["componentInputParameter"].endswith("cache_pvc")
+
+
+def _retry(spec, executor):
+    """Retry policies of the tasks whose executor is `executor` (or a numbered copy of it)."""
+    found = [
+        t.get("retryPolicy")
+        for _, _, t in _all_tasks(spec)
+        if (_executor_of(spec, t) or "").rstrip("-0123456789") == executor
+    ]
+    assert found, executor
+    return found
+
+
+def test_benchmark_yaml_carries_cluster_settings():
+    spec, platform = _load(COMPILED / "benchmark.yaml")
+    for label in ("exec-train", "exec-evaluate"):
+        _check_gpu_executor(spec, platform, label, "accelerator_count")
+    _check_pvc(platform["exec-train"])
+    _check_pvc(platform["exec-prep"])
+    _check_mlflow_secret(platform["exec-compare"])
+    (policy,) = _retry(spec, "exec-train")
+    assert policy["maxRetryCount"] == 2 and policy["backoffDuration"] == "60s"
+    loop = spec["components"]["comp-for-loop-1"]
+    params = spec["root"]["inputDefinitions"]["parameters"]
+    assert {"recipe", "configurations", "repeats", "tolerance", "image"} <= set(params)
+    assert spec["root"]["dag"]["tasks"]["for-loop-1"]["parameterIterator"]["itemInput"]
+    assert "dag" in loop
+    compare_inputs = spec["root"]["dag"]["tasks"]["compare"]["inputs"]["artifacts"]["runs"]
+    assert compare_inputs["taskOutputArtifact"]["producerTask"] == "for-loop-1", "compare collects the loop"
+    outputs = spec["components"]["comp-compare"]["outputDefinitions"]["artifacts"]
+    assert outputs["report_html"]["artifactType"]["schemaTitle"] == "system.HTML"
+    assert outputs["report_md"]["artifactType"]["schemaTitle"] == "system.Markdown"
+
+
+def test_retrain_yaml_carries_cluster_settings_branches_and_exit_handler():
+    spec, platform = _load(COMPILED / "retrain.yaml")
+    # single-device train: gpus_per_node accelerators of accelerator_type
+    _check_gpu_executor(spec, platform, "exec-train", "gpus_per_node")
+    _check_pvc(platform["exec-train"])
+    (policy,) = _retry(spec, "exec-train")
+    assert policy["maxRetryCount"] == 2
+    # both distributed branches launch with retries (the launcher reattaches) and the cache PVC
+    policies = _retry(spec, "exec-train-distributed")
+    assert len(policies) == 2 and all(p["maxRetryCount"] == 2 for p in policies)
+    for label in [x for x in platform if x.startswith("exec-train-distributed")]:
+        _check_pvc(platform[label])
+        _check_mlflow_secret_absent = (
+            "secretAsEnv" not in platform[label]
+        )  # the job's pods get it, not this pod
+        assert _check_mlflow_secret_absent
+    # evaluate in every branch's sub-pipeline gets the GPU settings and the secret
+    evaluates = [label for label in _executors(spec) if label.startswith("exec-evaluate")]
+    assert len(evaluates) == 3
+    for label in evaluates:
+        _check_gpu_executor(spec, platform, label, "accelerator_count")
+    # the branches: multi-node, multi-GPU, single device
+    conditions = [
+        t.get("triggerPolicy", {}).get("condition", "")
+        for _, _, t in _all_tasks(spec)
+        if t.get("triggerPolicy", {}).get("condition")
+    ]
+    assert any("num_nodes" in c and "> 1" in c for c in conditions)
+    assert any("gpus_per_node" in c and "> 1" in c for c in conditions)
+    # register only when compare passed
+    register_conditions = [c for c in conditions if "compare-Output" in c or "passed" in c]
+    assert register_conditions, conditions
+    # the exit handler closes MLflow runs and gets the secret
+    root_tasks = spec["root"]["dag"]["tasks"]
+    exit_tasks = [
+        t
+        for t in root_tasks.values()
+        if t.get("triggerPolicy", {}).get("strategy") == "ALL_UPSTREAM_TASKS_COMPLETED"
+    ]
+    assert [t["componentRef"]["name"] for t in exit_tasks] == ["comp-mark-failed"]
+    _check_mlflow_secret(platform["exec-mark-failed"])
+
+
+@pytest.mark.parametrize("name", ["benchmark.yaml", "retrain.yaml"])
+def test_no_secret_or_install_step_in_compiled_yaml(name):
+    text = (COMPILED / name).read_text()
+    spec, _ = _load(COMPILED / name)
+    for label, executor in _executors(spec).items():
+        container = executor["container"]
+        assert "env" not in container, f"{label}: credentials come from the Secret, not inline env"
+        assert "pip install" not in " ".join(container.get("command", [])), label
+    assert "MLFLOW_TRACKING_PASSWORD=" not in text and "password:" not in text.lower()
