@@ -20,6 +20,8 @@ Strategy = Literal["single", "ddp", "fsdp"]
 Device = Literal["auto", "cpu", "cuda"]
 
 PRECISIONS: tuple[str, ...] = get_args(Precision)
+LR_SCHEDULES = ("linear", "cosine", "constant")
+_DEFAULT_TIMING_WARMUP = 5
 STRATEGIES: tuple[str, ...] = get_args(Strategy)
 DEVICES: tuple[str, ...] = get_args(Device)
 BASELINE_PRECISION = "32-true"
@@ -47,7 +49,11 @@ class RunConfig:
     grad_accum: int = 1
     clip_grad_norm: float | None = 1.0
     # steps at the start of the run that are trained but excluded from timing figures
-    warmup_steps: int = 5
+    # (None: the recipe's choice, else 5)
+    warmup_steps: int | None = None
+    # learning-rate schedule and its warm-up steps (None: the recipe's choice, else linear, 5% warm-up)
+    lr_schedule: Literal["linear", "cosine", "constant"] | None = None
+    lr_warmup_steps: int | None = None
     seed: int = 0
     # write a checkpoint every N optimizer steps (0: only at the end)
     checkpoint_every: int = 0
@@ -95,6 +101,8 @@ class RunConfig:
     def resolve(self, defaults: dict[str, Any]) -> RunConfig:
         """Fill ``None`` fields from a recipe's defaults (only fields still unset)."""
         changes = {k: v for k, v in defaults.items() if k in self.field_names() and getattr(self, k) is None}
+        if self.warmup_steps is None and "warmup_steps" not in changes:
+            changes["warmup_steps"] = _DEFAULT_TIMING_WARMUP
         return self.replace(**changes) if changes else self
 
     def to_json(self) -> str:
@@ -188,9 +196,13 @@ def _validate(c: RunConfig) -> None:
         v = getattr(c, name)
         if not isinstance(v, int) or isinstance(v, bool) or v < 1:
             raise ConfigError(f"{name} must be a positive integer, got {v!r}")
-    non_negative = ("warmup_steps", "seed", "checkpoint_every", "limit_train_samples")
+    if c.lr_schedule is not None:
+        _check_literal("lr_schedule", c.lr_schedule, LR_SCHEDULES)
+    non_negative = ("warmup_steps", "lr_warmup_steps", "seed", "checkpoint_every", "limit_train_samples")
     for name in non_negative:
         v = getattr(c, name)
+        if v is None and name in ("warmup_steps", "lr_warmup_steps"):
+            continue
         if not isinstance(v, int) or isinstance(v, bool) or v < 0:
             raise ConfigError(f"{name} must be a non-negative integer, got {v!r}")
     if c.weight_decay < 0:

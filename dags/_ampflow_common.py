@@ -4,7 +4,8 @@ Every task runs one ``ampflow <step>`` command built by :func:`ampflow.commands.
 here trains, evaluates or compares. Where the command runs is chosen when the task runs:
 
 - ``local``: a subprocess of the ``ampflow`` executable of the training virtual environment
-  (param ``ampflow_bin``, Variable ``ampflow_bin``, env ``AMPFLOW_BIN``, else ``ampflow`` on PATH). It
+  (Variable ``ampflow_bin``, env ``AMPFLOW_BIN``, else ``ampflow`` on PATH; deliberately not a param:
+  whoever may trigger a run must not choose what the worker executes). It
   runs in its own session under ``_ampflow_proc.py``, so it outlives a crashed worker; its identity
   goes to the task state store and a retry reconnects to it instead of starting a second one.
 - ``kubernetes``: a KubernetesPodOperator pod on the training image (GPU resources, node selector,
@@ -118,7 +119,6 @@ def common_params() -> dict[str, Param]:
             enum=[None, *MODES],
             description="local or kubernetes; empty: Variable ampflow_execution_mode, else local",
         ),
-        "ampflow_bin": Param(None, type=["null", "string"], description="local mode: the ampflow executable"),
         "image": Param(None, type=["null", "string"], description="kubernetes mode: training image override"),
     }
 
@@ -150,16 +150,11 @@ def resolve_mode(context: Any) -> str:
 
 
 def resolve_ampflow_bin(context: Any) -> str:
-    candidate = (
-        context["params"].get("ampflow_bin")
-        or _variable("ampflow_bin")
-        or os.environ.get("AMPFLOW_BIN")
-        or "ampflow"
-    )
+    candidate = _variable("ampflow_bin") or os.environ.get("AMPFLOW_BIN") or "ampflow"
     found = shutil.which(candidate)
     if not found:
         raise AirflowFailException(
-            f"ampflow_bin: {candidate!r} is not an executable; point the param, the Variable ampflow_bin "
+            f"ampflow_bin: {candidate!r} is not an executable; point the Variable ampflow_bin "
             "or env AMPFLOW_BIN at the training venv's ampflow (e.g. /opt/ampflow/.venv/bin/ampflow)"
         )
     return found

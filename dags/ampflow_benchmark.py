@@ -7,6 +7,9 @@ in `ampflow bench`'s order (repeats interleave). On one machine the train tasks 
 (`AIRFLOW_VAR_AMPFLOW_BENCH_PARALLELISM`, default 1): two configurations timed side by side on shared
 cores measure contention, not precision. On a cluster each pod has its own GPU; raise it there.
 
+A configuration whose train or evaluate fails after its retries fails the run (compare needs them all);
+the other configurations' runs and checkpoints stay in place for a manual `ampflow compare`.
+
 Params are validated before anything runs: `precisions` and `baseline` take only ampflow's precision
 modes, `compile_modes` only `off`/`on`; the baseline must be one of the precisions.
 

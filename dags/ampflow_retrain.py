@@ -9,7 +9,7 @@ asset `ampflow_training_data` is updated (a producer DAG with `outlets=[Asset("a
 A run started by the asset reads the asset's file URI as `--source` unless the `source` param is set.
 
 **Where:** param `execution_mode` (else Variable `ampflow_execution_mode`, else `local`):
-`local` runs each step as a subprocess of `ampflow` (param / Variable `ampflow_bin` / env `AMPFLOW_BIN`);
+`local` runs each step as a subprocess of `ampflow` (Variable `ampflow_bin` or env `AMPFLOW_BIN`);
 `kubernetes` runs each step as a pod on the training image (Variable `ampflow_kubernetes` holds the
 namespace, image, GPU, node selector, tolerations, MLflow Secret and PVC); with `nodes` ×
 `gpus_per_node` > 1 training runs as a PyTorchJob through `ampflow launch`.

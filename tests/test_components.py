@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -80,6 +81,11 @@ def test_component_sources_hold_no_training_logic():
         assert "import torch" not in source, name
         if name not in ("sweep_plan", "mark_failed"):
             assert "step_argv(" in source and "main(argv[1:])" in source, name
+        # a component's source ships alone, so the tag is spelled out in each; keep them one tag
+        for tag in re.findall(r'"(ampflow\.pipeline[a-z_.]*)"', source) + re.findall(
+            r"`(ampflow\.pipeline[a-z_.]*)`", source
+        ):
+            assert tag == components.PIPELINE_RUN_TAG, (name, tag)
 
 
 # -- parity: component inputs -> step arguments ------------------------------------------------

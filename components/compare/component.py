@@ -32,8 +32,9 @@ def compare(
 ) -> bool:
     """Compare evaluated run directories (`runs` from a ParallelFor, or one `run`) against `baseline`.
 
-    tolerance: accuracy tolerance in percentage points. With `experiment` and `recipe`, the runs are
-    also checked for regressions against earlier sweeps of that recipe in MLflow.
+    tolerance: accuracy tolerance in percentage points. `sweep` (a parent run id) or `experiment` with
+    `recipe` (its latest sweep) replace `runs` (compare takes exactly one input). The regression check
+    against earlier sweeps of the recipe on the same hardware is compare's own.
     Returns whether a configuration passes and nothing regressed (the retrain pipeline gates register
     on it); the recommended configuration id is the `summary` artifact's `recommended` metadata.
     One return value on purpose: kfp.local resolves only a task's single ``Output`` in a condition.
@@ -55,7 +56,7 @@ def compare(
     out = tempfile.mkdtemp(prefix="ampflow-compare-")
     argv = step_argv(
         "compare",
-        runs=run_dirs,
+        runs=run_dirs or None,
         out=out,
         baseline=baseline,
         tolerance=tolerance,

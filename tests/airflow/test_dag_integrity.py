@@ -137,3 +137,12 @@ def test_benchmark_precision_params_take_only_ampflow_precisions(dagbag):
     ):
         with pytest.raises(ParamValidationError):
             validated(bad)
+
+
+def test_the_champion_gate_stops_on_a_regression_or_without_a_recommendation():
+    from _ampflow_common import verdict
+
+    assert verdict({"recommended": "bf16-mixed", "regressions": []})[0] is True
+    assert verdict({"recommended": "bf16-mixed", "regressions": [{"config_id": "bf16-mixed"}]})[0] is False
+    assert verdict({"recommended": None, "regressions": []})[0] is False
+    assert verdict(None)[0] is False

@@ -29,10 +29,22 @@ def _steps_present():
         pytest.skip(f"the main venv's ampflow has no step {', '.join(missing)} yet")
 
 
-@pytest.fixture
-def tracking(mlflow_server, monkeypatch):
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
-    return mlflow_server
+@pytest.fixture(scope="module")
+def tracking(mlflow_server):
+    """The steps (subprocesses of the tasks dag.test() runs here) log to the real server."""
+    before = os.environ.get("MLFLOW_TRACKING_URI")
+    os.environ["MLFLOW_TRACKING_URI"] = mlflow_server
+    yield mlflow_server
+    if before is None:
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+    else:
+        os.environ["MLFLOW_TRACKING_URI"] = before
+
+
+@pytest.fixture(scope="module")
+def benchmark_run(airflow_db, tracking):
+    conf = {**TINY, "precisions": ["32-true", "bf16-mixed"], "compile_modes": ["off"]}
+    return fresh_dag("ampflow_benchmark").test(run_conf=conf)
 
 
 def fresh_dag(name):
@@ -113,16 +125,15 @@ def test_retrain_runs_end_to_end_and_registers_the_candidate(airflow_db, trackin
 @pytest.mark.xfail(
     strict=False, reason="needs the MLflow tracker to add MLFLOW_RUN_CONTEXT tags to the runs it creates"
 )
-def test_step_runs_carry_the_airflow_run_id(airflow_db, tracking):
-    dr = fresh_dag("ampflow_benchmark").test(run_conf={**TINY, "precisions": ["32-true"]})
+def test_step_runs_carry_the_airflow_run_id(benchmark_run, tracking):
+    dr = benchmark_run
     tagged = [r for r in all_runs(tracking) if _tags(r).get("ampflow.airflow_run_id") == dr.run_id]
     assert {r["info"]["run_id"] for r in tagged} == {r["info"]["run_id"] for r in runs_of(tracking, dr)}
     assert {_tags(r)["ampflow.airflow_task_id"] for r in tagged} >= {"train"}
 
 
-def test_benchmark_maps_over_configurations_and_compares(airflow_db, tracking):
-    conf = {**TINY, "precisions": ["32-true", "bf16-mixed"], "compile_modes": ["off"]}
-    dr = fresh_dag("ampflow_benchmark").test(run_conf=conf)
+def test_benchmark_maps_over_configurations_and_compares(benchmark_run, tracking):
+    dr = benchmark_run
     assert dr.state == "success", states(dr)
     st = states(dr)
     assert sorted(k for k in st if k[0] in ("train", "evaluate")) == [
