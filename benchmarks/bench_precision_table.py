@@ -47,16 +47,27 @@ def main(argv: list[str] | None = None) -> int:
     precisions = args.precisions.split(",")
     with tempfile.TemporaryDirectory(prefix="ampflow-table-") as tmp:
         root = Path(args.out or tmp)
-        lines = ["| recipe | precision | samples/s | speedup | step p50 / p90 (ms) | peak MB | accuracy | macro-F1 |",
-                 "|---|---|---:|---:|---:|---:|---:|---:|"]
+        lines = [
+            "| recipe | precision | samples/s | speedup | step p50 / p90 (ms) | peak MB | accuracy | macro-F1 |",
+            "|---|---|---:|---:|---:|---:|---:|---:|",
+        ]
         for recipe in args.recipes.split(","):
             cfg = RunConfig(recipe=recipe).with_overrides([f"max_steps={DEFAULT_STEPS.get(recipe, 100)}"])
-            summary = bench.run(cfg, Paths.of(out=root / recipe), precisions=precisions, compile_modes=[False],
-                                overrides=[f"max_steps={cfg.max_steps}"])
+            summary = bench.run(
+                cfg,
+                Paths.of(out=root / recipe),
+                precisions=precisions,
+                compile_modes=[False],
+                overrides=[f"max_steps={cfg.max_steps}"],
+            )
             rows = [_row(Path(r["run_dir"])) for r in summary["runs"] if r["status"] == "ok"]
             base = next((r for r in rows if r["precision"] == "32-true"), None)
             for r in rows:
-                speed = r["samples_per_s"] / base["samples_per_s"] if base and base["samples_per_s"] else float("nan")
+                speed = (
+                    r["samples_per_s"] / base["samples_per_s"]
+                    if base and base["samples_per_s"]
+                    else float("nan")
+                )
                 note = " (bf16 emulated)" if r["emulated"] else ""
                 lines.append(
                     f"| {recipe} | {r['precision']}{note} | {r['samples_per_s']:.1f} | {speed:.2f}x | "

@@ -310,18 +310,16 @@ def test_train_distributed_parity(monkeypatch, tmp_path):
         "name": ("name", "job-a"), "api": ("api", "trainjob"), "namespace": ("namespace", "ml"),
         "dry_run": ("dry_run", True), "cache_pvc": ("volume", ["shared-cache:/mnt/cache"]),
         "mlflow_secret": ("mlflow_secret", "mlflow-creds"), "node_selector": ("node_selector", ["pool=a100"]),
-        "tolerations": ("toleration", ["nvidia.com/gpu:NoSchedule", "team=ml"]), "settings": (None, None),
+        "tolerations": (None, None), "settings": (None, None),
     })  # fmt: skip
     assert _overrides(ns) == ["max_steps=8"]
-    # the tolerations arrive as the launcher's own parser reads them
-    from ampflow.kube.manifests import parse_toleration
+    # the tolerations arrive whole, as the launcher's own parser reads them
+    from ampflow.kube.manifests import parse_tolerations
 
-    assert parse_toleration(ns.toleration[0]) == {
-        "key": "nvidia.com/gpu",
-        "operator": "Exists",
-        "effect": "NoSchedule",
-    }
-    assert parse_toleration(ns.toleration[1]) == {"key": "team", "operator": "Equal", "value": "ml"}
+    assert [t for text in ns.toleration for t in parse_tolerations(text)] == [
+        {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"},
+        {"key": "team", "operator": "Equal", "value": "ml"},
+    ]
 
 
 def test_train_distributed_dry_run_renders_a_valid_manifest(tmp_path, capsys):

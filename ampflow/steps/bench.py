@@ -46,15 +46,27 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help=f"comma-separated precision modes ({', '.join(PRECISIONS)}); default: %(default)s",
     )
     p.add_argument("--compile", dest="compile_modes", default="off", help="off, on, or off,on (default: off)")
-    p.add_argument("--repeats", type=int, default=1, help="train each configuration N times (medians, spread)")
+    p.add_argument(
+        "--repeats", type=int, default=1, help="train each configuration N times (medians, spread)"
+    )
     p.add_argument("--baseline", default=BASELINE_PRECISION, help="precision the others are compared with")
     p.add_argument("--tolerance", type=float, default=0.5, help="accuracy tolerance in percentage points")
     p.add_argument("--source", help="data file or fsspec URI instead of the recipe's built-in data")
     p.add_argument("--limit", type=int, help="keep a stratified subset of N rows (quick runs)")
-    p.add_argument("--engine", choices=("local", "kfp-local"), default="local",
-                   help="local: subprocesses (default); kfp-local: the KFP benchmark pipeline via kfp.local")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="configuration override for every run (repeatable), e.g. --set max_steps=100")
+    p.add_argument(
+        "--engine",
+        choices=("local", "kfp-local"),
+        default="local",
+        help="local: subprocesses (default); kfp-local: the KFP benchmark pipeline via kfp.local",
+    )
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="configuration override for every run (repeatable), e.g. --set max_steps=100",
+    )
 
 
 def parse_compile_modes(text: str) -> list[bool]:
@@ -76,8 +88,14 @@ def cli(args: argparse.Namespace) -> int:
         from pipelines.local import run_benchmark_locally  # the KFP skin; lives beside the pipelines
 
         summary = run_benchmark_locally(
-            recipe=args.recipe, precisions=precisions, compile_modes=compile_modes, repeats=args.repeats,
-            out=args.out, overrides=args.overrides, tolerance=args.tolerance, limit=args.limit,
+            recipe=args.recipe,
+            precisions=precisions,
+            compile_modes=compile_modes,
+            repeats=args.repeats,
+            out=args.out,
+            overrides=args.overrides,
+            tolerance=args.tolerance,
+            limit=args.limit,
         )
         print(summary.get("markdown", json.dumps(summary, indent=2)))
         return 0
@@ -141,8 +159,8 @@ def run(
     _refuse_unsupported(config, precisions)
 
     from ampflow import tracking
-    from ampflow.dataset import atomic_write_json, atomic_write_text
     from ampflow.steps import prep
+
     out = Path(paths.out)
     out.mkdir(parents=True, exist_ok=True)
     data_dir = out / "data"
@@ -160,9 +178,14 @@ def run(
     status = "FAILED"
     try:
         parent.log_params(
-            {"recipe": config.recipe, "precisions": ",".join(precisions),
-             "compile_modes": ",".join("on" if c else "off" for c in compile_modes),
-             "repeats": repeats, "baseline": baseline, "tolerance_pp": tolerance}
+            {
+                "recipe": config.recipe,
+                "precisions": ",".join(precisions),
+                "compile_modes": ",".join("on" if c else "off" for c in compile_modes),
+                "repeats": repeats,
+                "baseline": baseline,
+                "tolerance_pp": tolerance,
+            }
         )
         program = (sys.executable, "-m", "ampflow")
         records = []
@@ -171,38 +194,72 @@ def run(
             eval_dir = run_dir / "eval"
             log_path = run_dir / "train.log"
             t0 = time.perf_counter()
+            load_before = _load()
             print(f"[{i}/{total}] {entry.id}: training", flush=True)
             rc = _run_child(
-                step_argv("train", program=program, recipe=config.recipe, data=str(data_dir),
-                          out=str(run_dir), precision=entry.precision, compile=entry.compile,
-                          parent_run_id=parent.run_id)
+                step_argv(
+                    "train",
+                    program=program,
+                    recipe=config.recipe,
+                    data=str(data_dir),
+                    out=str(run_dir),
+                    precision=entry.precision,
+                    compile=entry.compile,
+                    parent_run_id=parent.run_id,
+                )
                 + [a for o in overrides or [] for a in ("--set", o)],
                 log_path,
             )
             if rc == 0:
                 print(f"[{i}/{total}] {entry.id}: evaluating", flush=True)
                 rc = _run_child(
-                    step_argv("evaluate", program=program, recipe=config.recipe, data=str(data_dir),
-                              checkpoint=str(run_dir), out=str(eval_dir), parent_run_id=parent.run_id),
+                    step_argv(
+                        "evaluate",
+                        program=program,
+                        recipe=config.recipe,
+                        data=str(data_dir),
+                        checkpoint=str(run_dir),
+                        out=str(eval_dir),
+                        parent_run_id=parent.run_id,
+                    ),
                     log_path,
                 )
-            record = {"id": entry.id, "precision": entry.precision, "compile": entry.compile,
-                      "repeat": entry.repeat, "run_dir": str(run_dir), "status": "ok" if rc == 0 else "failed",
-                      "exit_code": rc, "wall_s": round(time.perf_counter() - t0, 2)}
+            # the child itself adds ~1 to the load average; more than that means a competing job
+            load_per_core = max(load_before, _load())
+            record = {
+                "id": entry.id,
+                "precision": entry.precision,
+                "compile": entry.compile,
+                "load_per_core": round(load_per_core, 2),
+                "busy": load_per_core > 1.0 + 1.0 / (os.cpu_count() or 1),
+                "repeat": entry.repeat,
+                "run_dir": str(run_dir),
+                "status": "ok" if rc == 0 else "failed",
+                "exit_code": rc,
+                "wall_s": round(time.perf_counter() - t0, 2),
+            }
             if rc != 0:
-                print(f"[{i}/{total}] {entry.id}: FAILED (exit {rc}); last lines of {log_path}:\n"
-                      f"{_tail(log_path)}", file=sys.stderr, flush=True)
+                print(
+                    f"[{i}/{total}] {entry.id}: FAILED (exit {rc}); last lines of {log_path}:\n"
+                    f"{_tail(log_path)}",
+                    file=sys.stderr,
+                    flush=True,
+                )
             records.append(record)
 
         ok_dirs = [Path(r["run_dir"]) for r in records if r["status"] == "ok"]
-        summary = _compare(ok_dirs, baseline=baseline, tolerance=tolerance)
+        if not ok_dirs:
+            raise RuntimeError(f"every configuration failed; see the train.log files under {out / 'runs'}")
+        from ampflow.steps import compare
+
+        summary = compare.compare_runs(ok_dirs, baseline=baseline, tolerance=tolerance)
         summary["runs"] = records
         summary["sweep_run_id"] = parent.run_id
-        atomic_write_json(out / "summary.json", summary)
-        atomic_write_text(out / "report.md", summary["markdown"] + "\n")
-        for name in ("summary.json", "report.md", "report.html"):
-            if (out / name).exists():
-                parent.log_artifact(out / name)
+        summary["busy_machine"] = [r["id"] for r in records if r.get("busy")]
+        files = compare.write_reports(summary, out)
+        if parent.run_id:
+            compare.publish(summary, files)
+        summary["markdown"] = compare.render_markdown(summary) + _busy_note(records)
         status = "FINISHED" if all(r["status"] == "ok" for r in records) else "FAILED"
         return summary
     except KeyboardInterrupt:
@@ -212,12 +269,24 @@ def run(
         parent.close(status)
 
 
-def _compare(run_dirs: list[Path], *, baseline: str, tolerance: float) -> dict[str, Any]:
-    from ampflow.steps import compare
+def _load() -> float:
+    """1-minute load average per core: above ~1 other work competes with the timed run."""
+    try:
+        return os.getloadavg()[0] / (os.cpu_count() or 1)
+    except OSError:
+        return 0.0
 
-    summary = compare.compare_runs(run_dirs, baseline=baseline, tolerance=tolerance)
-    summary["markdown"] = compare.render_markdown(summary)
-    return summary
+
+def _busy_note(records: list[dict[str, Any]]) -> str:
+    busy = [f"{r['id']} (load {r['load_per_core']:.1f}/core)" for r in records if r.get("busy")]
+    if not busy:
+        return ""
+    return (
+        "\n\n**Warning:** other work was competing for the CPU while these ran: "
+        + ", ".join(busy)
+        + ". Their speed figures measure contention as much as precision; re-run on an idle machine or use "
+        "--repeats to see the spread."
+    )
 
 
 def _refuse_unsupported(config: RunConfig, precisions: list[str]) -> None:

@@ -104,8 +104,15 @@ def run(
     device = resolve_device(eval_config.device)
     policy = make_policy(eval_config.precision, device.type)
 
+    # evaluate continues the train run of its checkpoint: one configuration, one row in MLflow
+    run_dir = Path(paths.checkpoint) if Path(paths.checkpoint).is_dir() else Path(paths.checkpoint).parent
     tracker = tracking.start_run(
-        "evaluate", config=eval_config, run_dir=out, parent_run_id=parent_run_id, require=require_tracking
+        "evaluate",
+        config=eval_config,
+        run_dir=out,
+        parent_run_id=parent_run_id,
+        require=require_tracking,
+        attach_to=run_dir,
     )
     with _tracked(tracker):
         result = evaluate(eval_config, recipe, Path(paths.data), state, policy=policy, device=device)

@@ -208,6 +208,7 @@ def run(
         with _tracked(tracker):
             if dist_info.is_main:
                 out.mkdir(parents=True, exist_ok=True)
+                tracker.log_dataset(data_dir)
             parallel.barrier()
             trained = train(
                 config,

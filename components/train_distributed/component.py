@@ -77,21 +77,12 @@ def train_distributed(
     argv = step_argv(
         "launch", recipe=recipe, data=pod_data, out=pod_out, precision=precision, strategy=strategy,
         nodes=nodes, gpus_per_node=gpus_per_node, image=image, name=job_name, api=api,
-        namespace=namespace or None, compile=compile, dry_run=dry_run, overrides=overrides,
+        namespace=namespace or None, volume=[f"{cache_pvc}:{cache_dir}"], mlflow_secret=mlflow_secret or None,
+        node_selector=[f"{k}={v}" for k, v in sorted((node_selector or {}).items())] or None,
+        # Kubernetes toleration objects pass through as JSON, exactly as the pipeline parameter gives them
+        tolerations=[json.dumps(t, sort_keys=True) for t in tolerations or []] or None,
+        compile=compile, dry_run=dry_run, overrides=overrides,
     )  # fmt: skip
-    # launch's cluster options, until ampflow.commands.STEP_OPTIONS["launch"] lists them
-    argv += ["--volume", f"{cache_pvc}:{cache_dir}"]
-    if mlflow_secret:
-        argv += ["--mlflow-secret", mlflow_secret]
-    for label, value in sorted((node_selector or {}).items()):
-        argv += ["--node-selector", f"{label}={value}"]
-    for tol in tolerations or []:
-        if not tol.get("key"):
-            raise ValueError(f"tolerations: ampflow launch needs a key in each toleration, got {tol}")
-        text = tol["key"] + (
-            f"={tol['value']}" if tol.get("operator", "Equal") == "Equal" and "value" in tol else ""
-        )
-        argv += ["--toleration", text + (f":{tol['effect']}" if tol.get("effect") else "")]
     print("running:", " ".join(argv), flush=True)
     rc = main(argv[1:])
     if rc != 0:
