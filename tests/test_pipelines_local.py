@@ -129,10 +129,6 @@ def test_failing_step_fails_the_pipeline_and_leaves_no_run_running(kfp_local, tr
     assert not [r.info.run_id for r in runs if r.info.status == "RUNNING"]
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="needs ampflow.tracking to put MLflow's run-context tags (MLFLOW_RUN_CONTEXT) on the runs it creates",
-)
 def test_killed_step_is_marked_failed_by_the_exit_handler(kfp_local, tracking_env, mlflow_client):
     """The case the exit handler exists for: the train process dies by SIGKILL (an OOM kill, an evicted
     pod), so it cannot close its own MLflow run. The exit handler finds the run by its pipeline tag."""

@@ -85,8 +85,7 @@ def cli(args: argparse.Namespace) -> int:
     if args.baseline not in precisions:
         raise ConfigError(f"baseline {args.baseline!r} is not in --precisions ({', '.join(precisions)})")
     if args.engine == "kfp-local":
-        from pipelines.local import run_benchmark_locally  # the KFP skin; lives beside the pipelines
-
+        run_benchmark_locally = _kfp_local_runner()
         summary = run_benchmark_locally(
             recipe=args.recipe,
             precisions=precisions,
@@ -117,6 +116,22 @@ def cli(args: argparse.Namespace) -> int:
         print(f"ampflow bench: {len(failed)} configuration(s) failed: {', '.join(failed)}", file=sys.stderr)
         return 1
     return 0
+
+
+def _kfp_local_runner() -> Any:
+    """The KFP skin lives in the repository's pipelines/, beside (not inside) the ampflow package."""
+    try:
+        from pipelines.local import run_benchmark_locally
+    except ModuleNotFoundError:
+        root = Path(__file__).resolve().parents[2]
+        if not (root / "pipelines" / "local.py").is_file():
+            raise ConfigError(
+                "--engine kfp-local needs a checkout of the ampflow repository (its pipelines/ folder); "
+                "this installation has only the ampflow package"
+            ) from None
+        sys.path.insert(0, str(root))
+        from pipelines.local import run_benchmark_locally
+    return run_benchmark_locally
 
 
 def _child_env() -> dict[str, str]:

@@ -126,3 +126,28 @@ def __getattr__(name: str) -> Any:
 
         return getattr(mlflow_tracker, name)
     raise AttributeError(name)
+
+
+def close_running_runs(tag: str, value: str, *, status: Status = "FAILED", uri: str | None = None) -> list[str]:
+    """Mark every RUNNING run tagged ``tag=value`` as ``status``; returns their run ids.
+
+    The exit handlers of KFP pipelines and Airflow DAGs call this: a step that was SIGKILLed (OOM,
+    eviction) never got to close its own run, but it carried its pipeline's run id as a tag.
+    """
+    from mlflow.entities import ViewType
+    from mlflow.tracking import MlflowClient
+
+    from ampflow.tracking.mlflow_tracker import tracking_uri
+
+    client = MlflowClient(uri or tracking_uri())
+    experiment_ids = [e.experiment_id for e in client.search_experiments(view_type=ViewType.ACTIVE_ONLY)]
+    if not experiment_ids:
+        return []
+    # the filter grammar has no escaping for quotes; a run id never contains one
+    safe = value.replace("'", "")
+    query = f"tags.`{tag}` = '{safe}' and attributes.status = 'RUNNING'"
+    closed = []
+    for run in client.search_runs(experiment_ids, filter_string=query, max_results=1000):
+        client.set_terminated(run.info.run_id, status=status)
+        closed.append(run.info.run_id)
+    return closed

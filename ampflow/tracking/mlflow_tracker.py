@@ -292,8 +292,13 @@ class MlflowTracker:
     # -- creation -----------------------------------------------------------------------------
 
     def _create(self, kind: str, config: Any, tags: dict[str, str], require: bool) -> None:
+        from mlflow.tracking.context.registry import resolve_tags
+
         uid = uuid.uuid4().hex
-        tags = {**tags, schema.TAG_RUN_UID: uid}
+        # MLflow's context providers: user, source, git commit, and MLFLOW_RUN_CONTEXT, through which
+        # KFP components and Airflow tasks tag runs with their pipeline / DAG run id; that tag is how
+        # an exit handler finds a run whose process was SIGKILLed
+        tags = {**resolve_tags(tags), schema.TAG_RUN_UID: uid}
         name = self.run_dir.name if kind == "train" and self.run_dir.name else None
         if name is None:
             name = tags.get(schema.TAG_CONFIG_ID) or f"{kind} {tags.get(schema.TAG_RECIPE, '')}".strip()

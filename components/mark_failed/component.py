@@ -31,19 +31,9 @@ def mark_failed(pipeline_run_id: str, status: dsl.PipelineTaskFinalStatus) -> in
         print("MLFLOW_TRACKING_URI is not set: no MLflow runs to close", flush=True)
         return 0
 
-    from mlflow.entities import ViewType
-    from mlflow.tracking import MlflowClient
+    from ampflow.tracking import close_running_runs
 
-    client = MlflowClient()
-    experiment_ids = [e.experiment_id for e in client.search_experiments(view_type=ViewType.ACTIVE_ONLY)]
-    if not experiment_ids:
-        return 0
-    # the run id comes from KFP, never from user input; quote it anyway for the filter grammar
-    tag_value = pipeline_run_id.replace("'", "")
-    query = f"tags.`ampflow.pipeline_run_id` = '{tag_value}' and attributes.status = 'RUNNING'"
-    closed = 0
-    for run in client.search_runs(experiment_ids, filter_string=query, max_results=1000):
-        client.set_terminated(run.info.run_id, status="FAILED")
-        print(f"marked MLflow run {run.info.run_id} ({run.info.run_name}) FAILED", flush=True)
-        closed += 1
-    return closed
+    closed = close_running_runs("ampflow.pipeline_run_id", pipeline_run_id, status="FAILED")
+    for run_id in closed:
+        print(f"marked MLflow run {run_id} FAILED", flush=True)
+    return len(closed)
