@@ -17,17 +17,57 @@ from ampflow.config import RunConfig
 # step -> (flag options in the order they appear, boolean switches)
 STEP_OPTIONS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "prep": (("recipe", "out", "source", "seed", "limit"), ()),
-    "train": (("recipe", "data", "out", "precision", "strategy", "parent_run_id"), ("compile", "resume", "require_tracking")),
+    "train": (
+        ("recipe", "data", "out", "precision", "strategy", "parent_run_id"),
+        ("compile", "resume", "require_tracking"),
+    ),
     "evaluate": (("recipe", "data", "checkpoint", "out", "parent_run_id"), ("require_tracking",)),
     "bench": (("recipe", "out", "precisions", "compile_modes", "repeats", "source", "tolerance"), ()),
-    "compare": (("runs", "out", "baseline", "tolerance", "sweep", "experiment", "recipe", "throughput_drop",
-                 "accuracy_drop"), ("fail_on_regression",)),
+    "compare": (
+        (
+            "runs",
+            "out",
+            "baseline",
+            "tolerance",
+            "sweep",
+            "experiment",
+            "recipe",
+            "throughput_drop",
+            "accuracy_drop",
+        ),
+        ("fail_on_regression",),
+    ),
     "register": (("summary", "model_name", "tolerance"), ()),
     "launch": (
-        ("recipe", "data", "out", "precision", "strategy", "nodes", "gpus_per_node", "image", "name", "api",
-         "namespace", "runtime", "node_selector", "tolerations", "volume", "cpu", "memory", "service_account",
-         "mlflow_secret", "tracking_uri", "clean_pod_policy", "backoff_limit", "active_deadline_seconds",
-         "ttl_seconds_after_finished", "timeout", "context", "poll_interval"),
+        (
+            "recipe",
+            "data",
+            "out",
+            "precision",
+            "strategy",
+            "nodes",
+            "gpus_per_node",
+            "image",
+            "name",
+            "api",
+            "namespace",
+            "runtime",
+            "node_selector",
+            "tolerations",
+            "volume",
+            "cpu",
+            "memory",
+            "service_account",
+            "mlflow_secret",
+            "tracking_uri",
+            "clean_pod_policy",
+            "backoff_limit",
+            "active_deadline_seconds",
+            "ttl_seconds_after_finished",
+            "timeout",
+            "context",
+            "poll_interval",
+        ),
         ("compile", "dry_run", "no_logs"),
     ),
 }
@@ -48,8 +88,13 @@ def _fmt(value: Any) -> str:
     return str(value)
 
 
-def step_argv(step: str, *, program: tuple[str, ...] = ("ampflow",), overrides: dict[str, Any] | None = None,
-              **options: Any) -> list[str]:
+def step_argv(
+    step: str,
+    *,
+    program: tuple[str, ...] = ("ampflow",),
+    overrides: dict[str, Any] | None = None,
+    **options: Any,
+) -> list[str]:
     """Return ``[*program, step, --flag value ..., --set k=v ...]``.
 
     ``None`` options are left out; boolean switches appear only when true. ``overrides`` become

@@ -13,7 +13,7 @@ import dataclasses
 import json
 import re
 from dataclasses import dataclass, field
-from typing import Any, Literal, get_args, get_origin
+from typing import Any, Literal, get_args
 
 Precision = Literal["32-true", "tf32", "16-mixed", "bf16-mixed", "bf16-true", "16-true"]
 Strategy = Literal["single", "ddp", "fsdp"]

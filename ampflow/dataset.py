@@ -49,7 +49,9 @@ def atomic_write_json(path: str | Path, data: Any) -> None:
 def read_manifest(data_dir: str | Path) -> dict[str, Any]:
     path = Path(data_dir) / MANIFEST
     if not path.is_file():
-        raise ConfigError(f"--data {data_dir}: not a prepared dataset (no {MANIFEST}); run `ampflow prep` first")
+        raise ConfigError(
+            f"--data {data_dir}: not a prepared dataset (no {MANIFEST}); run `ampflow prep` first"
+        )
     try:
         manifest = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as exc:

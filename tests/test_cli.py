@@ -51,8 +51,20 @@ def test_unknown_step_is_bad_input():
         (["bench", "--recipe", "tweets-bow", "--out", "{tmp}", "--set", "bogus=1"], "bogus"),
         (["bench", "--recipe", "tweets-bow", "--out", "{tmp}", "--set", "batch_size=0"], "batch_size"),
         (["bench", "--recipe", "tweets-bow", "--out", "{tmp}", "--precisions", "bf16-mixed"], "baseline"),
-        (["bench", "--recipe", "tweets-bow", "--out", "{tmp}", "--precisions", "32-true,16-mixed",
-          "--set", "device=cpu"], "16-mixed"),
+        (
+            [
+                "bench",
+                "--recipe",
+                "tweets-bow",
+                "--out",
+                "{tmp}",
+                "--precisions",
+                "32-true,16-mixed",
+                "--set",
+                "device=cpu",
+            ],
+            "16-mixed",
+        ),
     ],
 )
 def test_bench_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, args, needle):

@@ -10,8 +10,14 @@ from ampflow.commands import STEP_OPTIONS, step_argv
 
 def test_train_argv_round_trips_through_the_cli_parser():
     argv = step_argv(
-        "train", recipe="tweets-bow", data="/data", out="/runs/a", precision="bf16-mixed", compile=True,
-        resume=False, overrides={"max_steps": 20, "batch_size": "auto"},
+        "train",
+        recipe="tweets-bow",
+        data="/data",
+        out="/runs/a",
+        precision="bf16-mixed",
+        compile=True,
+        resume=False,
+        overrides={"max_steps": 20, "batch_size": "auto"},
     )
     assert argv[:2] == ["ampflow", "train"]
     assert "--resume" not in argv
@@ -24,8 +30,14 @@ def test_train_argv_round_trips_through_the_cli_parser():
 
 
 def test_program_prefix_is_kept_for_torchrun():
-    argv = step_argv("train", program=("torchrun", "--nproc-per-node=2", "-m", "ampflow"), recipe="r", data="d",
-                     out="o", strategy="ddp")
+    argv = step_argv(
+        "train",
+        program=("torchrun", "--nproc-per-node=2", "-m", "ampflow"),
+        recipe="r",
+        data="d",
+        out="o",
+        strategy="ddp",
+    )
     assert argv[:5] == ["torchrun", "--nproc-per-node=2", "-m", "ampflow", "train"]
 
 

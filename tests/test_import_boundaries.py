@@ -29,8 +29,15 @@ def _loaded_after(code: str) -> list[str]:
 
 
 def _light_modules() -> list[str]:
-    names = ["ampflow", "ampflow.config", "ampflow.commands", "ampflow.cli", "ampflow.dataset",
-             "ampflow.recipes", "ampflow.tracking"]
+    names = [
+        "ampflow",
+        "ampflow.config",
+        "ampflow.commands",
+        "ampflow.cli",
+        "ampflow.dataset",
+        "ampflow.recipes",
+        "ampflow.tracking",
+    ]
     names += [f"ampflow.steps.{m.name}" for m in pkgutil.iter_modules(ampflow.steps.__path__)]
     kube = Path(ampflow.__file__).parent / "kube"
     names += [f"ampflow.kube.{m.name}" for m in pkgutil.iter_modules([str(kube)])]

@@ -128,7 +128,9 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(name)
 
 
-def close_running_runs(tag: str, value: str, *, status: Status = "FAILED", uri: str | None = None) -> list[str]:
+def close_running_runs(
+    tag: str, value: str, *, status: Status = "FAILED", uri: str | None = None
+) -> list[str]:
     """Mark every RUNNING run tagged ``tag=value`` as ``status``; returns their run ids.
 
     The exit handlers of KFP pipelines and Airflow DAGs call this: a step that was SIGKILLed (OOM,
