@@ -12,12 +12,14 @@ numpy only (no torch), so that tooling can read a dataset without the training s
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from ampflow.config import ConfigError
 
@@ -26,20 +28,30 @@ SCHEMA = "ampflow.dataset/1"
 SPLITS = ("train", "val", "test")
 
 
-def atomic_write_text(path: str | Path, text: str) -> None:
-    """Write a file so that a reader sees the old content or the new, never half of it."""
+@contextlib.contextmanager
+def atomic_open(path: str | Path, mode: str = "w") -> Iterator[IO[Any]]:
+    """Open a temp file beside ``path``; on a clean exit fsync it and rename it over ``path``.
+
+    A reader (or a resumed run after a SIGKILL) sees the old file or the new one, never half of one.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
+        with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as fh:
+            yield fh
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    """Write a file so that a reader sees the old content or the new, never half of it."""
+    with atomic_open(path, "w") as fh:
+        fh.write(text)
 
 
 def atomic_write_json(path: str | Path, data: Any) -> None:

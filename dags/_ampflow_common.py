@@ -44,7 +44,7 @@ from airflow.sdk.bases.resumablejobmixin import ResumableJobMixin
 from airflow.sdk.exceptions import AirflowException, AirflowFailException
 from kubernetes.client import models as k8s
 
-from ampflow.commands import STEP_OPTIONS, step_argv
+from ampflow.commands import step_argv
 from ampflow.config import BASELINE_PRECISION, PRECISIONS
 from ampflow.kube.names import dns1035_name, max_job_name_len
 
@@ -275,6 +275,7 @@ class AmpflowStepOperator(ResumableJobMixin, BaseOperator):
         self.gpu = gpu
         self.on_kill_action = on_kill_action
         self._job: dict[str, Any] | None = None
+        self._result: Any = None
         self._pod_op: KubernetesPodOperator | None = None
 
     # -- the command ------------------------------------------------------------------------------
@@ -305,18 +306,18 @@ class AmpflowStepOperator(ResumableJobMixin, BaseOperator):
                 image=settings["image"],
                 namespace=settings["namespace"],
             )
-            # cluster placement and credentials, where the launcher's CLI takes them
-            extra = {
-                "mlflow_secret": settings["mlflow_secret"],
-                "service_account": settings["service_account"],
-                "node_selector": [f"{k}={v}" for k, v in settings["node_selector"].items()] or None,
-                "tolerations": [_toleration_flag(t) for t in settings["tolerations"]] or None,
-                "volume": f"{settings['pvc']}:{settings['mount_path']}",
-                "cpu": settings["cpu"],
-                "memory": settings["memory"],
-            }
-            launch_flags = STEP_OPTIONS["launch"][0]
-            opts.update({k: v for k, v in extra.items() if k in launch_flags})
+            # the job's pods get the task pods' placement, storage and credentials
+            opts.update(
+                {
+                    "mlflow_secret": settings["mlflow_secret"],
+                    "service_account": settings["service_account"],
+                    "node_selector": [f"{k}={v}" for k, v in settings["node_selector"].items()] or None,
+                    "tolerations": [_toleration_flag(t) for t in settings["tolerations"]] or None,
+                    "volume": f"{settings['pvc']}:{settings['mount_path']}",
+                    "cpu": settings["cpu"],
+                    "memory": settings["memory"],
+                }
+            )
         elif step == "train" and context["ti"].try_number > 1:
             # a retry continues from the failed try's last checkpoint (train starts fresh without one)
             opts["resume"] = True
@@ -371,9 +372,9 @@ class AmpflowStepOperator(ResumableJobMixin, BaseOperator):
             / (f"{ti.task_id}" + (f".{ti.map_index}" if ti.map_index >= 0 else "") + f".try{ti.try_number}")
         )
         folder.mkdir(parents=True, exist_ok=True)
-        for key in ("out",):
-            if self.options(context).get(key):
-                Path(self.options(context)[key]).parent.mkdir(parents=True, exist_ok=True)
+        out = self.options(context).get("out")
+        if out:
+            Path(out).parent.mkdir(parents=True, exist_ok=True)
         status, log = folder / "status.json", folder / "step.log"
         status.unlink(missing_ok=True)
         env = dict(os.environ)
@@ -433,9 +434,16 @@ class AmpflowStepOperator(ResumableJobMixin, BaseOperator):
             if rc == EXIT_BAD_INPUT:
                 raise AirflowFailException(message)  # bad input: no retry can fix it
             raise AirflowException(message)
-        return self.get_job_result(external_id, context)
+        # the mixin returns this value itself when it reconnected, and asks get_job_result otherwise
+        self._result = self._read_result(external_id)
+        return self._result
 
     def get_job_result(self, external_id: Any, context: Any) -> Any:
+        if self._result is not None:
+            return self._result
+        return self._read_result(external_id)
+
+    def _read_result(self, external_id: Any) -> Any:
         path = external_id.get("result")
         if not path:
             return {"argv": external_id["argv"]}

@@ -12,13 +12,12 @@ Contents (plain types and tensors only, so ``torch.load(weights_only=True)`` rea
 
 from __future__ import annotations
 
-import os
 import random
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from ampflow.config import ConfigError
+from ampflow.dataset import atomic_open
 
 FORMAT = "ampflow.checkpoint/1"
 FILENAME = "checkpoint.pt"
@@ -64,21 +63,11 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 
 def save(path: str | Path, state: dict[str, Any]) -> None:
-    """torch.save to a temp file in the same directory, fsync, then os.replace: all or nothing."""
+    """torch.save through a temp file, fsync, then os.replace: all or nothing."""
     import torch
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            torch.save({"format": FORMAT, **state}, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_open(path, "wb") as fh:
+        torch.save({"format": FORMAT, **state}, fh)
 
 
 def load(path: str | Path, *, what: str = "checkpoint") -> dict[str, Any]:

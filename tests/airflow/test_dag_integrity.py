@@ -15,6 +15,8 @@ import pytest
 
 from tests.airflow.conftest import DAGS
 
+pytestmark = pytest.mark.airflow
+
 DAG_FILES = sorted(p for p in DAGS.glob("*.py") if not p.name.startswith("_"))
 EXPECTED = {"ampflow_retrain", "ampflow_benchmark"}
 

@@ -21,6 +21,8 @@ import pytest
 
 from tests.airflow.conftest import ROOT, ampflow_steps_missing
 
+pytestmark = pytest.mark.airflow
+
 CRDS = ROOT.parent / "shared" / "crds"
 IMAGE = "registry.example.com/ampflow/train:1.2.3"
 

@@ -21,7 +21,7 @@ import pytest
 
 from tests.airflow.conftest import ampflow_steps_missing, mlflow_api
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.airflow]
 
 
 @pytest.fixture(autouse=True)
@@ -31,9 +31,9 @@ def _steps_present():
         pytest.skip(f"the main venv's ampflow has no step {', '.join(missing)} yet")
 
 
-def _dag(dag_id: str, *, timeout_s: float, max_steps: int):
-    from _ampflow_common import AmpflowStepOperator, common_params
-    from airflow.sdk import DAG
+def _dag(dag_id: str, *, timeout_s: float | None, max_steps: int, retries: int = 30):
+    from _ampflow_common import AmpflowStepOperator, close_leftover_runs, common_params
+    from airflow.sdk import DAG, get_current_context, task
 
     with DAG(
         dag_id=dag_id,
@@ -42,7 +42,7 @@ def _dag(dag_id: str, *, timeout_s: float, max_steps: int):
         params=common_params(),
         render_template_as_native_obj=True,
         tags=["ampflow", "test"],
-        default_args={"retries": 30, "retry_delay": timedelta(seconds=1)},
+        default_args={"retries": retries, "retry_delay": timedelta(seconds=1)},
     ) as dag:
         root = os.path.join(
             os.environ["AMPFLOW_WORKDIR"], dag_id, "{{ run_id | replace(':', '_') | replace('+', '_') }}"
@@ -57,10 +57,17 @@ def _dag(dag_id: str, *, timeout_s: float, max_steps: int):
             result=("out", "result.json"),
             step_options={"recipe": "tweets-bow", "data": data, "out": root + "/runs/candidate"},
             overrides={"max_steps": max_steps, "warmup_steps": 2, "log_every": 1, "checkpoint_every": 50},
-            execution_timeout=timedelta(seconds=timeout_s),
+            execution_timeout=timedelta(seconds=timeout_s) if timeout_s else None,
             on_kill_action="keep",
         )
-        prep >> train
+
+        @task
+        def close_mlflow_runs() -> list[str]:
+            import logging
+
+            return close_leftover_runs(get_current_context(), logging.getLogger("airflow.task"))
+
+        prep >> train >> close_mlflow_runs().as_teardown(setups=prep)
     # dag.test() runs only serialized DAGs: store this one as the DAG processor would
     from airflow.dag_processing.bundles.manager import DagBundlesManager
     from airflow.dag_processing.dagbag import DagBag, sync_bag_to_db
@@ -153,3 +160,58 @@ def test_close_leftover_runs_marks_this_runs_running_runs_failed(
     assert status(tagged) == "FAILED" and status(recorded) == "FAILED"
     assert status(other) == "RUNNING" and status(finished) == "FINISHED"
     mlflow_api(mlflow_server, "runs/update", {"run_id": other, "status": "KILLED"})
+
+
+def _step_pids(marker: str) -> list[int]:
+    """Pids of `ampflow train` processes (not their keepers) whose command line holds ``marker``."""
+    pids = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            cmd = (proc / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        text = [c.decode(errors="replace") for c in cmd]
+        if "train" in text and any(marker in c for c in text) and not any("_ampflow_proc" in c for c in text):
+            pids.append(int(proc.name))
+    return pids
+
+
+def test_a_step_killed_with_sigkill_fails_its_task_and_the_teardown_closes_its_mlflow_run(
+    airflow_db, mlflow_server, monkeypatch
+):
+    """SIGKILL (the OOM killer, a lost node) gives the step no chance to close its MLflow run."""
+    import signal
+    import threading
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
+    dag = _dag("ampflow_test_sigkill", timeout_s=None, max_steps=100_000, retries=0)
+    root = Path(os.environ["AMPFLOW_WORKDIR"], "ampflow_test_sigkill")
+    killed: dict[str, str] = {}
+
+    def kill_once_its_run_exists():
+        deadline = time.monotonic() + 600
+        while time.monotonic() < deadline and not killed:
+            for state in root.glob("*/runs/candidate/tracking/state.json"):
+                run_id = json.loads(state.read_text()).get("run_id")
+                pids = _step_pids(str(state.parents[1]))
+                if run_id and pids:
+                    for pid in pids:
+                        os.kill(pid, signal.SIGKILL)
+                    killed["run_id"] = run_id
+            time.sleep(0.2)
+
+    watcher = threading.Thread(target=kill_once_its_run_exists, daemon=True)
+    watcher.start()
+    dr = dag.test()
+    watcher.join(timeout=5)
+    assert killed, "the train step never created its MLflow run"
+    assert dr.state == "failed"
+    assert dr.get_task_instance("train").state == "failed"
+    status = json.loads(next(root.glob("*/.steps/train.try1/status.json")).read_text())
+    assert status == {"returncode": -signal.SIGKILL}
+    closer = dr.get_task_instance("close_mlflow_runs")
+    assert closer.state == "success"
+    run = mlflow_api(mlflow_server, f"runs/get?run_id={killed['run_id']}")["run"]
+    assert run["info"]["status"] == "FAILED"
