@@ -4,6 +4,7 @@ checked against scikit-learn and hand-computed ECE, precision carried over, bad 
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -25,10 +26,15 @@ def _no_tracking(monkeypatch):
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory) -> tuple[Path, Path]:
-    import os
+def trained(tmp_path_factory) -> Iterator[tuple[Path, Path]]:
+    # a module-scoped fixture cannot use the function-scoped monkeypatch; never leak the switch to
+    # the tracking tests that run later in the same process
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("AMPFLOW_TRACKING", "off")
+        yield _train_once(tmp_path_factory)
 
-    os.environ["AMPFLOW_TRACKING"] = "off"
+
+def _train_once(tmp_path_factory) -> tuple[Path, Path]:
     root = tmp_path_factory.mktemp("ev")
     data = write_dataset(root / "data")
     run = root / "run"

@@ -150,23 +150,32 @@ def test_killed_step_is_marked_failed_by_the_exit_handler(kfp_local, tracking_en
         except BaseException as exc:  # noqa: BLE001 - handed to the test thread
             errors.append(exc)
 
-    thread = threading.Thread(target=body)
+    def kill_executors() -> int:
+        children = psutil.Process().children(recursive=True)
+        executors = [p for p in children if "kfp.dsl.executor_main" in " ".join(p.cmdline())]
+        for proc in executors:
+            proc.send_signal(signal.SIGKILL)
+        return len(executors)
+
+    thread = threading.Thread(target=body, daemon=True)
     thread.start()
     victim = None
-    deadline = time.monotonic() + 300
-    while victim is None and time.monotonic() < deadline and thread.is_alive():
-        running = [r for r in _experiment_runs(mlflow_client) if r.info.status == "RUNNING"]
-        if running:
-            victim = running[0]
-            break
-        time.sleep(0.5)
-    assert victim is not None, "the train step never showed a RUNNING run"
-    children = psutil.Process().children(recursive=True)
-    executors = [p for p in children if "kfp.dsl.executor_main" in " ".join(p.cmdline())]
-    assert executors, "no component process to kill"
-    for proc in executors:
-        proc.send_signal(signal.SIGKILL)
-    thread.join(timeout=300)
+    try:
+        deadline = time.monotonic() + 300
+        while victim is None and time.monotonic() < deadline and thread.is_alive():
+            running = [r for r in _experiment_runs(mlflow_client) if r.info.status == "RUNNING"]
+            if running:
+                victim = running[0]
+                break
+            time.sleep(0.5)
+        assert victim is not None, "the train step never showed a RUNNING run"
+        assert kill_executors(), "no component process to kill"
+        thread.join(timeout=300)
+    finally:
+        # never leave a 100000-step training behind to write into later tests' output
+        if thread.is_alive():
+            kill_executors()
+            thread.join(timeout=60)
     assert not thread.is_alive()
     assert errors and "FAILURE" in str(errors[0])
     tagged = victim.data.tags.get(PIPELINE_RUN_TAG)
