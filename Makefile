@@ -24,8 +24,10 @@ $(STAMP): pyproject.toml
 	@$(BIN)/python -c "import torch, mlflow, kfp, ampflow; assert torch.__version__.startswith('2.13.0'), torch.__version__"
 	@rm -f $(VENV)/.installed-* && touch $(STAMP)
 
-test: setup
+# the main suite, then the Airflow DAG tests in their own venv (see airflow-venv)
+test: setup airflow-venv
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+	$(MAKE) --no-print-directory test-airflow
 
 lint: setup
 	$(BIN)/ruff check .
