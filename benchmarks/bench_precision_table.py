@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import tempfile
 from pathlib import Path
 
@@ -35,6 +36,7 @@ def _row(run_dir: Path) -> dict:
         "acc": ev.get("accuracy"),
         "f1": ev.get("macro_f1"),
         "emulated": bool(result.get("bf16_emulated")) and "bf16" in result["precision"],
+        "data_wait": m.get("data_wait_frac") or 0.0,
     }
 
 
@@ -44,12 +46,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--precisions", default="32-true,tf32,bf16-mixed,bf16-true")
     ap.add_argument("--out", help="keep the sweeps here (default: a temporary directory)")
     args = ap.parse_args(argv)
+    # tracking has its own benchmark; here it would only add a writer thread to every timed run
+    os.environ.setdefault("AMPFLOW_TRACKING", "off")
     precisions = args.precisions.split(",")
     with tempfile.TemporaryDirectory(prefix="ampflow-table-") as tmp:
         root = Path(args.out or tmp)
         lines = [
-            "| recipe | precision | samples/s | speedup | step p50 / p90 (ms) | peak MB | accuracy | macro-F1 |",
-            "|---|---|---:|---:|---:|---:|---:|---:|",
+            "| recipe | precision | samples/s | speedup | step p50 / p90 (ms) | data wait | peak MB | accuracy | macro-F1 |",
+            "|---|---|---:|---:|---:|---:|---:|---:|---:|",
         ]
         for recipe in args.recipes.split(","):
             cfg = RunConfig(recipe=recipe).with_overrides([f"max_steps={DEFAULT_STEPS.get(recipe, 100)}"])
@@ -71,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
                 note = " (bf16 emulated)" if r["emulated"] else ""
                 lines.append(
                     f"| {recipe} | {r['precision']}{note} | {r['samples_per_s']:.1f} | {speed:.2f}x | "
-                    f"{r['p50'] * 1e3:.1f} / {r['p90'] * 1e3:.1f} | {r['peak_mb']:.0f} | {r['acc']:.4f} | {r['f1']:.4f} |"
+                    f"{r['p50'] * 1e3:.1f} / {r['p90'] * 1e3:.1f} | {r['data_wait']:.2%} | {r['peak_mb']:.0f} | {r['acc']:.4f} | {r['f1']:.4f} |"
                 )
         print("\n".join(lines))
     return 0
