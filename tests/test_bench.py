@@ -68,6 +68,13 @@ def test_sweep_trains_every_config_and_compares_against_the_baseline(tmp_path):
     assert (out / "report.md").read_text().startswith("###")
     assert "| bf16-mixed |" in proc.stdout
 
+    # a second sweep into the same directory runs, and keeps the first one's runs
+    again = _bench(out, "--precisions", "32-true", "--set", "max_steps=6", "--set", "warmup_steps=2")
+    assert again.returncode == 0, again.stderr[-2000:]
+    kept = [p for p in out.iterdir() if p.name.startswith("runs-")]
+    assert len(kept) == 1 and (kept[0] / "bf16-mixed-r1" / "result.json").is_file()
+    assert json.loads((out / "summary.json").read_text())["runs"][0]["id"] == "32-true"
+
 
 @pytest.mark.slow
 def test_a_failing_sweep_exits_1_and_says_where_to_look(tmp_path):

@@ -179,6 +179,13 @@ def run(
     out = Path(paths.out)
     out.mkdir(parents=True, exist_ok=True)
     data_dir = out / "data"
+    previous = out / "runs"
+    if previous.is_dir() and any(previous.iterdir()):
+        # a second sweep into the same --out (make demo twice) must neither fail on the old
+        # checkpoints nor destroy them: the old runs move aside
+        kept = out / f"runs-{time.strftime('%Y%m%dT%H%M%S')}"
+        previous.rename(kept)
+        print(f"[bench] the previous sweep's runs are kept in {kept}", flush=True)
     total = len(entries)
 
     print(f"[prep] {config.recipe} -> {data_dir}", flush=True)
