@@ -4,13 +4,14 @@
     python -m benchmarks.run_all overhead table  # a selection (names below)
 
 Nothing here asserts on time: benchmarks print measured figures and ratios; the README quotes them
-with the machine they came from. Each benchmark module exposes ``main(argv) -> int``.
+with the machine they came from. Each benchmark module runs as ``python -m benchmarks.<name>`` and exposes ``main(argv) -> int``.
 """
 
 from __future__ import annotations
 
-import importlib
+import importlib.util
 import platform
+import subprocess
 import sys
 import time
 
@@ -43,16 +44,15 @@ def main(argv: list[str] | None = None) -> int:
     print(f"machine: {machine()}", flush=True)
     worst = 0
     for name in names:
-        try:
-            module = importlib.import_module(BENCHMARKS[name])
-        except ModuleNotFoundError as exc:
-            if exc.name != BENCHMARKS[name]:
-                raise
+        module = BENCHMARKS[name]
+        if importlib.util.find_spec(module) is None:
             print(f"\n== {name}: not available in this checkout", flush=True)
             continue
-        print(f"\n== {name} ({BENCHMARKS[name]})", flush=True)
+        print(f"\n== {name} ({module})", flush=True)
         t0 = time.perf_counter()
-        rc = int(module.main([]) or 0)
+        # each benchmark in a fresh process: no thread pool, allocator, environment or compile-cache
+        # state carried from one into the next
+        rc = subprocess.run([sys.executable, "-m", module], check=False).returncode
         print(f"== {name}: exit {rc}, {time.perf_counter() - t0:.0f} s", flush=True)
         worst = max(worst, rc)
     return worst
