@@ -427,6 +427,26 @@ def train(
     cpu_start = cpu_end = 0.0
     window_end = 0.0
     ckpt_s = ckpt_in_window = 0.0
+
+    def save_checkpoint(*, finished: bool) -> Any:
+        # reads the loop's live state (position, loss curve, non-finite streak) at call time
+        return _save(
+            ckpt_path,
+            model,
+            optimizer,
+            scheduler,
+            policy,
+            pos,
+            resolved,
+            recipe,
+            data_hash,
+            loss_curve,
+            nonfinite_run,
+            config.strategy,
+            main,
+            finished=finished,
+        )
+
     try:
         while pos.step < total_steps:
             local_step = pos.step - start_step
@@ -478,22 +498,7 @@ def train(
             progress.update(pos.step, loss, cur_lr, sps, scale)
             if config.checkpoint_every and pos.step % config.checkpoint_every == 0 and pos.step < total_steps:
                 tc = time.perf_counter()
-                _save(
-                    ckpt_path,
-                    model,
-                    optimizer,
-                    scheduler,
-                    policy,
-                    pos,
-                    resolved,
-                    recipe,
-                    data_hash,
-                    loss_curve,
-                    nonfinite_run,
-                    config.strategy,
-                    main,
-                    finished=False,
-                )
+                save_checkpoint(finished=False)
                 ckpt_s += time.perf_counter() - tc
                 if timed:
                     ckpt_in_window += time.perf_counter() - tc
@@ -507,22 +512,7 @@ def train(
         progress.close()
 
     mem = meter.read() if memory_reset_done else None
-    final_state = _save(
-        ckpt_path,
-        model,
-        optimizer,
-        scheduler,
-        policy,
-        pos,
-        resolved,
-        recipe,
-        data_hash,
-        loss_curve,
-        nonfinite_run,
-        config.strategy,
-        main,
-        finished=True,
-    )
+    final_state = save_checkpoint(finished=True)
 
     # -- figures -----------------------------------------------------------------------------------
     timed_s = (window_end - window_start - ckpt_in_window) if window_start is not None else 0.0
