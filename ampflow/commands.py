@@ -10,9 +10,10 @@ the argv here, once, makes them agree by construction. Torch-free and mlflow-fre
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Any
 
-from ampflow.config import RunConfig
+from ampflow.config import EVAL_MAY_CHANGE, RunConfig
 
 # step -> (flag options in the order they appear, boolean switches)
 STEP_OPTIONS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
@@ -121,3 +122,70 @@ def step_argv(
             raise ValueError(f"unknown configuration key {key!r} in overrides")
         argv += ["--set", f"{key}={_fmt(value)}"]
     return argv
+
+
+# Which --set keys a step takes: every RunConfig key (None) or only the listed ones. A step that is
+# not listed takes none, and the overrides a skin passes to it for convenience are dropped.
+STEP_OVERRIDES: dict[str, tuple[str, ...] | None] = {
+    "train": None,
+    "launch": None,
+    "bench": None,
+    "evaluate": EVAL_MAY_CHANGE,
+}
+
+# options of `train` that a distributed launch does not take: the launcher's pods get their MLflow
+# parent from the run context and reattach to an existing job instead of resuming by flag
+_NOT_LAUNCHED = ("parent_run_id", "require_tracking", "resume")
+
+
+@dataclass(frozen=True)
+class StepPlan:
+    """What one task runs: the step (``train`` may become ``launch``), its options and overrides."""
+
+    step: str
+    options: dict[str, Any]
+    overrides: dict[str, Any] = field(default_factory=dict)
+
+    def argv(self, program: tuple[str, ...] = ("ampflow",)) -> list[str]:
+        """The command line, through :func:`step_argv` (raises ValueError on an unknown option)."""
+        return step_argv(self.step, program=program, overrides=self.overrides or None, **self.options)
+
+
+def plan_step(
+    step: str,
+    options: dict[str, Any],
+    *,
+    overrides: dict[str, Any] | None = None,
+    distributed: bool = False,
+    retry: bool = False,
+    launch: dict[str, Any] | None = None,
+) -> StepPlan:
+    """Decide, once for every skin (CLI, KFP, Airflow), what a pipeline task runs.
+
+    - ``train`` with ``distributed`` (more than one process) becomes ``launch``: a Kubeflow job
+      whose pods run ``ampflow train`` under torchrun. ``launch`` holds the cluster options (name,
+      nodes, gpus_per_node, image, ...); a ``single`` strategy is dropped so the launcher's default
+      (ddp) applies. A retried launch reattaches to its job by name, so it never adds ``--resume``.
+    - ``train`` on a retry (``retry``) adds ``--resume``: the retry continues from the failed try's
+      last checkpoint, and starts fresh where there is none.
+    - overrides reach only the steps that take ``--set`` (:data:`STEP_OVERRIDES`); ``evaluate``
+      keeps only :data:`~ampflow.config.EVAL_MAY_CHANGE`.
+
+    ``None`` options and names starting with ``_`` (a skin's bookkeeping) are left out. Raises
+    ValueError for an unknown step, option or override key (through :func:`step_argv`).
+    """
+    opts = {k: v for k, v in options.items() if v is not None and not k.startswith("_")}
+    if step == "train" and distributed:
+        step = "launch"
+        opts = {k: v for k, v in opts.items() if k not in _NOT_LAUNCHED}
+        if opts.get("strategy") == "single":
+            opts.pop("strategy")
+        opts.update({k: v for k, v in (launch or {}).items() if v is not None})
+    elif step == "train" and retry:
+        opts["resume"] = True
+    allowed = STEP_OVERRIDES.get(step, ())
+    given = dict(overrides or {})
+    kept = given if allowed is None else {k: v for k, v in given.items() if k in allowed}
+    plan = StepPlan(step, opts, kept)
+    plan.argv()  # validate now, where the task is defined, not in a pod an hour later
+    return plan

@@ -20,6 +20,8 @@ Strategy = Literal["single", "ddp", "fsdp"]
 Device = Literal["auto", "cpu", "cuda"]
 
 PRECISIONS: tuple[str, ...] = get_args(Precision)
+# modes that run fp16 math: refused on CPU (no fp16 training there), never emulated
+CUDA_ONLY_PRECISIONS: tuple[str, ...] = ("16-mixed", "16-true")
 LR_SCHEDULES = ("linear", "cosine", "constant")
 _DEFAULT_TIMING_WARMUP = 5
 STRATEGIES: tuple[str, ...] = get_args(Strategy)
@@ -212,7 +214,10 @@ def _validate(c: RunConfig) -> None:
 
 
 def parse_list(name: str, text: str, allowed: tuple[str, ...] | None = None) -> list[str]:
-    """Parse ``a,b,c`` lists from the CLI (``--precisions``), checking each item."""
+    """Parse ``a,b,c`` lists from the CLI (``--precisions``), checking each item.
+
+    Raises ConfigError when the list is empty or an item is not in ``allowed``.
+    """
     items = [s.strip() for s in text.split(",") if s.strip()]
     if not items:
         raise ConfigError(f"{name} must list at least one value")
@@ -220,6 +225,36 @@ def parse_list(name: str, text: str, allowed: tuple[str, ...] | None = None) -> 
         for item in items:
             _check_literal(name, item, allowed)
     return items
+
+
+# -- sweeps -------------------------------------------------------------------------------------
+
+# The words a sweep's compile dimension may be spelled with, on the CLI, in KFP and in Airflow.
+COMPILE_WORDS: dict[str, bool] = {"off": False, "on": True, "false": False, "true": True, "0": False, "1": True}
+
+# evaluate takes the trained run's configuration; only these keys may differ (batching, placement)
+EVAL_MAY_CHANGE: tuple[str, ...] = ("eval_batch_size", "device")
+
+
+def config_id(precision: str | None, compile: bool | None, strategy: str | None = None) -> str:
+    """The name of one configuration: ``bf16-mixed``, ``bf16-mixed-compiled``, ``32-true-ddp``.
+
+    The one spelling used for run directories, MLflow's ``ampflow.config_id`` tag, KFP model metadata
+    and report rows. ``strategy`` ``single`` (or None) adds nothing.
+    """
+    cid = f"{precision}{'-compiled' if compile else ''}"
+    if strategy and strategy != "single":
+        cid += f"-{strategy}"
+    return cid
+
+
+def _compile_mode(word: Any) -> bool:
+    if isinstance(word, bool):
+        return word
+    low = str(word).strip().lower()
+    if low not in COMPILE_WORDS:
+        raise ConfigError(f"compile must be off, on or off,on; got {word!r}")
+    return COMPILE_WORDS[low]
 
 
 @dataclass(frozen=True)
@@ -232,20 +267,90 @@ class SweepEntry:
     overrides: dict[str, Any] = field(default_factory=dict)
 
     @property
+    def config_id(self) -> str:
+        return config_id(self.precision, self.compile)
+
+    @property
     def id(self) -> str:
-        tag = f"{self.precision}{'-compiled' if self.compile else ''}"
-        return f"{tag}-r{self.repeat}" if self.repeat else tag
+        """``config_id``, suffixed ``-r<N>`` from the second repeat on (``bf16-mixed-r1``)."""
+        return f"{self.config_id}-r{self.repeat}" if self.repeat else self.config_id
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON-able form a KFP ParallelFor item or an Airflow mapped task carries."""
+        return {"id": self.id, "precision": self.precision, "compile": self.compile, "repeat": self.repeat}
+
+
+@dataclass(frozen=True)
+class SweepSpec:
+    """A benchmark sweep: precisions x compile modes, each trained ``repeats`` times.
+
+    The one description of a sweep that ``ampflow bench``, the KFP benchmark pipeline and the Airflow
+    benchmark DAG all parse into; :meth:`entries` is the order every one of them runs in. Validation
+    happens on construction and raises ConfigError naming the field:
+
+        >>> SweepSpec.from_words("32-true,bf16-mixed", "off,on", repeats=2).entries()[1].id
+        '32-true-compiled'
+    """
+
+    precisions: tuple[str, ...]
+    compile_modes: tuple[bool, ...] = (False,)
+    repeats: int = 1
+    baseline: str = BASELINE_PRECISION
+
+    def __post_init__(self) -> None:
+        if not self.precisions:
+            raise ConfigError("precisions must list at least one value")
+        for p in self.precisions:
+            _check_literal("precision", p, PRECISIONS)
+        if len(set(self.precisions)) != len(self.precisions):
+            raise ConfigError(f"precisions lists a precision twice: {', '.join(self.precisions)}")
+        if not self.compile_modes:
+            raise ConfigError("compile must list at least one value (off, on)")
+        if isinstance(self.repeats, bool) or not isinstance(self.repeats, int) or self.repeats < 1:
+            raise ConfigError(f"repeats must be a positive integer, got {self.repeats!r}")
+        if self.baseline not in self.precisions:
+            raise ConfigError(
+                f"baseline {self.baseline!r} is not in precisions ({', '.join(self.precisions)})"
+            )
+
+    @classmethod
+    def from_words(
+        cls, precisions: str, compile: str = "off", repeats: int = 1, baseline: str = BASELINE_PRECISION
+    ) -> SweepSpec:
+        """From the CLI's comma-separated words: ``--precisions 32-true,bf16-mixed --compile off,on``."""
+        return cls.from_lists(parse_list("precision", precisions), parse_list("compile", compile), repeats, baseline)
+
+    @classmethod
+    def from_lists(
+        cls,
+        precisions: list[str] | tuple[str, ...],
+        compile_modes: list[Any] | tuple[Any, ...] = ("off",),
+        repeats: int = 1,
+        baseline: str = BASELINE_PRECISION,
+    ) -> SweepSpec:
+        """From lists, as a KFP pipeline parameter or an Airflow Param carries them.
+
+        ``compile_modes`` items are booleans or any of :data:`COMPILE_WORDS`; duplicates collapse.
+        """
+        modes = tuple(dict.fromkeys(_compile_mode(w) for w in compile_modes))
+        reps = _as_int("repeats", repeats) if isinstance(repeats, str) else repeats
+        return cls(tuple(str(p).strip() for p in precisions), modes, reps, baseline)
+
+    @property
+    def compile_words(self) -> list[str]:
+        """The compile dimension as ``off``/``on`` words (the CLI's and the DAG's spelling)."""
+        return ["on" if c else "off" for c in self.compile_modes]
+
+    def entries(self) -> list[SweepEntry]:
+        """The sweep's configurations in a fixed order; repeats interleave so drift hits every config."""
+        return [
+            SweepEntry(precision=p, compile=c, repeat=r)
+            for r in range(self.repeats)
+            for p in self.precisions
+            for c in self.compile_modes
+        ]
 
 
 def sweep_entries(precisions: list[str], compile_modes: list[bool], repeats: int = 1) -> list[SweepEntry]:
-    """The sweep's configurations in a fixed order; repeats interleave so drift hits every config."""
-    if repeats < 1:
-        raise ConfigError(f"repeats must be a positive integer, got {repeats!r}")
-    for p in precisions:
-        _check_literal("precision", p, PRECISIONS)
-    return [
-        SweepEntry(precision=p, compile=c, repeat=r)
-        for r in range(repeats)
-        for p in precisions
-        for c in compile_modes
-    ]
+    """Shorthand for ``SweepSpec(precisions, compile_modes, repeats).entries()`` (baseline unchecked)."""
+    return SweepSpec.from_lists(precisions, compile_modes, repeats, baseline=precisions[0] if precisions else "").entries()

@@ -16,7 +16,7 @@ import os
 import tempfile
 from pathlib import Path
 
-from ampflow.config import RunConfig
+from ampflow.config import RunConfig, SweepSpec
 from ampflow.steps import Paths, bench
 
 # steps per recipe: enough for a steady-state window, short enough for a 2-core machine
@@ -60,8 +60,7 @@ def main(argv: list[str] | None = None) -> int:
             summary = bench.run(
                 cfg,
                 Paths.of(out=root / recipe),
-                precisions=precisions,
-                compile_modes=[False],
+                sweep=SweepSpec.from_lists(precisions),
                 overrides=[f"max_steps={cfg.max_steps}"],
             )
             rows = [_row(Path(r["run_dir"])) for r in summary["runs"] if r["status"] == "ok"]

@@ -50,7 +50,7 @@ from ampflow.kube.names import dns1035_name, max_job_name_len
 
 MODES = ("local", "kubernetes")
 PROC = Path(__file__).resolve().with_name("_ampflow_proc.py")
-# exit code 2 is bad input (GUIDE): retrying cannot help, so the task fails without using its retries
+# exit code 2 is bad input (README: exit codes): retrying cannot help, so the task fails without using its retries
 EXIT_BAD_INPUT = 2
 
 # Cluster settings; the Variable ``ampflow_kubernetes`` (a JSON object) overrides any of them.

@@ -1,7 +1,7 @@
 """pytest plugin: one real ``mlflow server`` on 127.0.0.1 for the whole session (about 10 s to start).
 
 Listed in tests/conftest.py's ``pytest_plugins``. The server is ``ampflow.tracking.server.LocalServer``:
-SQLite store and proxied artifacts under a session temp folder, one worker, job execution off (GUIDE).
+SQLite store and proxied artifacts under a session temp folder, one worker, job execution off (MLflow 3.17 starts a job runner otherwise).
 ``mlflow_server.restart()`` brings it back on the same port and store (the spool test uses it).
 """
 

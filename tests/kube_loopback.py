@@ -1,6 +1,6 @@
 """A loopback stand-in for a Kubernetes API server with the Kubeflow operators, for client tests.
 
-No API server can run on this machine (see GUIDE: facts), so this answers, on 127.0.0.1, the HTTP
+No API server can run on this machine (no docker engine, no kube-apiserver binary), so this answers, on 127.0.0.1, the HTTP
 paths the real kubernetes client calls for ``ampflow.kube.client``, with the API server's own status
 codes and ``Status`` bodies:
 
@@ -39,7 +39,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import yaml
 
-CRD_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "crds"
+CRD_DIR = Path(__file__).resolve().parent / "data" / "crds"
 CRD_FILES = {
     ("kubeflow.org", "v1", "pytorchjobs"): "kubeflow.org_pytorchjobs.yaml",
     ("trainer.kubeflow.org", "v1alpha1", "trainjobs"): "trainer.kubeflow.org_trainjobs.yaml",

@@ -66,7 +66,11 @@ def test_sweep_trains_every_config_and_compares_against_the_baseline(tmp_path):
     assert by_id["32-true"]["speedup"] == pytest.approx(1.0)
     assert summary["recommended"] in by_id
     assert (out / "report.md").read_text().startswith("###")
-    assert "| bf16-mixed |" in proc.stdout
+    # the report names the row, and says so where this CPU has no native bf16 (oneDNN emulates it)
+    from ampflow.train.devices import cpu_has_native_bf16
+
+    row = "| bf16-mixed |" if cpu_has_native_bf16() else "| bf16-mixed (bf16 emulated) |"
+    assert row in proc.stdout
 
     # a second sweep into the same directory runs, and keeps the first one's runs
     again = _bench(out, "--precisions", "32-true", "--set", "max_steps=6", "--set", "warmup_steps=2")
@@ -101,10 +105,3 @@ def test_busy_machine_is_called_out_in_the_report():
     note = bench._busy_note(records)
     assert "bf16-mixed (load 2.4/core)" in note and "32-true" not in note
     assert bench._busy_note(records[:1]) == ""
-
-
-def test_compile_modes_parse_and_reject_nonsense():
-    assert bench.parse_compile_modes("off,on") == [False, True]
-    assert bench.parse_compile_modes("on,on") == [True]
-    with pytest.raises(Exception, match="compile"):
-        bench.parse_compile_modes("maybe")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from ampflow.cli import build_parser
-from ampflow.commands import STEP_OPTIONS, step_argv
+from ampflow.commands import STEP_OPTIONS, plan_step, step_argv
 
 
 def test_train_argv_round_trips_through_the_cli_parser():
@@ -62,3 +62,65 @@ def test_every_step_option_is_accepted_by_the_cli():
             argv = step_argv(step, **{name: True if name in switches else "x"})
             emitted = [a for a in argv[2:] if a.startswith("--")]
             assert set(emitted) <= known, f"{step}: {emitted} not in {sorted(known)}"
+
+
+# -- plan_step: what a task runs, decided once for every skin ---------------------------------------
+
+_TRAIN = {"recipe": "tweets-bow", "data": "/d", "out": "/r", "precision": "bf16-mixed", "strategy": "single"}
+
+
+def test_plan_train_first_try_runs_train_without_resume():
+    plan = plan_step("train", {**_TRAIN, "parent_run_id": "p1", "_id": "x"}, overrides={"max_steps": 5})
+    assert plan.step == "train"
+    assert plan.argv() == [
+        *("ampflow", "train", "--recipe", "tweets-bow", "--data", "/d", "--out", "/r"),
+        *("--precision", "bf16-mixed", "--strategy", "single", "--parent-run-id", "p1"),
+        *("--set", "max_steps=5"),
+    ]
+
+
+def test_plan_train_retry_resumes():
+    assert plan_step("train", _TRAIN, retry=True).argv()[-1] == "--resume"
+
+
+def test_plan_distributed_train_becomes_launch_without_resume_or_parent():
+    plan = plan_step(
+        "train",
+        {**_TRAIN, "parent_run_id": "p1", "require_tracking": True},
+        overrides={"max_steps": 5},
+        distributed=True,
+        retry=True,
+        launch={"name": "job-a", "nodes": 2, "gpus_per_node": 4, "image": None},
+    )
+    assert plan.step == "launch"
+    assert plan.options == {
+        "recipe": "tweets-bow",
+        "data": "/d",
+        "out": "/r",
+        "precision": "bf16-mixed",
+        "name": "job-a",
+        "nodes": 2,
+        "gpus_per_node": 4,
+    }
+    argv = plan.argv()
+    assert "--resume" not in argv and "--strategy" not in argv and "--parent-run-id" not in argv
+    assert argv[-2:] == ["--set", "max_steps=5"]
+
+
+def test_plan_evaluate_keeps_only_the_overrides_evaluate_may_take():
+    plan = plan_step(
+        "evaluate",
+        {"recipe": "r", "data": "/d", "checkpoint": "/r", "out": "/r/eval"},
+        overrides={"max_steps": 5, "eval_batch_size": 512, "device": "cpu"},
+    )
+    assert plan.overrides == {"eval_batch_size": 512, "device": "cpu"}
+
+
+def test_plan_steps_without_set_drop_overrides_and_bad_keys_fail_early():
+    assert plan_step("compare", {"runs": "a,b"}, overrides={"max_steps": 5}).argv() == [
+        *("ampflow", "compare", "--runs", "a,b")
+    ]
+    with pytest.raises(ValueError, match="max_stepz"):
+        plan_step("train", _TRAIN, overrides={"max_stepz": 5})
+    with pytest.raises(ValueError, match="unknown step"):
+        plan_step("deploy", {})

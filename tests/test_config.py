@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from ampflow.config import ConfigError, RunConfig, parse_overrides, sweep_entries
+from ampflow.config import ConfigError, RunConfig, SweepSpec, config_id, parse_overrides
 
 
 def test_defaults_are_valid_and_round_trip_through_json():
@@ -73,9 +73,50 @@ def test_resolve_fills_only_unset_fields():
 
 
 def test_sweep_interleaves_repeats_and_names_entries_uniquely():
-    entries = sweep_entries(["32-true", "bf16-mixed"], [False, True], repeats=2)
+    entries = SweepSpec.from_lists(["32-true", "bf16-mixed"], [False, True], repeats=2).entries()
     assert [e.id for e in entries[:4]] == ["32-true", "32-true-compiled", "bf16-mixed", "bf16-mixed-compiled"]
     assert [e.repeat for e in entries] == [0, 0, 0, 0, 1, 1, 1, 1]
     assert len({e.id for e in entries}) == len(entries)
     with pytest.raises(ConfigError):
-        sweep_entries(["32-true", "fp4"], [False])
+        SweepSpec.from_lists(["32-true", "fp4"], [False])
+
+
+def test_sweep_spec_reads_every_spelling_the_same():
+    """The CLI's words, Airflow's word lists and KFP's typed lists give one sweep."""
+    cli = SweepSpec.from_words("32-true, bf16-mixed", "off,on", repeats=2)
+    dag = SweepSpec.from_lists(["32-true", "bf16-mixed"], ["off", "on"], 2)
+    kfp = SweepSpec.from_lists(["32-true", "bf16-mixed"], [False, True], "2")
+    assert cli == dag == kfp
+    assert cli.compile_words == ["off", "on"]
+    assert SweepSpec.from_words("32-true", "on,true,1").compile_modes == (True,)
+    assert [e.to_dict() for e in cli.entries()][-1] == {
+        "id": "bf16-mixed-compiled-r1",
+        "precision": "bf16-mixed",
+        "compile": True,
+        "repeat": 1,
+    }
+
+
+@pytest.mark.parametrize(
+    ("words", "match"),
+    [
+        ({"precisions": "32-true", "compile": "maybe"}, "compile must be off, on"),
+        ({"precisions": "32-true,32-true"}, "precisions lists a precision twice"),
+        ({"precisions": "bf16-mixed"}, "baseline '32-true' is not in precisions"),
+        ({"precisions": ""}, "precision must list at least one value"),
+        ({"precisions": "32-true", "repeats": 0}, "repeats must be a positive integer, got 0"),
+        ({"precisions": "32-true,fp4"}, "precision must be one of"),
+    ],
+)
+def test_sweep_spec_refuses_bad_sweeps_naming_the_field(words, match):
+    with pytest.raises(ConfigError, match=match):
+        SweepSpec.from_words(**words)
+
+
+def test_config_id_is_one_spelling():
+    assert config_id("bf16-mixed", False) == "bf16-mixed"
+    assert config_id("bf16-mixed", True) == "bf16-mixed-compiled"
+    assert config_id("32-true", False, "single") == "32-true"
+    assert config_id("32-true", True, "fsdp") == "32-true-compiled-fsdp"
+    entry = SweepSpec.from_lists(["32-true"], [True], 3).entries()[2]
+    assert (entry.config_id, entry.id) == ("32-true-compiled", "32-true-compiled-r2")

@@ -1,7 +1,7 @@
 """Every manifest ``ampflow launch`` can build, checked as a cluster would check it.
 
 No API server runs here, so the checks are the closest faithful stand-ins: the real CRDs in
-``../shared/crds`` (their ``openAPIV3Schema`` through jsonschema, plus the structural pruning an API
+``tests/data/crds`` (vendored) (their ``openAPIV3Schema`` through jsonschema, plus the structural pruning an API
 server does, which would silently drop a misspelt field), the admission rules of the CRD README
 (``ampflow.kube.validate_admission``), and the stock ``torch-distributed`` ClusterTrainingRuntime a
 TrainJob patches. Then the CLI: ``--dry-run`` output and bad input.
@@ -32,7 +32,7 @@ from ampflow.kube.manifests import (
 )
 from ampflow.kube.names import max_job_name_len
 
-CRDS = Path(__file__).resolve().parents[1].parent / "shared" / "crds"
+CRDS = Path(__file__).resolve().parent / "data" / "crds"
 CRD_FILES = {"PyTorchJob": "kubeflow.org_pytorchjobs.yaml", "TrainJob": "trainer.kubeflow.org_trainjobs.yaml"}
 
 

@@ -1,7 +1,7 @@
 """The container command in the manifests works where the operator starts it.
 
 Each "pod" here is a process started with the exact ``command`` of a replica's container and the
-environment the operator injects into that pod (``shared/crds/README.md``): for a PyTorchJob v1
+environment the operator injects into that pod (``tests/data/crds/README.md``): for a PyTorchJob v1
 ``MASTER_ADDR``/``PET_MASTER_ADDR``, ``MASTER_PORT``/``PET_MASTER_PORT``, ``WORLD_SIZE`` (replicas x
 nprocPerNode), ``RANK``/``PET_NODE_RANK``, ``PET_NNODES``, ``PET_NPROC_PER_NODE``, ``PYTHONUNBUFFERED``;
 for a Trainer v2 TrainJob only the five ``PET_*`` variables. The address is 127.0.0.1 instead of

@@ -607,7 +607,7 @@ def resource_of(manifest: dict[str, Any]) -> tuple[str, str, str, str]:
 def validate_admission(manifest: dict[str, Any]) -> list[str]:
     """What the API server's CEL rules and the operator's webhook check beyond the CRD schema.
 
-    Returns the problems (empty when the job would be admitted). Rules from ``shared/crds/README.md``
+    Returns the problems (empty when the job would be admitted). Rules from ``tests/data/crds/README.md``
     (v1 webhook), the TrainJob CRD's ``x-kubernetes-validations`` and Trainer v2's torch plugin, plus
     ObjectMeta checks and the names of the pods the job will create.
     """

@@ -29,13 +29,10 @@ from pathlib import Path
 from typing import Any
 
 from ampflow.commands import step_argv
-from ampflow.config import BASELINE_PRECISION, PRECISIONS, ConfigError, RunConfig, parse_list, sweep_entries
+from ampflow.config import BASELINE_PRECISION, CUDA_ONLY_PRECISIONS, PRECISIONS, ConfigError, RunConfig, SweepSpec
 from ampflow.steps import Paths
 
 HELP = "prep once, train + evaluate every precision/compile configuration, print the comparison"
-
-_COMPILE_WORDS = {"off": False, "on": True, "false": False, "true": True, "0": False, "1": True}
-
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--recipe", required=True, help="built-in recipe name or module:function")
@@ -69,28 +66,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
 
 
-def parse_compile_modes(text: str) -> list[bool]:
-    modes = []
-    for word in parse_list("compile", text):
-        if word.lower() not in _COMPILE_WORDS:
-            raise ConfigError(f"compile must be off, on or off,on; got {word!r}")
-        modes.append(_COMPILE_WORDS[word.lower()])
-    return list(dict.fromkeys(modes))
-
-
 def cli(args: argparse.Namespace) -> int:
-    precisions = parse_list("precision", args.precisions, PRECISIONS)
-    compile_modes = parse_compile_modes(args.compile_modes)
+    sweep = SweepSpec.from_words(args.precisions, args.compile_modes, args.repeats, args.baseline)
     config = RunConfig(recipe=args.recipe).with_overrides(args.overrides)
-    if args.baseline not in precisions:
-        raise ConfigError(f"baseline {args.baseline!r} is not in --precisions ({', '.join(precisions)})")
     if args.engine == "kfp-local":
         run_benchmark_locally = _kfp_local_runner()
         summary = run_benchmark_locally(
             recipe=args.recipe,
-            precisions=precisions,
-            compile_modes=compile_modes,
-            repeats=args.repeats,
+            sweep=sweep,
+            source=args.source,
             out=args.out,
             overrides=args.overrides,
             tolerance=args.tolerance,
@@ -101,10 +85,7 @@ def cli(args: argparse.Namespace) -> int:
     summary = run(
         config,
         Paths.of(out=args.out, source=args.source),
-        precisions=precisions,
-        compile_modes=compile_modes,
-        repeats=args.repeats,
-        baseline=args.baseline,
+        sweep=sweep,
         tolerance=args.tolerance,
         limit=args.limit,
         overrides=args.overrides,
@@ -159,10 +140,7 @@ def run(
     config: RunConfig,
     paths: Paths,
     *,
-    precisions: list[str],
-    compile_modes: list[bool],
-    repeats: int = 1,
-    baseline: str = BASELINE_PRECISION,
+    sweep: SweepSpec,
     tolerance: float = 0.5,
     limit: int | None = None,
     overrides: list[str] | None = None,
@@ -170,8 +148,8 @@ def run(
     """Run the sweep; returns the comparison summary (also written to ``out/summary.json``)."""
     if paths.out is None:
         raise ConfigError("--out is required")
-    entries = sweep_entries(precisions, compile_modes, repeats)
-    _refuse_unsupported(config, precisions)
+    entries = sweep.entries()
+    _refuse_unsupported(config, sweep.precisions)
 
     from ampflow import tracking
     from ampflow.steps import prep
@@ -202,10 +180,10 @@ def run(
         parent.log_params(
             {
                 "recipe": config.recipe,
-                "precisions": ",".join(precisions),
-                "compile_modes": ",".join("on" if c else "off" for c in compile_modes),
-                "repeats": repeats,
-                "baseline": baseline,
+                "precisions": ",".join(sweep.precisions),
+                "compile_modes": ",".join(sweep.compile_words),
+                "repeats": sweep.repeats,
+                "baseline": sweep.baseline,
                 "tolerance_pp": tolerance,
             }
         )
@@ -274,7 +252,7 @@ def run(
             raise RuntimeError(f"every configuration failed; see the train.log files under {out / 'runs'}")
         from ampflow.steps import compare
 
-        summary = compare.compare_runs(ok_dirs, baseline=baseline, tolerance=tolerance)
+        summary = compare.compare_runs(ok_dirs, baseline=sweep.baseline, tolerance=tolerance)
         summary["runs"] = records
         summary["sweep_run_id"] = parent.run_id
         summary["busy_machine"] = [r["id"] for r in records if r.get("busy")]
@@ -311,9 +289,9 @@ def _busy_note(records: list[dict[str, Any]]) -> str:
     )
 
 
-def _refuse_unsupported(config: RunConfig, precisions: list[str]) -> None:
+def _refuse_unsupported(config: RunConfig, precisions: tuple[str, ...]) -> None:
     """Fail before an hour of training when the hardware cannot run a requested mode."""
-    fp16 = [p for p in precisions if p in ("16-mixed", "16-true")]
+    fp16 = [p for p in precisions if p in CUDA_ONLY_PRECISIONS]
     if not fp16 or config.device == "cuda":
         return
     import torch

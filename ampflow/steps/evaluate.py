@@ -14,12 +14,11 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from ampflow.config import ConfigError, RunConfig, parse_overrides
+from ampflow.config import EVAL_MAY_CHANGE, ConfigError, RunConfig, parse_overrides
 from ampflow.steps import Paths
 
 HELP = "evaluate a trained run on the held-out split; write eval.json"
 EVAL_FILE = "eval.json"
-EVAL_MAY_CHANGE = ("eval_batch_size", "device")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

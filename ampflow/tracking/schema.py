@@ -24,6 +24,8 @@ import subprocess
 from functools import lru_cache
 from typing import Any
 
+from ampflow.config import config_id  # noqa: F401 - re-exported: the tag value schema names
+
 TAG_KIND = "ampflow.kind"
 TAG_SWEEP = "ampflow.sweep_id"
 TAG_HARDWARE = "ampflow.hardware"
@@ -75,14 +77,6 @@ RESULT_PARAMS = (
     "fp32_matmul_precision",
     "bf16_emulated",
 )
-
-
-def config_id(precision: str | None, compile: bool | None, strategy: str | None = None) -> str:
-    """Name of a configuration, the same as ampflow.config.SweepEntry.id without the repeat."""
-    cid = f"{precision}{'-compiled' if compile else ''}"
-    if strategy and strategy != "single":
-        cid += f"-{strategy}"
-    return cid
 
 
 def finite(value: Any) -> float | None:

@@ -21,7 +21,7 @@ import contextlib
 from dataclasses import dataclass, field
 from typing import Any
 
-from ampflow.config import ConfigError
+from ampflow.config import CUDA_ONLY_PRECISIONS, ConfigError
 
 
 @dataclass(frozen=True)
@@ -154,8 +154,7 @@ def check_supported(mode: str, device_type: str) -> None:
     """Refuse what the hardware cannot do, never switch silently."""
     if mode not in MODES:
         raise ConfigError(f"precision must be one of {', '.join(MODES)}; got {mode!r}")
-    spec = MODES[mode]
-    if device_type == "cpu" and "fp16" == spec.compute:
+    if device_type == "cpu" and mode in CUDA_ONLY_PRECISIONS:
         raise ConfigError(
             f"precision {mode} runs fp16 math, which is not supported for training on device cpu; "
             "use 32-true, bf16-mixed or bf16-true on CPU, or --set device=cuda"

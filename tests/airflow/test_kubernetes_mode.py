@@ -2,11 +2,11 @@
 
     .venv-airflow/bin/python -m pytest -q tests/airflow/test_kubernetes_mode.py
 
-No Kubernetes API server can run here (GUIDE). The pods come from the provider's own
+No Kubernetes API server can run here (no docker engine, no kube-apiserver binary). The pods come from the provider's own
 ``KubernetesPodOperator.build_pod_request_obj()``, exactly the object it would send; the task context
 is reduced to the fields the pod builder reads (ti identity, run_id, dag, params). The PyTorchJob is
 what the real ``ampflow launch --dry-run`` prints for the task's argv, validated against the real CRD
-in ../shared/crds plus the webhook rules, as the launcher's own tests do.
+in tests/data/crds plus the webhook rules, as the launcher's own tests do.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from tests.airflow.conftest import ROOT, ampflow_steps_missing
 
 pytestmark = pytest.mark.airflow
 
-CRDS = ROOT.parent / "shared" / "crds"
+CRDS = ROOT / "tests" / "data" / "crds"
 IMAGE = "registry.example.com/ampflow/train:1.2.3"
 
 
