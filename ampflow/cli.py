@@ -41,12 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="step", metavar="STEP", parser_class=_Parser)
     sub.required = True
     for name, module_name in STEP_MODULES.items():
-        try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError as exc:
-            if exc.name == module_name:  # a step not built yet in this checkout
-                continue
-            raise
+        # a step that fails to import is a broken installation: say so, never drop the command
+        module = importlib.import_module(module_name)
         p = sub.add_parser(name, help=module.HELP, description=module.HELP)
         module.add_arguments(p)
         p.set_defaults(_module=module)

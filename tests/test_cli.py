@@ -84,3 +84,11 @@ def test_python_dash_m_and_console_script_agree():
     b = _ampflow("--version")
     assert a.returncode == b.returncode == 0
     assert a.stdout == b.stdout
+
+
+def test_a_step_that_fails_to_import_is_an_error_not_a_missing_command(monkeypatch):
+    from ampflow import cli
+
+    monkeypatch.setitem(cli.STEP_MODULES, "ghost", "ampflow.steps.no_such_step")
+    with pytest.raises(ModuleNotFoundError, match="ampflow.steps.no_such_step"):
+        cli.build_parser()
