@@ -1,11 +1,13 @@
 """The benchmark pipeline: prep once, train + evaluate every precision/compile configuration, compare.
 
     make compile                                  # -> pipelines/compiled/benchmark.yaml (upload to KFP)
-    python -m pipelines.local --recipe tweets-bow --limit 300 --set max_steps=8   # on this machine
+    ampflow bench --engine kfp-local --recipe tweets-bow --limit 300 --set max_steps=8   # this machine
 
-Configurations are precision modes, ``+compile`` for a torch.compile run (``bf16-mixed+compile``);
-``repeats`` trains each one several times (medians and spread in the report). The ParallelFor runs
-one configuration at a time: configurations timed side by side on one node measure each other.
+The sweep is given as ``ampflow bench`` and the Airflow DAG give it: ``precisions``, ``compile_modes``
+(``off`` and/or ``on``), ``repeats`` and ``baseline``; the ``sweep_plan`` task parses it with
+``ampflow.config.SweepSpec`` and expands it into the ParallelFor items. ``repeats`` trains each
+configuration several times (medians and spread in the report). The ParallelFor runs one configuration
+at a time: configurations timed side by side on one node measure each other.
 """
 
 # No `from __future__ import annotations` here: KFP reads the signature's annotations as types.
@@ -13,19 +15,19 @@ from typing import List  # noqa: UP035 - KFP reads these annotations
 
 from kfp import dsl
 
-from components import CACHE_MOUNT, TRAINING_IMAGE
+from components import CACHE_MOUNT
 from components.compare import compare
 from components.evaluate import evaluate
 from components.prep import prep
 from components.sweep_plan import sweep_plan
 from components.train import train
-from pipelines import cluster
+from pipelines.cluster import TRAIN_BACKOFF, TRAIN_RETRIES, Cluster, cluster_parameters, with_train_retries
 
 # configurations trained one after another (see the module docstring); recompile to change
 PARALLELISM = 1
 
 
-def build_benchmark(train_retries: int = cluster.TRAIN_RETRIES, retry_backoff: str = cluster.TRAIN_BACKOFF):
+def build_benchmark(train_retries: int = TRAIN_RETRIES, retry_backoff: str = TRAIN_BACKOFF):
     """The benchmark pipeline with this retry policy on its train step.
 
     The compiled pipeline keeps the defaults; local runs build one without retries, because kfp.local
@@ -37,45 +39,30 @@ def build_benchmark(train_retries: int = cluster.TRAIN_RETRIES, retry_backoff: s
         description="Train and evaluate one recipe under several precision/compile configurations and "
         "compare speed, memory and accuracy against the baseline.",
     )
+    @cluster_parameters
     def benchmark(
         recipe: str = "tweets-minilm",
-        configurations: List[str] = ["32-true", "tf32", "bf16-mixed", "bf16-mixed+compile"],  # noqa: B006, UP006
+        precisions: List[str] = ["32-true", "tf32", "bf16-mixed"],  # noqa: B006, UP006
+        compile_modes: List[str] = ["off", "on"],  # noqa: B006, UP006
         repeats: int = 3,
-        tolerance: float = 0.5,
         baseline: str = "32-true",
-        image: str = TRAINING_IMAGE,
+        tolerance: float = 0.5,
         settings: List[str] = [],  # noqa: B006, UP006
         source: str = "",
         limit: int = 0,
         seed: int = 0,
-        accelerator_type: str = "nvidia.com/gpu",
         accelerator_count: int = 1,
-        cpu_request: str = "4",
-        cpu_limit: str = "8",
-        memory_request: str = "16Gi",
-        memory_limit: str = "32Gi",
-        node_selector: dict = {},  # noqa: B006
-        tolerations: list = cluster.GPU_TOLERATIONS,
-        mlflow_secret: str = "ampflow-mlflow",
-        cache_pvc: str = "ampflow-cache",
+        cluster: Cluster = None,
     ) -> bool:
         """Returns whether a configuration passes (the recommended one is in compare's summary)."""
         run_id = dsl.PIPELINE_JOB_ID_PLACEHOLDER
-        gpu = dict(
-            accelerator_type=accelerator_type,
-            accelerator_count=accelerator_count,
-            cpu_request=cpu_request,
-            cpu_limit=cpu_limit,
-            memory_request=memory_request,
-            memory_limit=memory_limit,
-            node_selector=node_selector,
-            tolerations=tolerations,
-        )
 
         # No ExitHandler around a ParallelFor: the KFP backend fails such runs (kubeflow/pipelines#12390).
         # A step ends its own MLflow run as FAILED or KILLED (SIGTERM from a deleted pod included).
-        plan = sweep_plan(configurations=configurations, repeats=repeats).set_display_name("plan")
-        cluster.with_small_resources(cluster.on_image(plan, image))
+        plan = sweep_plan(
+            precisions=precisions, compile_modes=compile_modes, repeats=repeats, baseline=baseline
+        ).set_display_name("plan")
+        cluster.small(plan, mlflow=False)
 
         prep_task = prep(
             recipe=recipe,
@@ -85,10 +72,7 @@ def build_benchmark(train_retries: int = cluster.TRAIN_RETRIES, retry_backoff: s
             cache_dir=CACHE_MOUNT,
             pipeline_run_id=run_id,
         ).set_display_name("prep")
-        cluster.with_resources(
-            prep_task, cpu_request=cpu_request, memory_request=memory_request, memory_limit=memory_limit
-        )
-        cluster.with_cache(cluster.on_image(prep_task, image), cache_pvc)
+        cluster.cpu(prep_task)
 
         with dsl.ParallelFor(plan.output, parallelism=PARALLELISM, name="configurations") as entry:
             train_task = train(
@@ -102,9 +86,8 @@ def build_benchmark(train_retries: int = cluster.TRAIN_RETRIES, retry_backoff: s
             ).set_display_name("train")
             # a benchmark measures: never reuse a cached training
             train_task.set_caching_options(False)
-            cluster.with_accelerator(cluster.on_image(train_task, image), **gpu)
-            cluster.with_cache(cluster.with_mlflow(train_task, mlflow_secret), cache_pvc)
-            cluster.with_train_retries(train_task, train_retries, retry_backoff)
+            cluster.gpu(train_task, accelerator_count, cache=True)
+            with_train_retries(train_task, train_retries, retry_backoff)
 
             eval_task = evaluate(
                 recipe=recipe,
@@ -113,8 +96,7 @@ def build_benchmark(train_retries: int = cluster.TRAIN_RETRIES, retry_backoff: s
                 pipeline_run_id=run_id,
             ).set_display_name("evaluate")
             eval_task.set_caching_options(False)
-            cluster.with_accelerator(cluster.on_image(eval_task, image), **gpu)
-            cluster.with_mlflow(eval_task, mlflow_secret)
+            cluster.gpu(eval_task, accelerator_count)
 
         compare_task = compare(
             runs=dsl.Collected(eval_task.outputs["evaluated_run"]),
@@ -123,9 +105,7 @@ def build_benchmark(train_retries: int = cluster.TRAIN_RETRIES, retry_backoff: s
             pipeline_run_id=run_id,
         ).set_display_name("compare")
         compare_task.set_caching_options(False)
-        cluster.with_mlflow(
-            cluster.with_small_resources(cluster.on_image(compare_task, image)), mlflow_secret
-        )
+        cluster.small(compare_task)
         return compare_task.outputs["Output"]
 
     return benchmark

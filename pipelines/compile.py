@@ -54,7 +54,7 @@ def _stable_header(text: str) -> str:
 def compile_all(out: str | Path) -> list[Path]:
     from kfp import compiler
 
-    from ampflow.dataset import atomic_write_text
+    from ampflow.io import atomic_write_text
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

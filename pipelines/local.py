@@ -20,30 +20,26 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-
-def configurations_of(precisions: list[str], compile_modes: list[bool]) -> list[str]:
-    """``ampflow bench``'s precision x compile product as the pipeline's configuration strings."""
-    return [f"{p}{'+compile' if c else ''}" for p in precisions for c in compile_modes]
+from ampflow.config import SweepSpec
 
 
 def run_benchmark_locally(
     *,
     recipe: str,
-    precisions: list[str],
-    compile_modes: list[bool],
+    sweep: SweepSpec,
     out: str | Path,
-    repeats: int = 1,
     overrides: list[str] | None = None,
     tolerance: float = 0.5,
     limit: int | None = None,
     source: str | None = None,
-    baseline: str = "32-true",
 ) -> dict[str, Any]:
     """Run ``pipelines.benchmark`` through kfp.local; return compare's summary (plus ``markdown``).
 
-    ``out`` gets summary.json, report.md and report.html (as ``ampflow bench`` writes them) and
-    ``kfp/``, the local pipeline root with every task's artifacts and logs. Raises RuntimeError when
-    the pipeline fails.
+    The entry point of ``ampflow bench --engine kfp-local`` (the ``ampflow.engines`` entry point
+    ``kfp-local``). ``sweep`` (precisions, compile modes, repeats, baseline) becomes the pipeline's
+    sweep parameters as they are. ``out`` gets summary.json, report.md and report.html (as ``ampflow
+    bench`` writes them) and ``kfp/``, the local pipeline root with every task's artifacts and logs.
+    Raises RuntimeError when the pipeline fails.
     """
     from kfp import local
 
@@ -60,10 +56,11 @@ def run_benchmark_locally(
         warnings.filterwarnings("ignore", message=".*custom or non-Python base image.*")
         build_benchmark(train_retries=0)(
             recipe=recipe,
-            configurations=configurations_of(precisions, compile_modes),
-            repeats=repeats,
+            precisions=list(sweep.precisions),
+            compile_modes=sweep.compile_words,
+            repeats=sweep.repeats,
+            baseline=sweep.baseline,
             tolerance=tolerance,
-            baseline=baseline,
             settings=list(overrides or []),
             source=source or "",
             limit=limit or 0,
@@ -88,7 +85,8 @@ def find_task_dir(run_dir: Path, task: str) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from ampflow.config import PRECISIONS, parse_list
+    """``python -m pipelines.local``: the same flags as ``ampflow bench`` for the sweep."""
+    from ampflow.config import BASELINE_PRECISION
 
     p = argparse.ArgumentParser(prog="python -m pipelines.local", description=__doc__.splitlines()[0])
     p.add_argument("--recipe", required=True)
@@ -96,25 +94,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--compile", dest="compile_modes", default="off", help="off, on or off,on")
     p.add_argument("--repeats", type=int, default=1)
     p.add_argument("--tolerance", type=float, default=0.5)
-    p.add_argument("--baseline", default="32-true")
+    p.add_argument("--baseline", default=BASELINE_PRECISION)
     p.add_argument("--limit", type=int)
     p.add_argument("--source")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--out", required=True)
     args = p.parse_args(argv)
-    words = {"off": False, "on": True}
-    modes = [words[w] for w in parse_list("compile", args.compile_modes, tuple(words))]
     summary = run_benchmark_locally(
         recipe=args.recipe,
-        precisions=parse_list("precision", args.precisions, PRECISIONS),
-        compile_modes=modes,
-        repeats=args.repeats,
+        sweep=SweepSpec.from_words(args.precisions, args.compile_modes, args.repeats, args.baseline),
         out=args.out,
         overrides=args.overrides,
         tolerance=args.tolerance,
         limit=args.limit,
         source=args.source,
-        baseline=args.baseline,
     )
     print(summary["markdown"])
     return 0

@@ -16,7 +16,7 @@ from typing import List  # noqa: UP035 - KFP reads these annotations
 from kfp import dsl
 from kfp.dsl import Dataset, Input, Model
 
-from components import CACHE_MOUNT, TRAINING_IMAGE
+from components import CACHE_MOUNT
 from components.compare import compare
 from components.evaluate import evaluate
 from components.mark_failed import mark_failed
@@ -24,10 +24,11 @@ from components.prep import prep
 from components.register import register
 from components.train import train
 from components.train_distributed import train_distributed
-from pipelines import cluster
+from pipelines.cluster import TRAIN_BACKOFF, TRAIN_RETRIES, Cluster, cluster_parameters, with_train_retries
 
 
 @dsl.pipeline(name="ampflow-evaluate-and-promote")
+@cluster_parameters(defaults=False)
 def evaluate_and_promote(
     recipe: str,
     data: Input[Dataset],
@@ -36,17 +37,9 @@ def evaluate_and_promote(
     tolerance: float,
     model_name: str,
     experiment: str,
-    image: str,
-    accelerator_type: str,
     accelerator_count: int,
-    cpu_request: str,
-    cpu_limit: str,
-    memory_request: str,
-    memory_limit: str,
-    node_selector: dict,
-    tolerations: list,
-    mlflow_secret: str,
     pipeline_run_id: str,
+    cluster: Cluster = None,
 ) -> None:
     """Evaluate a trained run, compare it, register it only when it passes.
 
@@ -56,18 +49,7 @@ def evaluate_and_promote(
     """
     eval_task = evaluate(recipe=recipe, data=data, model=model, pipeline_run_id=pipeline_run_id)
     eval_task.set_display_name("evaluate").set_caching_options(False)
-    cluster.with_accelerator(
-        cluster.on_image(eval_task, image),
-        accelerator_type=accelerator_type,
-        accelerator_count=accelerator_count,
-        cpu_request=cpu_request,
-        cpu_limit=cpu_limit,
-        memory_request=memory_request,
-        memory_limit=memory_limit,
-        node_selector=node_selector,
-        tolerations=tolerations,
-    )
-    cluster.with_mlflow(eval_task, mlflow_secret)
+    cluster.gpu(eval_task, accelerator_count)
 
     compare_task = compare(
         run=eval_task.outputs["evaluated_run"],
@@ -77,7 +59,7 @@ def evaluate_and_promote(
         pipeline_run_id=pipeline_run_id,
     ).set_display_name("compare")
     compare_task.set_caching_options(False)
-    cluster.with_mlflow(cluster.with_small_resources(cluster.on_image(compare_task, image)), mlflow_secret)
+    cluster.small(compare_task)
 
     with dsl.If(compare_task.outputs["Output"] == True, name="passed"):  # noqa: E712 - a KFP condition
         register_task = register(
@@ -87,12 +69,10 @@ def evaluate_and_promote(
             pipeline_run_id=pipeline_run_id,
         ).set_display_name("register")
         register_task.set_caching_options(False)
-        cluster.with_mlflow(
-            cluster.with_small_resources(cluster.on_image(register_task, image)), mlflow_secret
-        )
+        cluster.small(register_task)
 
 
-def build_retrain(train_retries: int = cluster.TRAIN_RETRIES, retry_backoff: str = cluster.TRAIN_BACKOFF):
+def build_retrain(train_retries: int = TRAIN_RETRIES, retry_backoff: str = TRAIN_BACKOFF):
     """The retrain pipeline with this retry policy on its train step.
 
     The compiled pipeline keeps the defaults; local runs build one without retries, because kfp.local
@@ -104,6 +84,7 @@ def build_retrain(train_retries: int = cluster.TRAIN_RETRIES, retry_backoff: str
         description="Retrain one recipe, evaluate it, and register it as the new champion only when it "
         "passes the comparison; single device or a distributed PyTorchJob.",
     )
+    @cluster_parameters
     def retrain(
         recipe: str = "tweets-minilm",
         precision: str = "bf16-mixed",
@@ -118,46 +99,26 @@ def build_retrain(train_retries: int = cluster.TRAIN_RETRIES, retry_backoff: str
         source: str = "",
         limit: int = 0,
         seed: int = 0,
-        image: str = TRAINING_IMAGE,
-        accelerator_type: str = "nvidia.com/gpu",
-        cpu_request: str = "4",
-        cpu_limit: str = "8",
-        memory_request: str = "16Gi",
-        memory_limit: str = "32Gi",
-        node_selector: dict = {},  # noqa: B006
-        tolerations: list = cluster.GPU_TOLERATIONS,
-        mlflow_secret: str = "ampflow-mlflow",
-        cache_pvc: str = "ampflow-cache",
         namespace: str = "",
         job_api: str = "pytorchjob",
+        cluster: Cluster = None,
     ) -> None:
         run_id = dsl.PIPELINE_JOB_ID_PLACEHOLDER
-        # a single-device run gets gpus_per_node (1, or 0 for a CPU run) accelerators
-        gpu = dict(
-            accelerator_type=accelerator_type,
-            accelerator_count=gpus_per_node,
-            cpu_request=cpu_request,
-            cpu_limit=cpu_limit,
-            memory_request=memory_request,
-            memory_limit=memory_limit,
-            node_selector=node_selector,
-            tolerations=tolerations,
-        )
         promote = dict(
             recipe=recipe,
             baseline=precision,
             tolerance=tolerance,
             model_name=model_name,
             experiment=experiment,
-            image=image,
-            mlflow_secret=mlflow_secret,
+            # a single-device run gets gpus_per_node (1, or 0 for a CPU run) accelerators
+            accelerator_count=gpus_per_node,
             pipeline_run_id=run_id,
-            **gpu,
+            **cluster.parameters(),
         )
 
         exit_task = mark_failed(pipeline_run_id=run_id).set_display_name("close MLflow runs on failure")
         exit_task.set_caching_options(False)
-        cluster.with_mlflow(cluster.with_small_resources(cluster.on_image(exit_task, image)), mlflow_secret)
+        cluster.small(exit_task)
 
         with dsl.ExitHandler(exit_task, name="retrain"):
             prep_task = prep(
@@ -168,17 +129,14 @@ def build_retrain(train_retries: int = cluster.TRAIN_RETRIES, retry_backoff: str
                 cache_dir=CACHE_MOUNT,
                 pipeline_run_id=run_id,
             ).set_display_name("prep")
-            cluster.with_resources(
-                prep_task, cpu_request=cpu_request, memory_request=memory_request, memory_limit=memory_limit
-            )
-            cluster.with_cache(cluster.on_image(prep_task, image), cache_pvc)
+            cluster.cpu(prep_task)
             data = prep_task.outputs["data"]
 
             def distributed(label: str) -> None:
                 job = train_distributed(
                     recipe=recipe,
                     data=data,
-                    image=image,
+                    image=cluster.image,
                     nodes=num_nodes,
                     gpus_per_node=gpus_per_node,
                     precision=precision,
@@ -187,19 +145,18 @@ def build_retrain(train_retries: int = cluster.TRAIN_RETRIES, retry_backoff: str
                     settings=settings,
                     api=job_api,
                     namespace=namespace,
-                    cache_pvc=cache_pvc,
+                    cache_pvc=cluster.cache_pvc,
                     cache_dir=CACHE_MOUNT,
-                    mlflow_secret=mlflow_secret,
-                    node_selector=node_selector,
-                    tolerations=tolerations,
+                    mlflow_secret=cluster.mlflow_secret,
+                    node_selector=cluster.node_selector,
+                    tolerations=cluster.tolerations,
                     pipeline_run_id=run_id,
                 ).set_display_name(label)
+                # the launcher's pod needs no MLflow Secret (the job's pods get it); it stages the
+                # dataset on the PVC the job's pods mount and copies their run directory back
+                cluster.small(job, mlflow=False, cache=True)
                 # the launcher reattaches to its job on a retry instead of submitting a second one
-                cluster.with_train_retries(
-                    cluster.with_small_resources(cluster.on_image(job, image)), train_retries, retry_backoff
-                )
-                # stages the dataset on the PVC the job's pods mount, and copies their run directory back
-                cluster.with_cache(job, cache_pvc)
+                with_train_retries(job, train_retries, retry_backoff)
                 job.set_caching_options(False)
                 evaluate_and_promote(data=data, model=job.outputs["model"], **promote)
 
@@ -218,9 +175,8 @@ def build_retrain(train_retries: int = cluster.TRAIN_RETRIES, retry_backoff: str
                     pipeline_run_id=run_id,
                 ).set_display_name("train")
                 train_task.set_caching_options(False)
-                cluster.with_accelerator(cluster.on_image(train_task, image), **gpu)
-                cluster.with_cache(cluster.with_mlflow(train_task, mlflow_secret), cache_pvc)
-                cluster.with_train_retries(train_task, train_retries, retry_backoff)
+                cluster.gpu(train_task, gpus_per_node, cache=True)
+                with_train_retries(train_task, train_retries, retry_backoff)
                 evaluate_and_promote(data=data, model=train_task.outputs["model"], **promote)
 
     return retrain

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import subprocess
 import sys
 from pathlib import Path
@@ -46,14 +45,14 @@ RUNTIME_ONLY = {"cache_dir", "pipeline_run_id", "status"}
 RETURNED = {"Output"}
 
 
-def test_components_and_pipelines_import_neither_torch_nor_mlflow():
+def test_components_pipelines_and_their_runner_import_neither_torch_nor_mlflow():
     code = (
         "import sys, importlib\n"
         "for m in sys.argv[1:]: importlib.import_module(m)\n"
         "heavy = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'mlflow'))\n"
         "print(heavy[:5]); sys.exit(1 if heavy else 0)\n"
     )
-    modules = ["components", *(f"components.{c}" for c in sorted(ALL))]
+    modules = ["ampflow.integrations.kfp", "components", *(f"components.{c}" for c in sorted(ALL))]
     modules += [f"pipelines.{p}" for p in ("benchmark", "retrain", "compile", "local", "cluster")]
     # a fresh interpreter: this test process has long imported torch and mlflow
     proc = subprocess.run(  # noqa: S603 - this interpreter, fixed arguments
@@ -75,17 +74,17 @@ def test_component_runs_in_the_training_image_without_installing_kfp(name):
 
 
 def test_component_sources_hold_no_training_logic():
-    """Each component imports the step machinery inside its function and nothing from torch."""
+    """Each component imports the shared step runner inside its function and nothing from torch."""
     for name in ALL:
         source = (ROOT / "components" / name / "component.py").read_text()
         assert "import torch" not in source, name
         if name not in ("sweep_plan", "mark_failed"):
-            assert "step_argv(" in source and "main(argv[1:])" in source, name
-        # a component's source ships alone, so the tag is spelled out in each; keep them one tag
-        for tag in re.findall(r'"(ampflow\.pipeline[a-z_.]*)"', source) + re.findall(
-            r"`(ampflow\.pipeline[a-z_.]*)`", source
-        ):
-            assert tag == components.PIPELINE_RUN_TAG, (name, tag)
+            assert "run_step(" in source, name
+            # the run context, the exit-code check and the metric logging are run_step's
+            assert "MLFLOW_RUN_CONTEXT" not in source and "log_metric" not in source, name
+        # one constant for the pipeline-run tag, never spelled out
+        assert '"ampflow.pipeline_run_id"' not in source, name
+    assert components.PIPELINE_RUN_TAG == "ampflow.pipeline_run_id"
 
 
 # -- parity: component inputs -> step arguments ------------------------------------------------
@@ -350,25 +349,38 @@ def test_train_distributed_dry_run_renders_a_valid_manifest(tmp_path, capsys):
 
 
 def test_sweep_plan_matches_bench_order_and_ids():
-    from ampflow.config import sweep_entries
+    from ampflow.config import SweepSpec
 
-    plan = sweep_plan.python_func(configurations=["32-true", "bf16-mixed"], repeats=2)
-    expected = sweep_entries(["32-true", "bf16-mixed"], [False], 2)
-    assert [p["id"] for p in plan] == [e.id for e in expected]
-    assert [p["precision"] for p in plan] == ["32-true", "bf16-mixed", "32-true", "bf16-mixed"]
-    plan = sweep_plan.python_func(configurations=["bf16-mixed+compile"], repeats=1)
-    assert plan == [{"id": "bf16-mixed-compiled", "precision": "bf16-mixed", "compile": True}]
+    plan = sweep_plan.python_func(
+        precisions=["32-true", "bf16-mixed"], compile_modes=["off", "on"], repeats=2
+    )
+    expected = SweepSpec.from_words("32-true,bf16-mixed", "off,on", repeats=2).entries()
+    assert plan == [e.to_dict() for e in expected]
+    assert [p["id"] for p in plan[:4]] == ["32-true", "32-true-compiled", "bf16-mixed", "bf16-mixed-compiled"]
+    assert plan[4]["id"] == "32-true-r1"
+    plan = sweep_plan.python_func(precisions=["bf16-mixed"], compile_modes=["on"], baseline="bf16-mixed")
+    assert plan == [{"id": "bf16-mixed-compiled", "precision": "bf16-mixed", "compile": True, "repeat": 0}]
 
 
 @pytest.mark.parametrize(
-    "configs,repeats",
-    [(["fp9"], 1), (["32-true+fast"], 1), ([], 1), (["32-true"], 0), (["32-true", "32-true"], 1)],
+    "precisions,compile_modes,repeats,baseline",
+    [
+        (["fp9"], ["off"], 1, "fp9"),
+        (["32-true"], ["fast"], 1, "32-true"),
+        ([], ["off"], 1, "32-true"),
+        (["32-true"], [], 1, "32-true"),
+        (["32-true"], ["off"], 0, "32-true"),
+        (["32-true", "32-true"], ["off"], 1, "32-true"),
+        (["bf16-mixed"], ["off"], 1, "32-true"),  # the baseline must be one of the precisions
+    ],
 )
-def test_sweep_plan_refuses_bad_input(configs, repeats):
+def test_sweep_plan_refuses_bad_input(precisions, compile_modes, repeats, baseline):
     from ampflow.config import ConfigError
 
     with pytest.raises(ConfigError):
-        sweep_plan.python_func(configurations=configs, repeats=repeats)
+        sweep_plan.python_func(
+            precisions=precisions, compile_modes=compile_modes, repeats=repeats, baseline=baseline
+        )
 
 
 # -- exit handler against a real MLflow store ----------------------------------------------------
@@ -416,3 +428,77 @@ def test_run_context_tag_reaches_runs_started_by_mlflow(tmp_path):
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert json.loads(proc.stdout.strip().splitlines()[-1])[components.PIPELINE_RUN_TAG] == "job-9"
+
+
+# -- the shared step runner ------------------------------------------------------------------------
+
+
+class _Metrics:
+    def __init__(self):
+        self.logged = {}
+
+    def log_metric(self, name, value):
+        self.logged[name] = value
+
+
+def test_run_step_sets_the_run_context_logs_finite_figures_and_fails_on_exit_code(monkeypatch, tmp_path):
+    from ampflow import cli
+    from ampflow.integrations import kfp as integration
+
+    result = tmp_path / "result.json"
+    result.write_text(json.dumps({"metrics": {"samples_per_s": 12.5, "loss": float("nan"), "ok": True}}))
+    seen = {}
+
+    def fake_main(argv):
+        seen["argv"], seen["context"] = argv, os.environ.get("MLFLOW_RUN_CONTEXT")
+        return seen.get("rc", 0)
+
+    monkeypatch.setattr(cli, "main", fake_main)
+    monkeypatch.delenv("MLFLOW_RUN_CONTEXT", raising=False)
+    metrics = _Metrics()
+    got = integration.run_step(
+        "prep", recipe="tweets-bow", out="/o", source="", seed=0, pipeline_run_id="job-3",
+        metrics=metrics, result_file=str(result),
+    )  # fmt: skip
+    # "" means "not given" in a KFP parameter; 0 is a value
+    assert seen["argv"] == ["prep", "--recipe", "tweets-bow", "--out", "/o", "--seed", "0"]
+    assert json.loads(seen["context"]) == {components.PIPELINE_RUN_TAG: "job-3"}
+    assert metrics.logged == {"samples_per_s": 12.5}
+    assert got["metrics"]["samples_per_s"] == 12.5
+
+    seen["rc"] = 2
+    with pytest.raises(RuntimeError, match="ampflow prep exited 2"):
+        integration.run_step("prep", recipe="tweets-bow", out="/o")
+    with pytest.raises(ValueError, match="key=value"):
+        integration.run_step("train", recipe="tweets-bow", settings=["max_steps"])
+
+
+def test_components_tag_constant_is_the_integrations_one():
+    from ampflow.integrations.kfp import PIPELINE_RUN_TAG
+
+    assert components.PIPELINE_RUN_TAG is PIPELINE_RUN_TAG
+
+
+def test_both_pipelines_take_the_one_cluster_parameter_definition():
+    from pipelines.benchmark import benchmark
+    from pipelines.cluster import CLUSTER_PARAMETERS
+    from pipelines.retrain import evaluate_and_promote, retrain
+
+    for pipeline in (benchmark, retrain, evaluate_and_promote):
+        assert set(CLUSTER_PARAMETERS) <= set(pipeline.component_spec.inputs), pipeline.name
+    for name, (_, default) in CLUSTER_PARAMETERS.items():
+        assert benchmark.component_spec.inputs[name].default == default
+        assert retrain.component_spec.inputs[name].default == default
+
+
+def test_bench_finds_the_kfp_local_engine_by_entry_point(monkeypatch):
+    import importlib.metadata
+
+    from ampflow.config import ConfigError
+    from ampflow.steps import bench
+    from pipelines.local import run_benchmark_locally
+
+    assert bench._kfp_local_runner() is run_benchmark_locally
+    monkeypatch.setattr(importlib.metadata, "entry_points", lambda **_: [])
+    with pytest.raises(ConfigError, match="kfp-local is not installed"):
+        bench._kfp_local_runner()

@@ -125,7 +125,10 @@ def test_benchmark_yaml_carries_cluster_settings():
     assert policy["maxRetryCount"] == 2 and policy["backoffDuration"] == "60s"
     loop = spec["components"]["comp-for-loop-1"]
     params = spec["root"]["inputDefinitions"]["parameters"]
-    assert {"recipe", "configurations", "repeats", "tolerance", "image"} <= set(params)
+    assert {"recipe", "precisions", "compile_modes", "repeats", "baseline", "tolerance", "image"} <= set(
+        params
+    )
+    assert "configurations" not in params, "the sweep is given as lists, not encoded strings"
     assert spec["root"]["dag"]["tasks"]["for-loop-1"]["parameterIterator"]["itemInput"]
     assert "dag" in loop
     compare_inputs = spec["root"]["dag"]["tasks"]["compare"]["inputs"]["artifacts"]["runs"]

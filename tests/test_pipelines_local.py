@@ -55,20 +55,21 @@ def _only_run_dir(root: Path) -> Path:
 
 
 def test_benchmark_pipeline_runs_locally_and_reports(tmp_path, tracking_env, mlflow_client):
+    from ampflow.config import SweepSpec
     from pipelines.local import find_task_dir, run_benchmark_locally
 
     out = tmp_path / "bench"
     summary = run_benchmark_locally(
         recipe="tweets-bow",
-        precisions=["32-true", "bf16-mixed"],
-        compile_modes=[False],
-        repeats=1,
+        sweep=SweepSpec.from_lists(["32-true", "bf16-mixed"], ["off"], repeats=1, baseline="bf16-mixed"),
         out=out,
         overrides=TINY,
         tolerance=100.0,
         limit=LIMIT,
     )
-    assert [c["config_id"] for c in summary["configs"]] == ["32-true", "bf16-mixed"]
+    # the sweep's baseline reaches compare, which reports it first
+    assert summary["baseline"] == "bf16-mixed"
+    assert [c["config_id"] for c in summary["configs"]] == ["bf16-mixed", "32-true"]
     assert summary["recommended"] in ("32-true", "bf16-mixed")
     assert (out / "report.html").read_text().lstrip().lower().startswith("<!doctype html")
     assert "32-true" in (out / "report.md").read_text()

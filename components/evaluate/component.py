@@ -29,42 +29,28 @@ def evaluate(
     other small files, plus eval/eval.json): the input artifact is read-only in a pod, and this is the
     layout `ampflow compare --runs` reads. Returns the accuracy.
     """
-    import json
-    import math
     import os
     import shutil
 
-    from ampflow.cli import main
-    from ampflow.commands import step_argv
-
-    if pipeline_run_id:
-        os.environ["MLFLOW_RUN_CONTEXT"] = json.dumps({"ampflow.pipeline_run_id": pipeline_run_id})
+    from ampflow.integrations.kfp import run_step
 
     # weights stay in the model artifact; compare needs the figures only
     heavy = shutil.ignore_patterns("*.pt", "*.pth", "*.safetensors", "*.distcp", "checkpoint*", "eval")
     shutil.copytree(model.path, evaluated_run.path, ignore=heavy, dirs_exist_ok=True)
     eval_dir = os.path.join(evaluated_run.path, "eval")
-    argv = step_argv(
+    result = run_step(
         "evaluate",
         recipe=recipe,
         data=data.path,
         checkpoint=model.path,
         out=eval_dir,
-        parent_run_id=parent_run_id or None,
+        parent_run_id=parent_run_id,
         require_tracking=require_tracking,
+        pipeline_run_id=pipeline_run_id,
+        metrics=metrics,
+        result_file=os.path.join(eval_dir, "eval.json"),
     )
-    print("running:", " ".join(argv), flush=True)
-    rc = main(argv[1:])
-    if rc != 0:
-        raise RuntimeError(f"ampflow evaluate exited {rc}")
-
-    with open(os.path.join(eval_dir, "eval.json"), encoding="utf-8") as fh:
-        result = json.load(fh)
-    figures = result.get("metrics", result)
-    for name, value in sorted(figures.items()):
-        if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
-            metrics.log_metric(name, value)
     for key in ("precision", "compile", "strategy", "config_id"):
         if key in model.metadata:
             evaluated_run.metadata[key] = model.metadata[key]
-    return float(figures["accuracy"])
+    return float(result.get("metrics", result)["accuracy"])

@@ -6,7 +6,8 @@
 
 A step killed from outside (OOM kill, evicted pod, deadline) cannot close its own MLflow run; this task
 runs after the pipeline body whatever happened and closes what the body left open. Every component
-tags the runs its step starts with ``ampflow.pipeline_run_id`` through MLflow's ``MLFLOW_RUN_CONTEXT``.
+tags the runs its step starts with ``ampflow.integrations.kfp.PIPELINE_RUN_TAG`` through MLflow's
+``MLFLOW_RUN_CONTEXT``.
 """
 
 # No `from __future__ import annotations` here: KFP reads the annotations as types.
@@ -31,9 +32,10 @@ def mark_failed(pipeline_run_id: str, status: dsl.PipelineTaskFinalStatus) -> in
         print("MLFLOW_TRACKING_URI is not set: no MLflow runs to close", flush=True)
         return 0
 
+    from ampflow.integrations.kfp import PIPELINE_RUN_TAG
     from ampflow.tracking import close_running_runs
 
-    closed = close_running_runs("ampflow.pipeline_run_id", pipeline_run_id, status="FAILED")
+    closed = close_running_runs(PIPELINE_RUN_TAG, pipeline_run_id, status="FAILED")
     for run_id in closed:
         print(f"marked MLflow run {run_id} FAILED", flush=True)
     return len(closed)

@@ -24,16 +24,12 @@ def register(
     The step refuses to move the `champion` alias when the candidate does not match the current
     champion within `tolerance`; that is a normal outcome (exit 0), not a failed task.
     """
-    import json
-    import os
+    from ampflow.integrations.kfp import run_step
 
-    from ampflow.cli import main
-    from ampflow.commands import step_argv
-
-    if pipeline_run_id:
-        os.environ["MLFLOW_RUN_CONTEXT"] = json.dumps({"ampflow.pipeline_run_id": pipeline_run_id})
-    argv = step_argv("register", summary=summary.path, model_name=model_name or None, tolerance=tolerance)
-    print("running:", " ".join(argv), flush=True)
-    rc = main(argv[1:])
-    if rc != 0:
-        raise RuntimeError(f"ampflow register exited {rc}")
+    run_step(
+        "register",
+        summary=summary.path,
+        model_name=model_name,
+        tolerance=tolerance,
+        pipeline_run_id=pipeline_run_id,
+    )

@@ -1,7 +1,7 @@
-"""KFP component: expand a benchmark's configurations and repeats into the ParallelFor items.
+"""KFP component: expand a benchmark sweep (precisions x compile modes x repeats) into ParallelFor items.
 
 from components.sweep_plan import sweep_plan
-plan = sweep_plan(configurations=["32-true", "bf16-mixed", "bf16-mixed+compile"], repeats=3)
+plan = sweep_plan(precisions=["32-true", "bf16-mixed"], compile_modes=["off", "on"], repeats=3)
 with dsl.ParallelFor(plan.output) as entry: ...   # entry.id, entry.precision, entry.compile
 """
 
@@ -14,28 +14,20 @@ from components import TRAINING_IMAGE
 
 
 @dsl.component(base_image=TRAINING_IMAGE, install_kfp_package=False)
-def sweep_plan(configurations: List[str], repeats: int = 1) -> List[dict]:  # noqa: UP006
-    """One item per (configuration, repeat), in ``ampflow bench``'s order (repeats interleave).
+def sweep_plan(
+    precisions: List[str],  # noqa: UP006
+    compile_modes: List[str] = ["off"],  # noqa: B006, UP006
+    repeats: int = 1,
+    baseline: str = "32-true",
+) -> List[dict]:  # noqa: UP006
+    """One item ``{id, precision, compile, repeat}`` per configuration and repeat, in ``ampflow bench``'s
+    order (repeats interleave).
 
-    A configuration is a precision mode, with ``+compile`` for a torch.compile run
-    (``bf16-mixed+compile``). Bad input fails here, before any GPU pod starts.
+    compile_modes: ``off`` and/or ``on``. The sweep is parsed by ``ampflow.config.SweepSpec``, as
+    ``ampflow bench`` and the Airflow DAG parse theirs; bad input (an unknown precision, a baseline
+    not in `precisions`) fails here, before any GPU pod starts.
     """
-    from ampflow.config import ConfigError, sweep_entries
+    from ampflow.config import SweepSpec
 
-    pairs = []
-    for text in configurations:
-        precision, _, flag = text.strip().partition("+")
-        if flag not in ("", "compile"):
-            raise ConfigError(f"configuration {text!r}: write PRECISION or PRECISION+compile")
-        pairs.append((precision, flag == "compile"))
-    if not pairs:
-        raise ConfigError("configurations must list at least one configuration")
-    if len(set(pairs)) != len(pairs):
-        raise ConfigError(f"configurations lists a configuration twice: {configurations}")
-    # sweep_entries validates and names each entry the way `ampflow bench` does
-    per_config = [sweep_entries([p], [c], repeats) for p, c in pairs]
-    return [
-        {"id": entries[r].id, "precision": entries[r].precision, "compile": entries[r].compile}
-        for r in range(repeats)
-        for entries in per_config
-    ]
+    sweep = SweepSpec.from_lists(precisions, compile_modes, repeats, baseline)
+    return [entry.to_dict() for entry in sweep.entries()]

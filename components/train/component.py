@@ -34,28 +34,12 @@ def train(
     settings: ``key=value`` configuration overrides, as ``ampflow train --set``.
     Returns the configuration id (e.g. ``bf16-mixed-compiled``).
     """
-    import json
-    import math
     import os
 
-    from ampflow.cli import main
-    from ampflow.commands import step_argv
+    from ampflow.config import config_id
+    from ampflow.integrations.kfp import run_step
 
-    if pipeline_run_id:
-        os.environ["MLFLOW_RUN_CONTEXT"] = json.dumps({"ampflow.pipeline_run_id": pipeline_run_id})
-    if cache_dir and os.path.isdir(cache_dir):
-        # a retried or repeated train reuses compiled kernels and downloaded weights
-        os.environ.setdefault("HF_HOME", os.path.join(cache_dir, "huggingface"))
-        os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", os.path.join(cache_dir, "inductor"))
-        os.environ.setdefault("XDG_CACHE_HOME", cache_dir)
-
-    overrides = {}
-    for pair in settings or []:
-        key, sep, value = pair.partition("=")
-        if not sep:
-            raise ValueError(f"settings: expected key=value, got {pair!r}")
-        overrides[key.strip()] = value.strip()
-    argv = step_argv(
+    run_step(
         "train",
         recipe=recipe,
         data=data.path,
@@ -63,24 +47,14 @@ def train(
         precision=precision,
         strategy=strategy,
         compile=compile,
-        parent_run_id=parent_run_id or None,
+        parent_run_id=parent_run_id,
         require_tracking=require_tracking,
-        overrides=overrides,
+        settings=settings,
+        cache_dir=cache_dir,
+        pipeline_run_id=pipeline_run_id,
+        metrics=metrics,
+        result_file=os.path.join(model.path, "result.json"),
     )
-    print("running:", " ".join(argv), flush=True)
-    rc = main(argv[1:])
-    if rc != 0:
-        raise RuntimeError(f"ampflow train exited {rc}")
-
-    with open(os.path.join(model.path, "result.json"), encoding="utf-8") as fh:
-        result = json.load(fh)
-    figures = result.get("metrics", result)
-    for name, value in sorted(figures.items()):
-        if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
-            metrics.log_metric(name, value)
-    model.metadata["precision"] = precision
-    model.metadata["compile"] = compile
-    model.metadata["strategy"] = strategy
-    config_id = f"{precision}{'-compiled' if compile else ''}"
-    model.metadata["config_id"] = config_id
-    return config_id
+    cid = config_id(precision, compile, strategy)
+    model.metadata.update(precision=precision, compile=compile, strategy=strategy, config_id=cid)
+    return cid

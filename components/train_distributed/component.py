@@ -55,17 +55,8 @@ def train_distributed(
     import os
     import shutil
 
-    from ampflow.cli import main
-    from ampflow.commands import step_argv
+    from ampflow.integrations.kfp import run_step
 
-    if pipeline_run_id:
-        os.environ["MLFLOW_RUN_CONTEXT"] = json.dumps({"ampflow.pipeline_run_id": pipeline_run_id})
-    overrides = {}
-    for pair in settings or []:
-        key, sep, value = pair.partition("=")
-        if not sep:
-            raise ValueError(f"settings: expected key=value, got {pair!r}")
-        overrides[key.strip()] = value.strip()
     job_name = name or f"ampflow-{recipe}-{pipeline_run_id or 'run'}"
     staging = os.path.join(cache_dir, "pipelines", pipeline_run_id or "run", job_name)
     pod_data, pod_out = os.path.join(staging, "data"), os.path.join(staging, "run")
@@ -74,23 +65,29 @@ def train_distributed(
             raise RuntimeError(f"cache_dir {cache_dir} is not mounted: the job's pods read the data from it")
         shutil.copytree(data.path, pod_data, dirs_exist_ok=True)
 
-    argv = step_argv(
-        "launch", recipe=recipe, data=pod_data, out=pod_out, precision=precision, strategy=strategy,
-        nodes=nodes, gpus_per_node=gpus_per_node, image=image, name=job_name, api=api,
-        namespace=namespace or None, volume=[f"{cache_pvc}:{cache_dir}"], mlflow_secret=mlflow_secret or None,
-        node_selector=[f"{k}={v}" for k, v in sorted((node_selector or {}).items())] or None,
+    launch = dict(
+        nodes=nodes, gpus_per_node=gpus_per_node, image=image, name=job_name, api=api, namespace=namespace,
+        volume=[f"{cache_pvc}:{cache_dir}"], mlflow_secret=mlflow_secret,
+        node_selector=[f"{k}={v}" for k, v in sorted((node_selector or {}).items())],
         # Kubernetes toleration objects pass through as JSON, exactly as the pipeline parameter gives them
-        tolerations=[json.dumps(t, sort_keys=True) for t in tolerations or []] or None,
-        compile=compile, dry_run=dry_run, overrides=overrides,
+        tolerations=[json.dumps(t, sort_keys=True) for t in tolerations or []], dry_run=dry_run,
     )  # fmt: skip
-    print("running:", " ".join(argv), flush=True)
-    rc = main(argv[1:])
-    if rc != 0:
-        raise RuntimeError(f"ampflow launch exited {rc}")
+    run_step(
+        "train",
+        distributed=True,
+        launch=launch,
+        recipe=recipe,
+        data=pod_data,
+        out=pod_out,
+        precision=precision,
+        strategy=strategy,
+        compile=compile,
+        settings=settings,
+        pipeline_run_id=pipeline_run_id,
+    )
     if not dry_run:
         shutil.copytree(pod_out, model.path, dirs_exist_ok=True)
-    model.metadata["precision"] = precision
-    model.metadata["compile"] = compile
-    model.metadata["strategy"] = strategy
-    model.metadata["world_size"] = nodes * gpus_per_node
+    model.metadata.update(
+        precision=precision, compile=compile, strategy=strategy, world_size=nodes * gpus_per_node
+    )
     return job_name
