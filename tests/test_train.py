@@ -317,17 +317,17 @@ class RecordingTracker:
 
 
 def test_tracker_closed_failed_killed_finished():
-    from ampflow.steps.train import Terminated, _tracked
+    from ampflow.tracking import Terminated, tracked
 
     t = RecordingTracker()
-    with pytest.raises(RuntimeError), _tracked(t):
+    with pytest.raises(RuntimeError), tracked(t):
         raise RuntimeError("boom")
-    with pytest.raises(Terminated), _tracked(t):
+    with pytest.raises(Terminated), tracked(t):
         os.kill(os.getpid(), signal.SIGTERM)
         time.sleep(5)  # the handler interrupts this at once
-    with pytest.raises(KeyboardInterrupt), _tracked(t):
+    with pytest.raises(KeyboardInterrupt), tracked(t):
         raise KeyboardInterrupt
-    with _tracked(t):
+    with tracked(t):
         pass
     assert t.statuses == ["FAILED", "KILLED", "KILLED", "FINISHED"]
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL or callable(signal.getsignal(signal.SIGTERM))

@@ -178,7 +178,7 @@ def records_from_sweep(sweep_run_id: str | None, *, uri: str | None = None) -> l
     from mlflow.tracking import MlflowClient
 
     from ampflow.tracking import schema
-    from ampflow.tracking.mlflow_tracker import tracking_uri
+    from ampflow.tracking.tracker import tracking_uri
 
     uri = uri or tracking_uri()
     client = MlflowClient(uri)
@@ -226,7 +226,7 @@ def latest_sweep(experiment: str, recipe: str | None, *, uri: str | None = None)
     from mlflow.tracking import MlflowClient
 
     from ampflow.tracking import schema
-    from ampflow.tracking.mlflow_tracker import tracking_uri
+    from ampflow.tracking.tracker import tracking_uri
 
     client = MlflowClient(uri or tracking_uri())
     exp = client.get_experiment_by_name(experiment)
@@ -770,7 +770,7 @@ def publish(summary: dict[str, Any], files: list[Path], *, uri: str | None = Non
     from mlflow.entities import Metric
     from mlflow.tracking import MlflowClient
 
-    from ampflow.tracking.mlflow_tracker import tracking_uri
+    from ampflow.tracking.tracker import tracking_uri
 
     client = MlflowClient(uri or tracking_uri())
     run_id = summary["sweep_run_id"]

@@ -67,7 +67,6 @@ def run(
     from ampflow import tracking
     from ampflow.dataset import atomic_write_json, read_manifest
     from ampflow.recipes import get_recipe
-    from ampflow.steps.train import _tracked
     from ampflow.train import checkpoint
     from ampflow.train.devices import resolve_device
     from ampflow.train.evaluation import evaluate
@@ -113,7 +112,7 @@ def run(
         require=require_tracking,
         attach_to=run_dir,
     )
-    with _tracked(tracker):
+    with tracking.tracked(tracker):
         result = evaluate(eval_config, recipe, Path(paths.data), state, policy=policy, device=device)
         result["checkpoint"] = str(
             checkpoint.checkpoint_path(paths.checkpoint)

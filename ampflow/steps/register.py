@@ -53,7 +53,7 @@ def run(
 
     from ampflow.dataset import atomic_write_json
     from ampflow.tracking import schema
-    from ampflow.tracking.mlflow_tracker import tracking_uri as default_uri
+    from ampflow.tracking.tracker import tracking_uri as default_uri
 
     summary_path: Path | None = None
     if not isinstance(summary, dict):

@@ -43,15 +43,14 @@ def run(run_dir: str | Path, *, uri: str | None = None) -> dict[str, Any]:
 
     from mlflow.tracking import MlflowClient
 
-    from ampflow.tracking.mlflow_tracker import _HTTP_DEFAULTS, Sender, _short
     from ampflow.tracking.spool import FOLDER, STATE, Spool
+    from ampflow.tracking.writer import Sender, apply_http_defaults, short_error
 
     run_dir = Path(run_dir)
     folders = sorted(p for p in run_dir.glob(f"{FOLDER}*") if (p / STATE).is_file())
     if not folders:
         raise ConfigError(f"{run_dir}: no tracking spool ({FOLDER}/{STATE}); nothing to sync")
-    for key, value in _HTTP_DEFAULTS.items():
-        os.environ.setdefault(key, value)
+    apply_http_defaults()
     report = []
     for folder in folders:
         spool = Spool(folder)
@@ -63,7 +62,7 @@ def run(run_dir: str | Path, *, uri: str | None = None) -> dict[str, Any]:
         try:
             entry["sent"] = sender.replay()
         except Exception as exc:
-            entry["error"] = f"{type(exc).__name__}: {_short(exc)}"
+            entry["error"] = f"{type(exc).__name__}: {short_error(exc)}"
             print(
                 f"ampflow sync: {folder}: server unreachable, spool kept ({entry['error']})", file=sys.stderr
             )

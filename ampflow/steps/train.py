@@ -12,10 +12,8 @@ directory that already holds a checkpoint is refused (exit 2); pass ``--resume``
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
-import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -205,7 +203,7 @@ def run(
             require=require_tracking,
             rank=dist_info.rank,
         )
-        with _tracked(tracker):
+        with tracking.tracked(tracker):
             if dist_info.is_main:
                 out.mkdir(parents=True, exist_ok=True)
                 tracker.log_dataset(data_dir)
@@ -237,32 +235,3 @@ def _device_kind(name: str) -> str:
     import torch
 
     return "cuda" if torch.cuda.is_available() else "cpu"
-
-
-class Terminated(KeyboardInterrupt):
-    """SIGTERM (a pod's eviction, an orchestrator's cancel): handled like Ctrl-C, the run ends KILLED."""
-
-
-@contextlib.contextmanager
-def _tracked(tracker: Any):
-    """Close the tracker FINISHED, FAILED on an exception, KILLED on SIGTERM or Ctrl-C."""
-
-    def on_term(signum: int, frame: Any) -> None:
-        raise Terminated()
-
-    previous = None
-    with contextlib.suppress(ValueError):  # not the main thread: leave signals alone
-        previous = signal.signal(signal.SIGTERM, on_term)
-    try:
-        yield tracker
-    except KeyboardInterrupt:
-        tracker.close("KILLED")
-        raise
-    except BaseException:
-        tracker.close("FAILED")
-        raise
-    else:
-        tracker.close("FINISHED")
-    finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)

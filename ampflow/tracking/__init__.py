@@ -14,17 +14,44 @@ Contract used by the steps (train, evaluate, bench):
     tracker.log_artifact(path)                                   # any other file
     tracker.log_dataset(data_dir)                                # the prepared dataset as a run input
     tracker.close("FINISHED" | "FAILED" | "KILLED")
+
+    with tracked(tracker): ...          # closes FINISHED / FAILED / KILLED (SIGTERM -> Terminated)
+    close_running_runs(tag, value)      # pipeline exit handlers: runs of SIGKILLed steps -> FAILED
+
+Public names: :func:`start_run`, :class:`Tracker`, :class:`NullTracker`, :data:`Status`,
+:func:`tracked`, :class:`Terminated`, :func:`close_running_runs`; and, loaded on first use (they
+need mlflow), ``MlflowTracker``, ``TrackingUnavailable``, ``tracking_uri``, ``experiment_name``.
+
+The package's modules, one job each: ``tracker`` (the MLflow run: creation, what it logs),
+``writer`` (the writer thread, sending, HTTP defaults, transient errors), ``spool`` (the on-disk
+queue), ``lifecycle`` (SIGTERM, exit, closing runs), ``model`` (model export), ``schema`` (tag and
+metric names), ``queries`` (MLflow reads), ``server`` (a local MLflow server).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import Any, Protocol
 
-Status = Literal["FINISHED", "FAILED", "KILLED"]
+from ampflow.tracking.lifecycle import Status, Terminated, close_running_runs, tracked
+
+__all__ = [
+    "NullTracker",
+    "Status",
+    "Terminated",
+    "Tracker",
+    "close_running_runs",
+    "start_run",
+    "tracked",
+]
+
+# loaded on first use, from ampflow.tracking.tracker: importing this package must not import mlflow
+_LAZY = {"MlflowTracker", "TrackingUnavailable", "tracking_uri", "experiment_name"}
 
 
 class Tracker(Protocol):
+    """What the engine and the steps may call on a run (see the module docstring)."""
+
     run_id: str | None
 
     def log_params(self, params: dict[str, Any]) -> None: ...
@@ -103,7 +130,7 @@ def start_run(
     if rank != 0 or os.environ.get("AMPFLOW_TRACKING", "").strip().lower() in {"off", "0", "false", "no"}:
         return NullTracker()
     try:
-        from ampflow.tracking.mlflow_tracker import MlflowTracker
+        from ampflow.tracking.tracker import MlflowTracker
     except ImportError as exc:  # the tracking extra is not installed
         if require:
             raise RuntimeError(f"--require-tracking: mlflow is not installed ({exc})") from None
@@ -120,36 +147,8 @@ def start_run(
 
 
 def __getattr__(name: str) -> Any:
-    # lazy re-exports: importing ampflow.tracking must not import mlflow
-    if name in {"TrackingUnavailable", "MlflowTracker", "tracking_uri", "experiment_name"}:
-        from ampflow.tracking import mlflow_tracker
+    if name in _LAZY:
+        from ampflow.tracking import tracker
 
-        return getattr(mlflow_tracker, name)
+        return getattr(tracker, name)
     raise AttributeError(name)
-
-
-def close_running_runs(
-    tag: str, value: str, *, status: Status = "FAILED", uri: str | None = None
-) -> list[str]:
-    """Mark every RUNNING run tagged ``tag=value`` as ``status``; returns their run ids.
-
-    The exit handlers of KFP pipelines and Airflow DAGs call this: a step that was SIGKILLed (OOM,
-    eviction) never got to close its own run, but it carried its pipeline's run id as a tag.
-    """
-    from mlflow.entities import ViewType
-    from mlflow.tracking import MlflowClient
-
-    from ampflow.tracking.mlflow_tracker import tracking_uri
-
-    client = MlflowClient(uri or tracking_uri())
-    experiment_ids = [e.experiment_id for e in client.search_experiments(view_type=ViewType.ACTIVE_ONLY)]
-    if not experiment_ids:
-        return []
-    # the filter grammar has no escaping for quotes; a run id never contains one
-    safe = value.replace("'", "")
-    query = f"tags.`{tag}` = '{safe}' and attributes.status = 'RUNNING'"
-    closed = []
-    for run in client.search_runs(experiment_ids, filter_string=query, max_results=1000):
-        client.set_terminated(run.info.run_id, status=status)
-        closed.append(run.info.run_id)
-    return closed
