@@ -7,13 +7,22 @@ against the runs' metrics in a real `mlflow server` (session fixture).
 from __future__ import annotations
 
 import json
+import pkgutil
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
+import ampflow.compare
 from ampflow.cli import main
+from ampflow.compare.markdown import render_markdown
+from ampflow.compare.summary import compare_runs
 from ampflow.config import ConfigError
-from ampflow.steps import compare
+from ampflow.steps.compare import EXIT_REGRESSION
 from tests.fixtures_mlflow import log_sweep
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def rec(precision, thr, acc, *, peak=100.0, compile=False, ece=0.05, name=None):
@@ -30,7 +39,7 @@ def by_id(summary):
 def test_verdict_and_recommendation_follow_the_tolerance():
     runs = [rec("32-true", 100, 0.800, peak=200), rec("bf16-mixed", 150, 0.797, peak=120),
             rec("tf32", 180, 0.790, peak=200), rec("16-mixed", 170, 0.804, peak=110)]  # fmt: skip
-    s = compare.compare_runs(runs, baseline="32-true", tolerance=0.5, previous=[])
+    s = compare_runs(runs, baseline="32-true", tolerance=0.5, previous=[])
     c = by_id(s)
     assert c["32-true"]["verdict"] == "baseline"
     assert c["bf16-mixed"]["verdict"] == "pass" and c["bf16-mixed"]["speedup"] == 1.5
@@ -39,10 +48,10 @@ def test_verdict_and_recommendation_follow_the_tolerance():
     assert c["tf32"]["verdict"] == "fail"  # fastest, but 1 pp below the baseline
     assert s["recommended"] == "16-mixed"  # the fastest that passes
     # a wider tolerance lets the fastest one through
-    assert compare.compare_runs(runs, tolerance=1.5, previous=[])["recommended"] == "tf32"
+    assert compare_runs(runs, tolerance=1.5, previous=[])["recommended"] == "tf32"
     # single runs cannot tell noise
     assert c["bf16-mixed"]["throughput_within_noise"] is None
-    md = compare.render_markdown(s)
+    md = render_markdown(s)
     assert "16-mixed" in md and "**recommended**" in md and "1.50x" in md
 
 
@@ -50,7 +59,7 @@ def test_repeats_give_medians_spread_and_within_noise():
     runs = [rec("32-true", 100, 0.80), rec("32-true", 110, 0.81), rec("32-true", 90, 0.79),
             rec("bf16-mixed", 104, 0.80), rec("bf16-mixed", 96, 0.80), rec("bf16-mixed", 106, 0.80),
             rec("tf32", 150, 0.80), rec("tf32", 152, 0.80), rec("tf32", 149, 0.80)]  # fmt: skip
-    c = by_id(compare.compare_runs(runs, previous=[]))
+    c = by_id(compare_runs(runs, previous=[]))
     thr = c["32-true"]["figures"]["samples_per_s"]
     assert (thr["median"], thr["min"], thr["max"], thr["n"]) == (100, 90, 110, 3)
     assert c["bf16-mixed"]["speedup"] == 1.04 and c["bf16-mixed"]["speedup_range"] == [0.96, 1.06]
@@ -71,19 +80,17 @@ def test_regression_against_previous_sweeps():
         },
         {"sweep_run_id": "b", "configs": {"bf16-mixed": {"samples_per_s": 150, "accuracy": 0.799}}},
     ]
-    s = compare.compare_runs(runs, previous=previous, throughput_drop=0.10, accuracy_drop=1.0)
+    s = compare_runs(runs, previous=previous, throughput_drop=0.10, accuracy_drop=1.0)
     flagged = {(r["config_id"], r["metric"]) for r in s["regressions"]}
     # bf16: 130 against a median of 155 (-16%), accuracy 2 pp below; 32-true: 1% slower, inside the threshold
     assert flagged == {("bf16-mixed", "samples_per_s"), ("bf16-mixed", "accuracy")}
     assert s["regressed"] is True
-    assert not compare.compare_runs(runs, previous=previous, throughput_drop=0.2, accuracy_drop=2.5)[
-        "regressed"
-    ]
+    assert not compare_runs(runs, previous=previous, throughput_drop=0.2, accuracy_drop=2.5)["regressed"]
 
 
 def test_bad_input_is_a_config_error():
     with pytest.raises(ConfigError, match="--baseline"):
-        compare.compare_runs([rec("bf16-mixed", 1, 0.5)], baseline="32-true", previous=[])
+        compare_runs([rec("bf16-mixed", 1, 0.5)], baseline="32-true", previous=[])
     assert main(["compare", "--runs", "/nonexistent/run"]) == 2
     assert main(["compare"]) == 2
 
@@ -117,7 +124,7 @@ def test_report_from_a_tracked_sweep_and_regression_gate(tracking_env, mlflow_cl
     assert mlflow_client.get_run(first).data.tags["ampflow.recommended"] == "bf16-mixed"
 
     # the same summary from run directories
-    s_dirs = compare.compare_runs(dirs, previous=[])
+    s_dirs = compare_runs(dirs, previous=[])
     assert by_id(s_dirs)["bf16-mixed"]["speedup"] == 1.4
 
     # the next scheduled sweep got slower: flagged, and the gate exits 3
@@ -125,10 +132,7 @@ def test_report_from_a_tracked_sweep_and_regression_gate(tracking_env, mlflow_cl
         tmp_path / "s2", [("32-true", 99.0, 2.0e8, 0.80), ("bf16-mixed", 100.0, 1.2e8, 0.797)]
     )
     out2 = tmp_path / "report2"
-    assert (
-        main(["compare", "--sweep", second, "--out", str(out2), "--fail-on-regression"])
-        == compare.EXIT_REGRESSION
-    )
+    assert main(["compare", "--sweep", second, "--out", str(out2), "--fail-on-regression"]) == EXIT_REGRESSION
     s2 = json.loads((out2 / "summary.json").read_text())
     assert s2["regression_baseline"] == [first]
     assert [(r["config_id"], r["metric"]) for r in s2["regressions"]] == [("bf16-mixed", "samples_per_s")]
@@ -140,3 +144,14 @@ def tracking_env_experiment():
     import os
 
     return os.environ["AMPFLOW_EXPERIMENT"]
+
+
+def test_compare_imports_without_mlflow_matplotlib_or_torch():
+    """The Airflow scheduler's venv imports parts of ampflow.compare and has no mlflow; matplotlib
+    loads only when report.html is drawn. One fresh interpreter, so nothing imported here hides it."""
+    names = ["ampflow.compare", "ampflow.tracking.queries", "ampflow.steps.compare"]
+    names += [f"ampflow.compare.{m.name}" for m in pkgutil.iter_modules(ampflow.compare.__path__)]
+    probe = "".join(f"import {n}\n" for n in names)
+    probe += "import sys\nprint([m for m in ('mlflow', 'matplotlib', 'torch') if m in sys.modules])"
+    out = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert out.stdout.strip().splitlines()[-1] == "[]"

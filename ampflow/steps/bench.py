@@ -250,16 +250,18 @@ def run(
         ok_dirs = [Path(r["run_dir"]) for r in records if r["status"] == "ok"]
         if not ok_dirs:
             raise RuntimeError(f"every configuration failed; see the train.log files under {out / 'runs'}")
-        from ampflow.steps import compare
+        from ampflow.compare.markdown import render_markdown
+        from ampflow.compare.summary import compare_runs, write_reports
+        from ampflow.tracking.queries import publish_summary
 
-        summary = compare.compare_runs(ok_dirs, baseline=sweep.baseline, tolerance=tolerance)
+        summary = compare_runs(ok_dirs, baseline=sweep.baseline, tolerance=tolerance)
         summary["runs"] = records
         summary["sweep_run_id"] = parent.run_id
         summary["busy_machine"] = [r["id"] for r in records if r.get("busy")]
-        files = compare.write_reports(summary, out)
+        files = write_reports(summary, out)
         if parent.run_id:
-            compare.publish(summary, files)
-        summary["markdown"] = compare.render_markdown(summary) + _busy_note(records)
+            publish_summary(summary, files)
+        summary["markdown"] = render_markdown(summary) + _busy_note(records)
         status = "FINISHED" if all(r["status"] == "ok" for r in records) else "FAILED"
         return summary
     except KeyboardInterrupt:

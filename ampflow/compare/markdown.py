@@ -1,0 +1,70 @@
+"""The summary as Markdown: ``report.md``, what ``ampflow compare`` prints, and bench's table.
+
+Owns the table's columns and the number formats both reports share (:func:`fmt_value`,
+:func:`fmt_figure`; :mod:`ampflow.compare.html` uses them too). Standard library only.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+MIB = 1 / 2**20  # bytes -> MiB
+
+
+def fmt_value(v: Any, spec: str, suffix: str = "") -> str:
+    """``v`` in format ``spec`` followed by ``suffix``; ``n/a`` when None."""
+    return "n/a" if v is None else f"{format(v, spec)}{suffix}"
+
+
+def fmt_figure(c: dict[str, Any], key: str, spec: str, scale: float = 1.0) -> str:
+    """A row's figure as ``median`` or, with repeats, ``median (min-max)``, each times ``scale``."""
+    s = c["figures"].get(key)
+    if not s:
+        return "n/a"
+    text = format(s["median"] * scale, spec)
+    if s["n"] > 1:
+        text += f" ({format(s['min'] * scale, spec)}-{format(s['max'] * scale, spec)})"
+    return text
+
+
+def _table_row(c: dict[str, Any], recommended: str | None) -> str:
+    mark = "~" if c.get("throughput_within_noise") else ""
+    amark = "~" if c.get("accuracy_within_noise") else ""
+    name = c["config_id"] + (" (bf16 emulated)" if c.get("bf16_emulated") else "")
+    rec = " **recommended**" if c["config_id"] == recommended else ""
+    return (
+        f"| {name} | {c['repeats']} | {fmt_figure(c, 'samples_per_s', '.1f')} "
+        f"| {mark}{fmt_value(c['speedup'], '.2f', 'x')} "
+        f"| {fmt_figure(c, 'peak_memory_bytes', '.0f', MIB)} | {fmt_value(c['memory_ratio'], '.2f', 'x')} "
+        f"| {fmt_figure(c, 'accuracy', '.4f')} | {amark}{fmt_value(c['accuracy_delta_pp'], '+.2f')} "
+        f"| {fmt_value(c['macro_f1_delta_pp'], '+.2f')} | {fmt_value(c['ece_delta'], '+.4f')} "
+        f"| {c['verdict']}{rec} |"
+    )
+
+
+def render_markdown(summary: dict[str, Any]) -> str:
+    """The summary (schema ``ampflow.compare/1``) as Markdown: heading, table, recommendation, regressions.
+
+    No trailing newline. Raises KeyError when the summary lacks ``baseline``, ``tolerance_pp``,
+    ``configs`` or ``recommendation``.
+    """
+    lines = [
+        f"### ampflow compare: {summary.get('recipe')} on {summary.get('device_name') or 'unknown device'}",
+        "",
+        f"baseline `{summary['baseline']}`, accuracy tolerance {summary['tolerance_pp']} pp; "
+        "medians, (min-max) over repeats; ~ marks a difference within noise",
+        "",
+        "| config | repeats | samples/s | speedup | peak mem MiB | mem ratio | accuracy | Δacc pp | Δmacro-F1 pp "
+        "| ΔECE | verdict |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    lines += [_table_row(c, summary.get("recommended")) for c in summary["configs"]]
+    lines += ["", f"**Recommended:** {summary['recommendation']}"]
+    if summary.get("regressions"):
+        lines += ["", "**Regressions against previous sweeps:**"]
+        lines += [f"- {r['config_id']}: {r['message']}" for r in summary["regressions"]]
+    elif summary.get("regression_baseline"):
+        lines += ["", f"No regression against {len(summary['regression_baseline'])} previous sweep(s)."]
+    else:
+        lines += ["", "No previous sweep of this recipe on this hardware to check regressions against."]
+    return "\n".join(lines)

@@ -1,0 +1,126 @@
+"""Run records: the one shape compare reads a finished training run in, wherever the run came from.
+
+Owns that shape and the ways of filling it: from a run directory (:func:`load_run_dir`), from a run
+as MLflow stored it (:func:`record_from_tracked`, fed by :mod:`ampflow.tracking.queries`, which does
+the reading), or as a record already built (:func:`to_records` takes all three). Standard library only.
+
+A record is a dict:
+
+    name, precision, compile (bool), strategy ("single" when absent), recipe, device_name,
+    bf16_emulated (bool or None), dataset_hash,
+    metrics        {name: float or None}: result.json's figures plus accuracy, macro_f1, ece
+    loss_curve     [[step, training loss], ...] in step order
+    run_id, sweep_run_id, tracking_uri          None for an untracked run
+    run_dir                                     from a directory only
+    hardware, start_time (epoch ms)             from MLflow only
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from ampflow.config import ConfigError
+
+# the evaluation figures a record carries next to result.json's
+EVAL_FIGURES = ("accuracy", "macro_f1", "ece")
+
+
+def load_run_dir(path: str | Path) -> dict[str, Any]:
+    """A run directory as a record: result.json, eval.json (in the directory or its eval/), tracking state.
+
+    eval.json is optional (its figures are then None); ``tracking/state.json``, when present, gives the
+    run ids and tracking URI. Raises :class:`ConfigError` when there is no result.json (the run did not
+    finish, or the path is not an ``ampflow train`` directory).
+    """
+    path = Path(path)
+    result_file = path / "result.json"
+    if not result_file.is_file():
+        raise ConfigError(f"--runs {path}: no result.json (not a finished `ampflow train` directory)")
+    result = json.loads(result_file.read_text(encoding="utf-8"))
+    ev: dict[str, Any] = {}
+    for candidate in (path / "eval.json", path / "eval" / "eval.json"):
+        if candidate.is_file():
+            ev = json.loads(candidate.read_text(encoding="utf-8"))
+            break
+    state: dict[str, Any] = {}
+    state_file = path / "tracking" / "state.json"
+    if state_file.is_file():
+        state = json.loads(state_file.read_text(encoding="utf-8"))
+    metrics = dict(result.get("metrics") or {})
+    for key in EVAL_FIGURES:
+        metrics[key] = ev.get(key)
+    cfg = result.get("config") or {}
+    return {
+        "name": path.name,
+        "precision": result.get("precision") or cfg.get("precision"),
+        "compile": bool(result.get("compile", cfg.get("compile", False))),
+        "strategy": result.get("strategy") or cfg.get("strategy") or "single",
+        "recipe": result.get("recipe") or cfg.get("recipe"),
+        "device_name": result.get("device_name"),
+        "bf16_emulated": result.get("bf16_emulated"),
+        "dataset_hash": result.get("dataset_hash"),
+        "metrics": metrics,
+        "loss_curve": result.get("loss_curve") or [],
+        "run_id": state.get("run_id"),
+        "sweep_run_id": state.get("parent_run_id"),
+        "tracking_uri": state.get("tracking_uri"),
+        "run_dir": str(path),
+    }
+
+
+def record_from_tracked(
+    *,
+    name: str | None,
+    run_id: str,
+    params: dict[str, str],
+    metrics: dict[str, float],
+    tags: dict[str, str],
+    loss_history: Iterable[tuple[int, float]],
+    sweep_run_id: str | None,
+    tracking_uri: str | None,
+    start_time: int | None,
+) -> dict[str, Any]:
+    """A record from a training run as MLflow holds it: params and tags are strings there.
+
+    ``loss_history``: the run's ``train/loss`` points as (step, value), in any order. Booleans were
+    logged as ``"true"``/``"false"``; precision and recipe fall back to their tags
+    (:mod:`ampflow.tracking.schema`) when the param is missing.
+    """
+    from ampflow.tracking import schema  # not at import: the tracking package sets up exit handlers
+
+    return {
+        "name": name,
+        "precision": params.get("precision") or tags.get(schema.TAG_PRECISION),
+        "compile": params.get("compile") == "true",
+        "strategy": params.get("strategy") or "single",
+        "recipe": params.get("recipe") or tags.get(schema.TAG_RECIPE),
+        "device_name": params.get("device_name"),
+        "bf16_emulated": params.get("bf16_emulated") == "true" if "bf16_emulated" in params else None,
+        "dataset_hash": params.get("dataset_hash"),
+        "metrics": dict(metrics),
+        "loss_curve": [[step, value] for step, value in sorted(loss_history, key=lambda h: h[0])],
+        "run_id": run_id,
+        "sweep_run_id": sweep_run_id,
+        "tracking_uri": tracking_uri,
+        "hardware": tags.get(schema.TAG_HARDWARE),
+        "start_time": start_time,
+    }
+
+
+def to_records(inputs: Iterable[Any]) -> list[dict[str, Any]]:
+    """Records from run directories (``str`` or ``Path``) and records already built (dicts with ``metrics``).
+
+    Raises :class:`ConfigError` for anything else, and for a directory :func:`load_run_dir` refuses.
+    """
+    records = []
+    for item in inputs:
+        if isinstance(item, str | Path):
+            records.append(load_run_dir(item))
+        elif isinstance(item, dict) and "metrics" in item:
+            records.append(item)
+        else:
+            raise ConfigError(f"compare: cannot read {item!r} (a run directory or a run record)")
+    return records
