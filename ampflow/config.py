@@ -24,6 +24,15 @@ PRECISIONS: tuple[str, ...] = get_args(Precision)
 CUDA_ONLY_PRECISIONS: tuple[str, ...] = ("16-mixed", "16-true")
 LR_SCHEDULES = ("linear", "cosine", "constant")
 _DEFAULT_TIMING_WARMUP = 5
+# What a run uses when neither its own settings nor its recipe's ``defaults`` give a value. The
+# batch size and the learning rate are filled in by RunConfig.resolve; the others depend on the
+# dataset's size and are read through RunConfig.total_steps / RunConfig.lr_plan.
+DEFAULT_BATCH_SIZE = 32
+DEFAULT_LEARNING_RATE = 1e-3
+DEFAULT_EPOCHS = 1
+DEFAULT_LR_SCHEDULE = "linear"
+# learning-rate warm-up: 1/20 (5%) of the run's optimizer steps, at least one
+DEFAULT_LR_WARMUP_DIVISOR = 20
 STRATEGIES: tuple[str, ...] = get_args(Strategy)
 DEVICES: tuple[str, ...] = get_args(Device)
 BASELINE_PRECISION = "32-true"
@@ -94,18 +103,57 @@ class RunConfig:
         return cls(**{k: _coerce(k, v) for k, v in data.items()})
 
     def replace(self, **changes: Any) -> RunConfig:
-        return RunConfig.from_dict({**self.to_dict(), **changes})
+        """A copy with ``changes`` applied (strings coerced by the field's type).
+
+        Only the changed fields and the rules that tie fields together are checked: the others were
+        checked when this config was built, so a run validates each value once. Raises ConfigError.
+        """
+        unknown = sorted(set(changes) - set(self.field_names()))
+        if unknown:
+            raise ConfigError(
+                f"unknown configuration key {unknown[0]!r}; known keys: {', '.join(self.field_names())}"
+            )
+        coerced = {k: _coerce(k, v) for k, v in changes.items()}
+        new = object.__new__(RunConfig)
+        for name in self.field_names():
+            object.__setattr__(new, name, coerced.get(name, getattr(self, name)))
+        _validate(new, only=set(coerced))
+        return new
 
     def with_overrides(self, pairs: list[str] | None) -> RunConfig:
         """Apply CLI-style ``key=value`` strings (values parsed by the field's type)."""
         return self.replace(**parse_overrides(pairs))
 
     def resolve(self, defaults: dict[str, Any]) -> RunConfig:
-        """Fill ``None`` fields from a recipe's defaults (only fields still unset)."""
+        """Fill ``None`` fields from a recipe's defaults (only fields still unset), then from ampflow's.
+
+        After this, ``batch_size`` (an int or ``"auto"``), ``learning_rate`` and ``warmup_steps`` are set.
+        """
         changes = {k: v for k, v in defaults.items() if k in self.field_names() and getattr(self, k) is None}
-        if self.warmup_steps is None and "warmup_steps" not in changes:
-            changes["warmup_steps"] = _DEFAULT_TIMING_WARMUP
+        fallbacks = {
+            "warmup_steps": _DEFAULT_TIMING_WARMUP,
+            "batch_size": DEFAULT_BATCH_SIZE,
+            "learning_rate": DEFAULT_LEARNING_RATE,
+        }
+        for name, value in fallbacks.items():
+            if getattr(self, name) is None and changes.get(name) is None:
+                changes[name] = value
         return self.replace(**changes) if changes else self
+
+    def total_steps(self, steps_per_epoch: int) -> int:
+        """Optimizer steps of the whole run: ``max_steps``, else ``epochs`` (default 1) x ``steps_per_epoch``."""
+        return self.max_steps or (self.epochs or DEFAULT_EPOCHS) * steps_per_epoch
+
+    def lr_plan(self, total_steps: int) -> tuple[str, int]:
+        """``(schedule, warm-up steps)`` of the learning rate over ``total_steps`` optimizer steps.
+
+        ``lr_schedule`` defaults to linear; ``lr_warmup_steps`` to 5% of the run (at least 1), and is
+        capped at ``total_steps``.
+        """
+        warm = self.lr_warmup_steps
+        if warm is None:
+            warm = max(1, total_steps // DEFAULT_LR_WARMUP_DIVISOR)
+        return self.lr_schedule or DEFAULT_LR_SCHEDULE, int(min(warm, total_steps))
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), sort_keys=True)
@@ -171,45 +219,54 @@ def _check_literal(name: str, value: Any, allowed: tuple[str, ...]) -> None:
         raise ConfigError(f"{name} must be one of {', '.join(allowed)}; got {value!r}")
 
 
-def _validate(c: RunConfig) -> None:
-    if not isinstance(c.recipe, str) or not _RECIPE_RE.match(c.recipe):
+def _validate(c: RunConfig, only: set[str] | None = None) -> None:
+    """Check every field (``only`` None) or just the fields named in ``only``; raises ConfigError.
+
+    The rule that ties two fields together (16-true needs allow_16_true) runs when either is checked.
+    """
+
+    def checks(name: str) -> bool:
+        return only is None or name in only
+
+    if checks("recipe") and (not isinstance(c.recipe, str) or not _RECIPE_RE.match(c.recipe)):
         raise ConfigError(f"recipe must be a recipe name or module:function, got {c.recipe!r}")
-    _check_literal("precision", c.precision, PRECISIONS)
-    _check_literal("strategy", c.strategy, STRATEGIES)
-    _check_literal("device", c.device, DEVICES)
-    if c.precision == "16-true" and not c.allow_16_true:
+    for name, allowed in (("precision", PRECISIONS), ("strategy", STRATEGIES), ("device", DEVICES)):
+        if checks(name):
+            _check_literal(name, getattr(c, name), allowed)
+    if (checks("precision") or checks("allow_16_true")) and c.precision == "16-true" and not c.allow_16_true:
         raise ConfigError(
             "precision 16-true keeps weights in fp16 and diverges on many models; "
             "use 16-mixed, or confirm with --set allow_16_true=true"
         )
-    if c.batch_size is not None and c.batch_size != "auto":
+    if checks("batch_size") and c.batch_size is not None and c.batch_size != "auto":
         if isinstance(c.batch_size, bool) or not isinstance(c.batch_size, int) or c.batch_size < 1:
             raise ConfigError(f"batch_size must be a positive integer or 'auto', got {c.batch_size!r}")
     for name in ("epochs", "max_steps"):
         v = getattr(c, name)
-        if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 1):
+        if checks(name) and v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 1):
             raise ConfigError(f"{name} must be a positive integer, got {v!r}")
-    if c.learning_rate is not None and not (isinstance(c.learning_rate, int | float) and c.learning_rate > 0):
+    lr = c.learning_rate
+    if checks("learning_rate") and lr is not None and not (isinstance(lr, int | float) and lr > 0):
         raise ConfigError(f"learning_rate must be a positive number, got {c.learning_rate!r}")
-    if c.clip_grad_norm is not None and not c.clip_grad_norm > 0:
+    if checks("clip_grad_norm") and c.clip_grad_norm is not None and not c.clip_grad_norm > 0:
         raise ConfigError(f"clip_grad_norm must be positive or none, got {c.clip_grad_norm!r}")
     positive = ("grad_accum", "max_nonfinite_steps", "auto_batch_max", "eval_batch_size", "log_every")
-    for name in positive:
+    for name in filter(checks, positive):
         v = getattr(c, name)
         if not isinstance(v, int) or isinstance(v, bool) or v < 1:
             raise ConfigError(f"{name} must be a positive integer, got {v!r}")
-    if c.lr_schedule is not None:
+    if checks("lr_schedule") and c.lr_schedule is not None:
         _check_literal("lr_schedule", c.lr_schedule, LR_SCHEDULES)
     non_negative = ("warmup_steps", "lr_warmup_steps", "seed", "checkpoint_every", "limit_train_samples")
-    for name in non_negative:
+    for name in filter(checks, non_negative):
         v = getattr(c, name)
         if v is None and name in ("warmup_steps", "lr_warmup_steps"):
             continue
         if not isinstance(v, int) or isinstance(v, bool) or v < 0:
             raise ConfigError(f"{name} must be a non-negative integer, got {v!r}")
-    if c.weight_decay < 0:
+    if checks("weight_decay") and c.weight_decay < 0:
         raise ConfigError(f"weight_decay must be >= 0, got {c.weight_decay!r}")
-    if not 0 <= c.auto_batch_plateau < 1:
+    if checks("auto_batch_plateau") and not 0 <= c.auto_batch_plateau < 1:
         raise ConfigError(f"auto_batch_plateau must be in [0, 1), got {c.auto_batch_plateau!r}")
 
 
@@ -230,7 +287,14 @@ def parse_list(name: str, text: str, allowed: tuple[str, ...] | None = None) -> 
 # -- sweeps -------------------------------------------------------------------------------------
 
 # The words a sweep's compile dimension may be spelled with, on the CLI, in KFP and in Airflow.
-COMPILE_WORDS: dict[str, bool] = {"off": False, "on": True, "false": False, "true": True, "0": False, "1": True}
+COMPILE_WORDS: dict[str, bool] = {
+    "off": False,
+    "on": True,
+    "false": False,
+    "true": True,
+    "0": False,
+    "1": True,
+}
 
 # evaluate takes the trained run's configuration; only these keys may differ (batching, placement)
 EVAL_MAY_CHANGE: tuple[str, ...] = ("eval_batch_size", "device")

@@ -74,7 +74,8 @@ def synthetic() -> SyntheticBow:
 
 
 def write_synthetic(out: Path) -> Path:
-    from ampflow.dataset import MANIFEST, SCHEMA, atomic_write_json, hash_arrays
+    from ampflow.data.manifest import MANIFEST, SCHEMA, hash_arrays
+    from ampflow.io import atomic_write_json
 
     rng = np.random.default_rng(0)
     arrays = {}
@@ -107,7 +108,8 @@ def hand_loop(config: Any, recipe: Any, data_dir: Path, steps: int, warmup: int)
 
     import torch
 
-    from ampflow.dataset import load_split, read_manifest
+    from ampflow.data.manifest import read_manifest
+    from ampflow.data.splits import load_split
 
     device = torch.device("cuda" if config.device != "cpu" and torch.cuda.is_available() else "cpu")
     torch.manual_seed(config.seed)

@@ -2,7 +2,7 @@
 
 Three Gaussian blobs in 16 dimensions, a 2-layer MLP with dropout (so that resume must restore the RNG
 to reproduce the weights). ``write_dataset(dir)`` writes its prepared dataset directly in the
-``ampflow.dataset`` format, so engine tests do not depend on ``ampflow prep`` or on real data.
+``ampflow.data`` format, so engine tests do not depend on ``ampflow prep`` or on real data.
 
 Setting ``AMPFLOW_TINY_STEP_SLEEP=0.05`` makes every forward pass sleep that long: the kill-and-resume
 test uses it to have time to SIGKILL a run between two checkpoints.
@@ -17,7 +17,8 @@ from typing import Any
 
 import numpy as np
 
-from ampflow.dataset import MANIFEST, SCHEMA, atomic_write_json, hash_arrays
+from ampflow.data.manifest import MANIFEST, SCHEMA, hash_arrays
+from ampflow.io import atomic_write_json
 from ampflow.recipes.base import BaseRecipe
 
 NAME = "tests.recipes_fixture:tiny"

@@ -67,7 +67,7 @@ def test_sweep_trains_every_config_and_compares_against_the_baseline(tmp_path):
     assert summary["recommended"] in by_id
     assert (out / "report.md").read_text().startswith("###")
     # the report names the row, and says so where this CPU has no native bf16 (oneDNN emulates it)
-    from ampflow.train.devices import cpu_has_native_bf16
+    from ampflow.engine.devices import cpu_has_native_bf16
 
     row = "| bf16-mixed |" if cpu_has_native_bf16() else "| bf16-mixed (bf16 emulated) |"
     assert row in proc.stdout

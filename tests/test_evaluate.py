@@ -13,7 +13,7 @@ import torch
 from sklearn.metrics import f1_score
 
 from ampflow.cli import main
-from ampflow.train.metrics import confusion_matrix, expected_calibration_error, macro_f1
+from ampflow.engine.metrics import confusion_matrix, expected_calibration_error, macro_f1
 from tests.recipes_fixture import LABELS, NAME, write_dataset
 
 torch.set_num_threads(1)

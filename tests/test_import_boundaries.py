@@ -34,7 +34,11 @@ def _light_modules() -> list[str]:
         "ampflow.config",
         "ampflow.commands",
         "ampflow.cli",
-        "ampflow.dataset",
+        "ampflow.data",
+        "ampflow.data.manifest",
+        "ampflow.data.splits",
+        "ampflow.data.batching",
+        "ampflow.io",
         "ampflow.recipes",
         "ampflow.tracking",
     ]

@@ -14,8 +14,8 @@ import pytest
 import torch
 
 from ampflow.config import PRECISIONS, ConfigError
-from ampflow.train.loop import Stepper
-from ampflow.train.precision import MODES, PrecisionPolicy, check_supported, make_policy
+from ampflow.engine.precision import MODES, PrecisionPolicy, check_supported, make_policy
+from ampflow.engine.step import Stepper
 
 torch.set_num_threads(1)
 

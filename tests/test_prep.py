@@ -16,7 +16,8 @@ import pytest
 
 from ampflow.cli import main
 from ampflow.config import ConfigError, RunConfig
-from ampflow.dataset import hash_arrays, load_split, read_manifest
+from ampflow.data.manifest import hash_arrays, read_manifest
+from ampflow.data.splits import load_split
 from ampflow.recipes import get_recipe
 from ampflow.recipes._io import redact_uri
 from ampflow.steps import Paths, prep

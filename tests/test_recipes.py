@@ -15,7 +15,8 @@ import torch
 
 from ampflow.cli import main
 from ampflow.config import ConfigError, RunConfig
-from ampflow.dataset import load_split, read_manifest
+from ampflow.data.manifest import read_manifest
+from ampflow.data.splits import load_split
 from ampflow.recipes import BUILTIN, BaseRecipe, Recipe, get_recipe
 from ampflow.recipes.tweets import PAD, UNK, tokenize
 from ampflow.steps import Paths, prep

@@ -18,9 +18,9 @@ import pytest
 import torch
 
 from ampflow.cli import main
-from ampflow.train import autobatch
-from ampflow.train.devices import cpu_has_native_bf16
-from ampflow.train.loop import DataOrder, Position, epoch_permutation
+from ampflow.data.batching import DataOrder, Position, epoch_permutation
+from ampflow.engine import autobatch
+from ampflow.engine.devices import cpu_has_native_bf16
 from tests.recipes_fixture import NAME, write_dataset
 
 torch.set_num_threads(1)

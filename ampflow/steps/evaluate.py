@@ -65,13 +65,13 @@ def run(
     require_tracking: bool = False,
 ) -> dict[str, Any]:
     from ampflow import tracking
-    from ampflow.dataset import atomic_write_json, read_manifest
+    from ampflow.data.manifest import check_dataset_recipe, dataset_hash, read_manifest
+    from ampflow.engine import checkpoint
+    from ampflow.engine.devices import resolve_device
+    from ampflow.engine.evaluation import evaluate
+    from ampflow.engine.precision import make_policy
+    from ampflow.io import atomic_write_json
     from ampflow.recipes import get_recipe
-    from ampflow.train import checkpoint
-    from ampflow.train.devices import resolve_device
-    from ampflow.train.evaluation import evaluate
-    from ampflow.train.loop import check_dataset_recipe, dataset_hash
-    from ampflow.train.precision import make_policy
 
     if paths.data is None or paths.checkpoint is None or paths.out is None:
         raise ConfigError("--data, --checkpoint and --out are required")

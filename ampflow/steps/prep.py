@@ -9,7 +9,7 @@ Order matters and is fixed: load -> drop rows without a label -> dedupe on the r
 ``dedupe_columns`` (before splitting, so that no text lands in both train and test) -> optional
 stratified ``--limit`` subset -> encode labels as ints over the sorted label names -> stratified
 80/10/10 split -> ``recipe.featurize`` fitted on train only -> ``.npy`` arrays + ``manifest.json``
-(schema ``ampflow.dataset/1``, see :mod:`ampflow.dataset`).
+(schema ``ampflow.dataset/1``, see :mod:`ampflow.data.manifest`).
 
 The dataset is built in a temporary folder beside ``--out`` and renamed into place at the end, so a
 failure never leaves half a dataset and never damages one that is already there.
@@ -72,7 +72,8 @@ def run(config: RunConfig, paths: Paths, limit: int | None = None) -> dict[str, 
     import numpy as np
 
     from ampflow import __version__
-    from ampflow.dataset import MANIFEST, SCHEMA, atomic_write_json, hash_arrays
+    from ampflow.data.manifest import MANIFEST, SCHEMA, hash_arrays
+    from ampflow.io import atomic_write_json
     from ampflow.recipes import get_recipe
 
     if paths.out is None:
@@ -214,7 +215,7 @@ def build_splits(recipe: Any, source: str | None, seed: int, limit: int | None =
 
 def _check_out(out: Path) -> None:
     """Refuse to replace anything that is not a dataset: a wrong --out must not cost someone's folder."""
-    from ampflow.dataset import MANIFEST
+    from ampflow.data.manifest import MANIFEST
 
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out {out}: exists and is not a directory")

@@ -51,7 +51,7 @@ def run(
     from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 
-    from ampflow.dataset import atomic_write_json
+    from ampflow.io import atomic_write_json
     from ampflow.tracking import schema
     from ampflow.tracking.tracker import tracking_uri as default_uri
 

@@ -64,22 +64,22 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
 
 
-def config_from_args(args: argparse.Namespace) -> RunConfig:
+def config_from_args(args: argparse.Namespace) -> tuple[RunConfig, set[str]]:
+    """The run's configuration, built (and validated) once, and the keys this command line set.
+
+    ``--set`` pairs are parsed once and win over ``--precision`` / ``--strategy``. Raises ConfigError.
+    """
     fields: dict[str, Any] = {"recipe": args.recipe, "compile": bool(args.compile)}
     if args.precision is not None:
         fields["precision"] = args.precision
     if args.strategy is not None:
         fields["strategy"] = args.strategy
-    return RunConfig.from_dict(fields).with_overrides(args.overrides)
+    fields.update(parse_overrides(args.overrides))
+    return RunConfig.from_dict(fields), set(fields) - {"recipe"}
 
 
 def cli(args: argparse.Namespace) -> int:
-    config = config_from_args(args)
-    explicit = set(parse_overrides(args.overrides)) | {"compile"}
-    if args.precision is not None:
-        explicit.add("precision")
-    if args.strategy is not None:
-        explicit.add("strategy")
+    config, explicit = config_from_args(args)
     result = run(
         config,
         Paths.of(data=args.data, out=args.out),
@@ -123,16 +123,15 @@ def prepare(
     config: RunConfig, paths: Paths, *, resume: bool, explicit: set[str] | None = None
 ) -> tuple[RunConfig, Any, dict[str, Any] | None, Path, Path]:
     """Every check that can refuse the run, before anything is written: (config, recipe, state, data, out)."""
-    from ampflow.dataset import read_manifest
+    from ampflow.data.manifest import check_dataset_recipe, dataset_hash, read_manifest
+    from ampflow.engine import checkpoint
     from ampflow.recipes import get_recipe
-    from ampflow.train import checkpoint
-    from ampflow.train.loop import check_dataset_recipe, dataset_hash
 
     data_dir, out = _validate_paths(paths)
     recipe = get_recipe(config.recipe)
     manifest = read_manifest(data_dir)
     check_dataset_recipe(manifest, config, recipe, data_dir)
-    config = config.resolve(dict(getattr(recipe, "defaults", {}) or {}))
+    config = config.resolve(recipe_defaults(recipe))
     ckpt = checkpoint.checkpoint_path(out)
     state = None
     if ckpt.exists() and not resume:
@@ -149,14 +148,28 @@ def prepare(
             raise ConfigError(
                 f"--resume: --data {data_dir} is not the dataset {ckpt} was trained on (hash differs)"
             )
-        saved = RunConfig.from_dict(state["config"])
-        if "precision" in (explicit or set()) and config.precision != saved.precision:
+        saved = state["config"]
+        if "precision" in (explicit or set()) and config.precision != saved.get("precision"):
             raise ConfigError(
-                f"--resume: {ckpt} was trained in precision {saved.precision}, not {config.precision}"
+                f"--resume: {ckpt} was trained in precision {saved.get('precision')}, not {config.precision}"
             )
         keep = {k: getattr(config, k) for k in RESUME_MAY_CHANGE if k in (explicit or set())}
-        config = saved.replace(**keep)
+        # the checkpoint's configuration comes off disk: validated here, once, with this run's changes
+        config = RunConfig.from_dict({**saved, **keep})
     return config, recipe, state, data_dir, out
+
+
+def recipe_defaults(recipe: Any) -> dict[str, Any]:
+    """A recipe's configuration defaults: its ``defaults`` dict, plus the documented ``schedule`` and
+    ``lr_warmup_steps`` attributes as ``lr_schedule`` / ``lr_warmup_steps`` (the dict wins)."""
+    attrs = {
+        "lr_schedule": getattr(recipe, "schedule", None),
+        "lr_warmup_steps": getattr(recipe, "lr_warmup_steps", None),
+    }
+    return {
+        **{k: v for k, v in attrs.items() if v is not None},
+        **dict(getattr(recipe, "defaults", {}) or {}),
+    }
 
 
 def run(
@@ -170,11 +183,11 @@ def run(
 ) -> dict[str, Any]:
     """Train and return the result dict (also written to ``--out/result.json`` by rank 0)."""
     from ampflow import tracking
-    from ampflow.dataset import atomic_write_json
-    from ampflow.train import parallel
-    from ampflow.train.devices import resolve_device
-    from ampflow.train.loop import train
-    from ampflow.train.precision import check_supported, make_policy
+    from ampflow.engine import parallel
+    from ampflow.engine.devices import resolve_device
+    from ampflow.engine.precision import check_supported, make_policy
+    from ampflow.engine.trainer import Trainer
+    from ampflow.io import atomic_write_json
 
     config, recipe, state, data_dir, out = prepare(config, paths, resume=resume, explicit=explicit)
     if state is not None and state.get("finished") and (out / RESULT_FILE).is_file():
@@ -190,11 +203,12 @@ def run(
             return prev
 
     device_kind = _device_kind(config.device)
+    # refused before any process group starts; make_policy below does not check again
     check_supported(config.precision, device_kind)
     dist_info = parallel.init(config.strategy, device_kind)
     try:
         device = resolve_device(config.device, dist_info.local_rank)
-        policy = make_policy(config.precision, device.type)
+        policy = make_policy(config.precision, device.type, check=False)
         tracker = tracking.start_run(
             "train",
             config=config,
@@ -208,7 +222,7 @@ def run(
                 out.mkdir(parents=True, exist_ok=True)
                 tracker.log_dataset(data_dir)
             parallel.barrier()
-            trained = train(
+            trained = Trainer(
                 config,
                 recipe,
                 data_dir,
@@ -218,7 +232,7 @@ def run(
                 dist_info=dist_info,
                 tracker=tracker,
                 resume_state=state,
-            )
+            ).fit()
             result = trained["result"]
             if dist_info.is_main:
                 atomic_write_json(out / RESULT_FILE, result)

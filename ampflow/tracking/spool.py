@@ -25,7 +25,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from ampflow.dataset import atomic_write_json
+from ampflow.io import atomic_write_json
 
 STATE = "state.json"
 SPOOL = "spool.jsonl"

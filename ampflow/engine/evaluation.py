@@ -9,10 +9,11 @@ import numpy as np
 import torch
 
 from ampflow.config import RunConfig
-from ampflow.dataset import read_manifest
-from ampflow.train.loop import dataset_hash, dataset_info, label_names, load_tensors, loss_fn_of
-from ampflow.train.metrics import confusion_matrix, expected_calibration_error, macro_f1
-from ampflow.train.precision import PrecisionPolicy
+from ampflow.data.manifest import dataset_hash, dataset_info, label_names, read_manifest
+from ampflow.data.splits import load_tensors
+from ampflow.engine.metrics import confusion_matrix, expected_calibration_error, macro_f1
+from ampflow.engine.precision import PrecisionPolicy
+from ampflow.engine.step import loss_fn_of
 
 EVAL_SCHEMA = "ampflow.eval.result/1"
 ECE_BINS = 15

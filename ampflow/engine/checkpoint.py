@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from ampflow.config import ConfigError
-from ampflow.dataset import atomic_open
+from ampflow.io import atomic_open
 
 FORMAT = "ampflow.checkpoint/1"
 FILENAME = "checkpoint.pt"

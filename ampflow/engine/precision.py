@@ -161,11 +161,16 @@ def check_supported(mode: str, device_type: str) -> None:
         )
 
 
-def make_policy(mode: str, device_type: str) -> PrecisionPolicy:
-    """The policy for ``mode`` on ``device_type``, after checking the device can run it."""
+def make_policy(mode: str, device_type: str, *, check: bool = True) -> PrecisionPolicy:
+    """The policy for ``mode`` on ``device_type`` (``"cpu"`` or ``"cuda"``).
+
+    Checks the device can run it first (ConfigError otherwise) unless ``check=False``: a caller that
+    already ran :func:`check_supported` for this device type, before starting processes.
+    """
     import torch
 
-    check_supported(mode, device_type)
+    if check:
+        check_supported(mode, device_type)
     spec = MODES[mode]
     scaler = torch.amp.GradScaler(device_type) if spec.scaler else None
     return PrecisionPolicy(mode=mode, device_type=device_type, spec=spec, scaler=scaler)

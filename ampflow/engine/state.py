@@ -1,0 +1,153 @@
+"""Training state across a checkpoint: what is saved, and how each strategy saves and restores it.
+
+``single`` and ``ddp`` hold whole tensors on every rank (DDP's wrapper is peeled off); ``fsdp``
+shards them, so its full state is gathered collectively (every rank calls, rank 0 writes) through
+``torch.distributed.checkpoint.state_dict``. The file format itself is :mod:`ampflow.engine.checkpoint`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ampflow import __version__
+from ampflow.config import RunConfig
+from ampflow.data.batching import Position
+from ampflow.engine import checkpoint, parallel
+
+
+@dataclass
+class Progress:
+    """What the loop accumulates besides weights: the data position, the loss curve, the non-finite streak."""
+
+    pos: Position = field(default_factory=Position)
+    loss_curve: list[list[float]] = field(default_factory=list)
+    nonfinite_run: int = 0
+
+    @classmethod
+    def of(cls, state: dict[str, Any] | None) -> Progress:
+        """From a loaded checkpoint (``None``: a fresh run)."""
+        if state is None:
+            return cls()
+        saved = dict(state.get("progress") or {})
+        return cls(
+            Position(int(state["step"]), int(state["epoch"]), int(state["index"])),
+            [list(x) for x in saved.get("loss_curve", [])],
+            int(saved.get("nonfinite_run", 0)),
+        )
+
+
+def wrap_and_restore(
+    model: Any, strategy: str, policy: Any, device: Any, state: dict[str, Any] | None
+) -> Any:
+    """Wrap ``model`` for ``strategy`` and load the checkpoint's weights (``state`` None: none).
+
+    Whole-tensor strategies load before wrapping (DDP then broadcasts them); FSDP loads after
+    sharding, from the full state dict every rank holds.
+    """
+    if state is not None and strategy != "fsdp":
+        model.load_state_dict(state["model"])
+    model = parallel.wrap(model, strategy, policy, device)
+    if state is not None and strategy == "fsdp":
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+
+        set_model_state_dict(model, state["model"], options=StateDictOptions(full_state_dict=True))
+    return model
+
+
+def model_state(model: Any, strategy: str) -> dict[str, Any]:
+    """The full, unwrapped model state on CPU (collective under FSDP: every rank must call)."""
+    if strategy == "fsdp":
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+        return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    return {k: v.detach().cpu() for k, v in parallel.unwrap(model).state_dict().items()}
+
+
+def optimizer_state(optimizer: Any, model: Any, strategy: str) -> dict[str, Any]:
+    """The optimizer's full state (collective under FSDP)."""
+    if strategy == "fsdp":
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+
+        return get_optimizer_state_dict(
+            model, optimizer, options=StateDictOptions(full_state_dict=True, cpu_offload=True)
+        )
+    return optimizer.state_dict()
+
+
+def load_optimizer(optimizer: Any, model: Any, state: dict[str, Any], strategy: str) -> None:
+    """Load a full optimizer state saved by :func:`optimizer_state`."""
+    if strategy == "fsdp":
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+        set_optimizer_state_dict(model, optimizer, state, options=StateDictOptions(full_state_dict=True))
+    else:
+        optimizer.load_state_dict(state)
+
+
+@dataclass
+class TrainState:
+    """Everything a checkpoint holds, as live objects; :meth:`save` writes it, :meth:`restore` reads it.
+
+    ``config`` is the run's resolved configuration (an int batch size); ``is_main`` says whether this
+    rank writes the file.
+    """
+
+    path: Path
+    model: Any
+    optimizer: Any
+    scheduler: Any
+    policy: Any
+    config: RunConfig
+    recipe_name: str
+    data_hash: str | None
+    is_main: bool
+    progress: Progress = field(default_factory=Progress)
+
+    def restore(self, state: dict[str, Any] | None) -> None:
+        """Load optimizer, scheduler, precision (loss scale), RNG and progress from a loaded checkpoint.
+
+        The model's weights are loaded earlier, by :func:`wrap_and_restore`. ``None`` does nothing.
+        """
+        if state is None:
+            return
+        load_optimizer(self.optimizer, self.model, state["optimizer"], self.config.strategy)
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.policy.load_state_dict(state["precision"])
+        self.progress = Progress.of(state)
+        checkpoint.set_rng_state(state["rng"])
+
+    def save(self, *, finished: bool) -> dict[str, Any]:
+        """Write the checkpoint (rank 0; every rank must call); returns the full model state it holds."""
+        strategy = self.config.strategy
+        # gathering FSDP state is collective: every rank takes part, rank 0 writes
+        weights = model_state(self.model, strategy)
+        optim = optimizer_state(self.optimizer, self.model, strategy)
+        if self.is_main:
+            pos = self.progress.pos
+            checkpoint.save(
+                self.path,
+                {
+                    "step": pos.step,
+                    "epoch": pos.epoch,
+                    "index": pos.index,
+                    "finished": finished,
+                    "model": weights,
+                    "optimizer": optim,
+                    "scheduler": self.scheduler.state_dict(),
+                    "precision": self.policy.state_dict(),
+                    "rng": checkpoint.rng_state(),
+                    "config": self.config.to_dict(),
+                    "recipe": self.config.recipe,
+                    "recipe_name": self.recipe_name,
+                    "dataset_hash": self.data_hash,
+                    "ampflow_version": __version__,
+                    "progress": {
+                        "loss_curve": self.progress.loss_curve,
+                        "nonfinite_run": self.progress.nonfinite_run,
+                    },
+                },
+            )
+        parallel.barrier()
+        return weights

@@ -1,0 +1,332 @@
+"""The trainer: one model, one precision mode, honest figures.
+
+Built by ``ampflow.steps.train.run`` from a resolved, validated RunConfig. The shape of a run:
+
+1. seed everything, load the prepared train split into tensors on the device once;
+2. build the model, convert it for the precision mode, choose the batch size (``auto`` searches);
+3. count FLOPs per sample on a copy, wrap for DDP / FSDP2, compile when asked, restore a checkpoint;
+4. :meth:`Trainer.fit`: a seeded per-epoch permutation is the data order (the same for every
+   precision and for 1 or N processes), :meth:`Trainer.train_step` per optimizer step, checkpoints;
+5. time only the steady state (:mod:`ampflow.engine.throughput`) and assemble ``result.json``.
+
+The parts live beside it: the optimizer step (:mod:`.step`), optimizer and LR schedule (:mod:`.optim`),
+checkpointed state per strategy (:mod:`.state`), the throughput window (:mod:`.throughput`), the
+batch-size search (:mod:`.autobatch`) and what model logging gets (:mod:`.export`).
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ampflow import __version__
+from ampflow.config import ConfigError, RunConfig
+from ampflow.data.batching import DataOrder, epoch_permutation
+from ampflow.data.manifest import dataset_hash, dataset_info, read_manifest
+from ampflow.data.splits import load_tensors
+from ampflow.engine import autobatch, checkpoint, parallel
+from ampflow.engine.console import ProgressLog
+from ampflow.engine.devices import bf16_native, device_name, peak_flops
+from ampflow.engine.export import example_input, exportable_model
+from ampflow.engine.metrics import flops_per_sample
+from ampflow.engine.optim import build_optimizer
+from ampflow.engine.precision import PrecisionPolicy
+from ampflow.engine.state import TrainState, wrap_and_restore
+from ampflow.engine.step import NonFiniteLossError, Stepper, loss_fn_of
+from ampflow.engine.throughput import ThroughputWindow, count_tokens
+
+RESULT_SCHEMA = "ampflow.train.result/1"
+# samples of the first batch the FLOP count runs on (a per-sample figure: more adds nothing)
+FLOPS_PROBE_SAMPLES = 32
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python's, numpy's and torch's (CPU and CUDA) generators."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)  # seeds CUDA too
+
+
+class Trainer:
+    """Everything one training run needs, set up on construction; :meth:`fit` trains.
+
+    ``config`` must be resolved (:meth:`RunConfig.resolve`): ``batch_size`` an int or ``"auto"``,
+    ``learning_rate`` set. ``resume_state`` is a loaded checkpoint to continue, or None.
+    Construction raises ConfigError when the batch size does not fit the data or the world size.
+    """
+
+    def __init__(
+        self,
+        config: RunConfig,
+        recipe: Any,
+        data_dir: Path,
+        run_dir: Path,
+        *,
+        policy: PrecisionPolicy,
+        device: Any,
+        dist_info: parallel.DistInfo,
+        tracker: Any,
+        resume_state: dict[str, Any] | None = None,
+    ):
+        self.wall0 = time.perf_counter()
+        self.config, self.recipe, self.policy, self.device, self.tracker = (
+            config,
+            recipe,
+            policy,
+            device,
+            tracker,
+        )
+        self.rank, self.world, self.is_main = dist_info.rank, dist_info.world_size, dist_info.is_main
+        self.resumed = resume_state is not None
+        manifest = read_manifest(data_dir)
+        self.data_hash, self.info = dataset_hash(manifest), dataset_info(manifest)
+        self.matmul_precision = policy.setup()
+
+        seed_everything(config.seed)
+        self.inputs, self.labels = load_tensors(data_dir, "train", device, policy, config.limit_train_samples)
+        self.n = int(self.labels.shape[0])
+        model = self._build_model()
+        self.loss_fn = loss_fn_of(recipe)
+        if self.rank:
+            # same initial weights on every rank (seeded above), but independent dropout masks per rank
+            torch.manual_seed(config.seed + 1000 * self.rank)
+        self._choose_batch_size(model)
+        self.flops_per_sample = self._count_flops(model)
+
+        self.model = wrap_and_restore(model, config.strategy, policy, device, resume_state)
+        optimizer, scheduler, self.lr_plan = build_optimizer(self.model, self.config, self.total_steps)
+        self.state = TrainState(
+            checkpoint.checkpoint_path(run_dir),
+            self.model,
+            optimizer,
+            scheduler,
+            policy,
+            self.config,
+            getattr(recipe, "name", config.recipe),
+            self.data_hash,
+            self.is_main,
+        )
+        self.state.restore(resume_state)
+        self.stepper = self._build_stepper()
+        self.pos = self.state.progress.pos
+        self.start_step = self.pos.step
+        self.order = DataOrder(self.n, self.batch_size, config.seed, self.rank, self.world, device, self.pos)
+        self.window = ThroughputWindow(
+            device, config.warmup_steps + (1 if config.compile else 0), config.compile
+        )
+        self.last_loss = math.nan
+        self.checkpoint_s = 0.0
+
+    # -- set-up -------------------------------------------------------------------------------
+
+    def _build_model(self) -> Any:
+        model = self.policy.convert_model(self.recipe.build_model(self.info).to(self.device))
+        # from_pretrained() hands back submodules in eval mode: dropout would silently stay off
+        model.train()
+        return model
+
+    def _choose_batch_size(self, model: Any) -> None:
+        """Fix the global micro-batch, the steps of the run and the resolved config."""
+        c, world = self.config, self.world
+        self.search_report = None
+        batch_size = c.batch_size
+        if batch_size == "auto":
+            batch_size, self.search_report = autobatch.search_batch_size(
+                c, model, self.inputs, self.labels, self.loss_fn, self.policy, self.device, world
+            )
+        self.batch_size = int(batch_size)
+        if self.batch_size % world:
+            raise ConfigError(f"batch_size {self.batch_size} must be a multiple of the world size {world}")
+        self.per_step = self.batch_size * c.grad_accum
+        if self.per_step > self.n:
+            raise ConfigError(
+                f"batch_size {self.batch_size} x grad_accum {c.grad_accum} exceeds the {self.n} training examples"
+            )
+        self.total_steps = c.total_steps(self.n // self.per_step)
+        self.config = c.replace(batch_size=self.batch_size) if c.batch_size != self.batch_size else c
+
+    def _count_flops(self, model: Any) -> float | None:
+        """FLOPs per sample, on a copy of the unwrapped model with the first samples of the run."""
+        probe = epoch_permutation(self.config.seed, 0, self.n)[
+            : min(self.batch_size // self.world, FLOPS_PROBE_SAMPLES)
+        ]
+        idx = torch.from_numpy(probe).to(self.device)
+        return flops_per_sample(
+            model,
+            {k: v.index_select(0, idx) for k, v in self.inputs.items()},
+            self.labels.index_select(0, idx),
+            self.loss_fn,
+            self.policy.autocast,
+        )
+
+    def _build_stepper(self) -> Stepper:
+        c = self.config
+        stepper = Stepper(
+            torch.compile(self.model) if c.compile else self.model,
+            self.state.optimizer,
+            self.state.scheduler,
+            self.policy,
+            self.loss_fn,
+            self.inputs,
+            self.labels,
+            self.device,
+            c.clip_grad_norm,
+            c.grad_accum,
+            ddp=c.strategy == "ddp",
+        )
+        # clip the real parameters, not the compiled wrapper's view of them
+        stepper.params = [p for p in self.model.parameters() if p.requires_grad]
+        return stepper
+
+    # -- training -----------------------------------------------------------------------------
+
+    def fit(self) -> dict[str, Any]:
+        """Train to ``total_steps``; returns ``{"result", "model", "example"}``.
+
+        ``result`` is the result.json dict (the caller writes it on rank 0), ``model`` a plain module for
+        logging (None on other FSDP ranks), ``example`` an input example. Raises NonFiniteLossError on
+        divergence; every rank must call.
+        """
+        log = ProgressLog(self.total_steps, self.start_step, self.config.log_every, self.is_main)
+        try:
+            while self.pos.step < self.total_steps:
+                local_step = self.pos.step - self.start_step
+                timed = self.window.timed(local_step)
+                starts = [self.order.next_global() for _ in range(self.config.grad_accum)]
+                loss, dt = self.train_step(starts, local_step, timed)
+                self._report(loss, dt, log)
+                self.window.close_step(timed, checkpoint_s=self._periodic_checkpoint())
+        finally:
+            log.close()
+        memory = self.window.memory()
+        full_state = self.state.save(finished=True)
+        model = exportable_model(
+            self.model,
+            strategy=self.config.strategy,
+            is_main=self.is_main,
+            rebuild=lambda: self.policy.convert_model(self.recipe.build_model(self.info)),
+            full_state=full_state,
+        )
+        return {"result": self._result(memory), "model": model, "example": example_input(self.inputs)}
+
+    def train_step(self, starts: list[tuple[int, int]], local_step: int, timed: bool) -> tuple[float, float]:
+        """One optimizer step over the global micro-batches ``starts``: ``(loss, seconds)``.
+
+        The loss is the mean over ranks. Raises NonFiniteLossError after ``max_nonfinite_steps``
+        non-finite losses in a row.
+        """
+        micro = [self.order.local_indices(e, s) for e, s in starts]
+        self.window.clock_start()
+        out = self.stepper(micro)
+        dt = self.window.clock_stop()
+        self.pos.step += 1
+        self.window.record(local_step, timed, dt, out.data_s, starts)
+        loss = out.loss
+        if self.world > 1:
+            loss = parallel.all_reduce([loss], "sum", self.device)[0] / self.world
+        self._check_finite(loss)
+        return loss, dt
+
+    def _check_finite(self, loss: float) -> None:
+        progress, c = self.state.progress, self.config
+        self.last_loss = loss
+        progress.loss_curve.append([self.pos.step, loss])
+        progress.nonfinite_run = 0 if math.isfinite(loss) else progress.nonfinite_run + 1
+        if progress.nonfinite_run >= c.max_nonfinite_steps:
+            raise NonFiniteLossError(
+                f"training diverged: {progress.nonfinite_run} consecutive non-finite losses at step {self.pos.step} "
+                f"(precision {c.precision}, max_nonfinite_steps={c.max_nonfinite_steps}); "
+                "lower learning_rate, enable clipping, or use bf16-mixed / 32-true"
+            )
+
+    def _report(self, loss: float, dt: float, log: ProgressLog) -> None:
+        lr = self.state.scheduler.get_last_lr()[0]
+        scale = self.policy.loss_scale()
+        sps = self.per_step / dt if dt > 0 else None
+        if self.is_main:
+            m = {"loss": loss, "lr": lr, "step_time_s": dt}
+            if sps:
+                m["samples_per_s"] = sps
+            if scale is not None:
+                m["loss_scale"] = scale
+            self.tracker.log_metrics(m, step=self.pos.step)
+        log.update(self.pos.step, loss, lr, sps, scale)
+
+    def _periodic_checkpoint(self) -> float:
+        """Write the every-``checkpoint_every``-steps checkpoint when one is due; returns its seconds."""
+        every = self.config.checkpoint_every
+        if not every or self.pos.step % every or self.pos.step >= self.total_steps:
+            return 0.0
+        t0 = time.perf_counter()
+        self.state.save(finished=False)
+        seconds = time.perf_counter() - t0
+        self.checkpoint_s += seconds
+        return seconds
+
+    # -- the result ---------------------------------------------------------------------------
+
+    def _result(self, memory: Any) -> dict[str, Any]:
+        c, w, device = self.config, self.window, self.device
+        tokens = count_tokens(self.recipe, self.inputs, self.order, w.batches) if self.is_main else 0
+        if not w.step_times and self.is_main:
+            print(
+                f"ampflow train: no step was timed ({self.pos.step - self.start_step} steps run, warmup_steps="
+                f"{c.warmup_steps}{', plus the compiling step' if c.compile else ''}); speed and memory "
+                "figures are empty: raise max_steps",
+                file=sys.stderr,
+            )
+        peak_fs = peak_flops(device, self.policy.spec.compute)
+        metrics = w.figures(
+            batch_size=self.batch_size,
+            world=self.world,
+            tokens=tokens,
+            flops_per_sample=self.flops_per_sample,
+            peak_flops=peak_fs,
+            memory=memory,
+            device=device,
+        )
+        metrics.update(
+            final_train_loss=self.last_loss if math.isfinite(self.last_loss) else None,
+            loss_scale=self.policy.loss_scale(),
+            skipped_steps=self.policy.skipped_steps,
+            steps=self.pos.step,
+            batch_size=self.batch_size,
+            train_wall_s=time.perf_counter() - self.wall0,
+            checkpoint_s=self.checkpoint_s,
+        )
+        return {
+            "schema": RESULT_SCHEMA,
+            "status": "ok",
+            "recipe": c.recipe,
+            "config": c.to_dict(),
+            "precision": c.precision,
+            "compile": c.compile,
+            "strategy": c.strategy,
+            "world_size": self.world,
+            "device": device.type,
+            "device_name": device_name(device),
+            "bf16_emulated": bool(self.policy.is_bf16 and not bf16_native(device)),
+            "fp32_matmul_precision": self.matmul_precision,
+            "torch_version": torch.__version__,
+            "ampflow_version": __version__,
+            "dataset_hash": self.data_hash,
+            "train_examples": self.n,
+            "epochs_seen": self.pos.epoch + (1 if self.pos.index else 0),
+            "lr_schedule": self.lr_plan,
+            "resumed_from_step": self.start_step if self.resumed else None,
+            "memory_kind": memory.kind
+            if memory
+            else ("cuda_max_allocated" if device.type == "cuda" else "cpu_peak_rss"),
+            "peak_flops_per_device": peak_fs,
+            "metrics": metrics,
+            "batch_size_search": self.search_report,
+            "loss_curve": self.state.progress.loss_curve,
+            "checkpoint": str(self.state.path),
+        }
