@@ -6,7 +6,8 @@ Owns the comparison that ``ampflow compare`` and ``ampflow bench`` share:
 - ``verdict``: configurations grouped, measured against the baseline, judged, one recommended (pure);
 - ``regression``: figures against earlier sweeps of the same recipe on the same hardware (pure);
 - ``summary``: ``compare_runs`` (records -> summary, schema ``ampflow.compare/1``) and ``write_reports``;
-- ``markdown``, ``html``: the summary as ``report.md`` and a self-contained ``report.html``.
+- ``markdown``, ``html``: the summary as ``report.md`` and a self-contained ``report.html``;
+- ``gate``: the champion gate on a summary (the Airflow retrain DAG's).
 
 MLflow reads (and the one write back onto the sweep's parent run) live in
 :mod:`ampflow.tracking.queries`; the CLI is :mod:`ampflow.steps.compare`.

@@ -34,6 +34,7 @@ EXIT_REGRESSION = 3
 
 
 def add_arguments(p: Any) -> None:
+    """The step's options on an argparse parser (``ampflow compare --help``)."""
     src = p.add_argument_group("input (one of)")
     src.add_argument("--runs", help="comma-separated run directories (each with result.json and eval.json)")
     src.add_argument("--sweep", help="MLflow run id of a sweep's parent run")
@@ -67,6 +68,7 @@ def add_arguments(p: Any) -> None:
 
 
 def cli(args: Any) -> int:
+    """Run from parsed arguments and print the Markdown report; the exit code (module docstring)."""
     runs = [r for r in (args.runs or "").split(",") if r.strip()]
     summary = run(
         runs=runs or None,
