@@ -17,6 +17,7 @@ import pytest
 import ampflow.compare
 from ampflow.cli import main
 from ampflow.compare.markdown import render_markdown
+from ampflow.compare.regression import previous_from_runs
 from ampflow.compare.summary import compare_runs
 from ampflow.config import ConfigError
 from ampflow.steps.compare import EXIT_REGRESSION
@@ -86,6 +87,19 @@ def test_regression_against_previous_sweeps():
     assert flagged == {("bf16-mixed", "samples_per_s"), ("bf16-mixed", "accuracy")}
     assert s["regressed"] is True
     assert not compare_runs(runs, previous=previous, throughput_drop=0.2, accuracy_drop=2.5)["regressed"]
+
+
+def test_previous_sweeps_are_medians_of_the_newest_other_sweeps():
+    def run(sweep, cid, thr, acc=None):
+        return {"sweep_run_id": sweep, "config_id": cid, "metrics": {"samples_per_s": thr, "accuracy": acc}}
+
+    runs = [run("now", "32-true", 1), run("c", "32-true", 90, 0.8), run("c", "32-true", 110), run(None, "32-true", 5),
+            run("b", "bf16-mixed", 150, 0.79), run("a", "32-true", 70, 0.7)]  # fmt: skip
+    prev = previous_from_runs(runs, current_sweep="now", limit=2)
+    assert prev == [
+        {"sweep_run_id": "c", "configs": {"32-true": {"samples_per_s": 100, "accuracy": 0.8}}},
+        {"sweep_run_id": "b", "configs": {"bf16-mixed": {"samples_per_s": 150, "accuracy": 0.79}}},
+    ]
 
 
 def test_bad_input_is_a_config_error():
