@@ -48,7 +48,7 @@ mlflow-ui: setup
 	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false $(BIN)/mlflow ui --backend-store-uri sqlite:///$(MLFLOW_DB) \
 	  --host 127.0.0.1 --port 5000 --workers 1
 
-# Airflow gets its own venv: the cncf-kubernetes provider needs kubernetes>=36, kfp pins <31 (see GUIDE).
+# Airflow gets its own venv: the cncf-kubernetes provider needs kubernetes>=36, kfp pins <31.
 # Airflow's constraints file is not reachable offline, so the few pins that matter are spelled out here.
 AIRFLOW_VENV := .venv-airflow
 AIRFLOW_PINS := "apache-airflow==3.3.2" "apache-airflow-providers-cncf-kubernetes==10.25.0" "pytest>=8" "pytest-timeout>=2.3"
@@ -61,9 +61,10 @@ $(AIRFLOW_STAMP): pyproject.toml
 	@test -x $(AIRFLOW_VENV)/bin/python || $(PY) -m venv $(AIRFLOW_VENV)
 	@echo "installing Airflow 3.3.2 into $(AIRFLOW_VENV) (first time: a few minutes)"
 	$(AIRFLOW_VENV)/bin/python -m pip --disable-pip-version-check -q install $(AIRFLOW_PINS) 2>&1 | grep -v "^WARNING: Location" || true
-	# core only: the DAGs run steps through the main venv's `ampflow`, never torch in the scheduler
+	# ampflow's torch-free core and the airflow_ampflow operator package: the DAGs run steps through
+	# the main venv's `ampflow`, never torch in the scheduler
 	$(AIRFLOW_VENV)/bin/python -m pip --disable-pip-version-check -q install -e . 2>&1 | grep -v "^WARNING: Location" || true
-	@$(AIRFLOW_VENV)/bin/python -c "import airflow, kubernetes, ampflow.commands; from airflow.providers.cncf.kubernetes.operators.pod import KubernetesPodOperator; assert airflow.__version__ == '3.3.2', airflow.__version__; assert int(kubernetes.__version__.split('.')[0]) >= 36, kubernetes.__version__"
+	@$(AIRFLOW_VENV)/bin/python -c "import airflow, kubernetes, ampflow.commands, airflow_ampflow.operator; from airflow.providers.cncf.kubernetes.operators.pod import KubernetesPodOperator; assert airflow.__version__ == '3.3.2', airflow.__version__; assert int(kubernetes.__version__.split('.')[0]) >= 36, kubernetes.__version__"
 	@rm -f $(AIRFLOW_VENV)/.installed-* && touch $(AIRFLOW_STAMP)
 
 test-airflow: airflow-venv setup

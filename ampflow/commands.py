@@ -39,6 +39,7 @@ STEP_OPTIONS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
         ("fail_on_regression",),
     ),
     "register": (("summary", "model_name", "tolerance"), ()),
+    "close-runs": (("tag", "run_root", "tracking_uri"), ()),
     "launch": (
         (
             "recipe",

@@ -11,7 +11,8 @@ A configuration whose train or evaluate fails after its retries fails the run (c
 the other configurations' runs and checkpoints stay in place for a manual `ampflow compare`.
 
 Params are validated before anything runs: `precisions` and `baseline` take only ampflow's precision
-modes, `compile_modes` only `off`/`on`; the baseline must be one of the precisions.
+modes, `compile_modes` only `off`/`on`; `plan` parses them once into ampflow's `SweepSpec` (the
+baseline must be one of the precisions) and `sweep` turns its entries into train options.
 
 The comparison (speedup, memory ratio, accuracy delta, verdict, recommended configuration) is the
 `compare` task's XCom and its Markdown table is printed in that task's log. Execution modes, retries
@@ -22,27 +23,28 @@ Trigger: `airflow dags trigger ampflow_benchmark -c '{"precisions": ["32-true", 
 
 from __future__ import annotations
 
-import logging
 import os
 from typing import Any
 
 import pendulum
-from _ampflow_common import (
-    AmpflowStepOperator,
-    close_leftover_runs,
+from airflow.sdk import DAG, Param, get_current_context, task
+from airflow.sdk.exceptions import AirflowFailException
+
+from airflow_ampflow.operator import AmpflowStepOperator
+from airflow_ampflow.params import (
     common_params,
     default_args,
     parse_time_setting,
     precision_param,
-    resolve_mode,
-    run_root,
+    tolerance_param,
 )
-from airflow.sdk import DAG, Param, get_current_context, task
-from airflow.sdk.exceptions import AirflowFailException
+from airflow_ampflow.runtime import close_runs_options, resolve_mode, run_root
+from ampflow.config import BASELINE_PRECISION, PRECISIONS, ConfigError, SweepSpec
 
-from ampflow.config import BASELINE_PRECISION, PRECISIONS, ConfigError, sweep_entries
 
-COMPILE_WORDS = {"off": False, "on": True}
+def run_dir(root: str, entry_id: str) -> str:
+    """The run directory of one sweep entry."""
+    return os.path.join(root, "runs", entry_id)
 
 
 def evaluate_options(train: dict[str, Any]) -> dict[str, Any]:
@@ -86,67 +88,59 @@ with DAG(
         ),
         "repeats": Param(1, type="integer", minimum=1, maximum=20, description="runs per configuration"),
         "baseline": precision_param(description="the configuration the others are compared with"),
-        "tolerance": Param(
-            0.5, type="number", minimum=0, description="accuracy tolerance, percentage points"
-        ),
+        "tolerance": tolerance_param(),
     },
     render_template_as_native_obj=True,
 ) as dag:
 
-    def _entries(p: Any) -> list[Any]:
-        if p["baseline"] not in p["precisions"]:
-            raise AirflowFailException(f"baseline {p['baseline']!r} is not in precisions {p['precisions']}")
-        try:
-            return sweep_entries(
-                list(p["precisions"]), [COMPILE_WORDS[w] for w in p["compile_modes"]], int(p["repeats"])
-            )
-        except ConfigError as exc:
-            raise AirflowFailException(str(exc)) from None
-
     @task(multiple_outputs=True)
     def plan() -> dict[str, Any]:
-        """Where every step reads and writes in this run; bad params fail here, before any training."""
+        """The sweep, parsed once, and where every step reads and writes; bad params fail here."""
         ctx = get_current_context()
         p = ctx["params"]
+        try:
+            spec = SweepSpec.from_lists(p["precisions"], p["compile_modes"], p["repeats"], p["baseline"])
+        except ConfigError as exc:
+            raise AirflowFailException(str(exc)) from None
         root = run_root(ctx)
-        runs = [os.path.join(root, "runs", e.id) for e in _entries(p)]
+        entries = [e.to_dict() for e in spec.entries()]
+        data = os.path.join(root, "data")
         return {
             "mode": resolve_mode(ctx),
+            "sweep": {"recipe": p["recipe"], "data": data, "root": root, "entries": entries},
             "prep": {
                 "recipe": p["recipe"],
-                "out": os.path.join(root, "data"),
+                "out": data,
                 "source": p.get("source"),
                 "limit": p.get("limit"),
             },
             "compare": {
                 "recipe": p["recipe"],
-                "runs": runs,
+                "runs": [run_dir(root, e["id"]) for e in entries],
                 "out": os.path.join(root, "compare"),
-                "baseline": p["baseline"],
+                "baseline": spec.baseline,
                 "tolerance": p["tolerance"],
             },
+            "close_runs": close_runs_options(ctx, root),
         }
 
     @task
-    def sweep() -> list[dict[str, Any]]:
-        """One train option set per configuration, in ampflow bench's order; `train` maps over it."""
-        ctx = get_current_context()
-        p = ctx["params"]
-        root = run_root(ctx)
+    def sweep(spec: dict[str, Any]) -> list[dict[str, Any]]:
+        """One train option set per sweep entry, in ampflow bench's order; `train` maps over it."""
         return [
             {
-                "recipe": p["recipe"],
-                "data": os.path.join(root, "data"),
-                "out": os.path.join(root, "runs", e.id),
-                "precision": e.precision,
-                "compile": e.compile,
-                "_id": e.id,
+                "recipe": spec["recipe"],
+                "data": spec["data"],
+                "out": run_dir(spec["root"], e["id"]),
+                "precision": e["precision"],
+                "compile": e["compile"],
+                "_id": e["id"],
             }
-            for e in _entries(p)
+            for e in spec["entries"]
         ]
 
     layout = plan()
-    configs = sweep()
+    configs = sweep(layout["sweep"])
     overrides = "{{ params.overrides }}"
     prep = AmpflowStepOperator(task_id="prep", step="prep", step_options=layout["prep"])
     train = AmpflowStepOperator.partial(
@@ -169,10 +163,8 @@ with DAG(
     compare = AmpflowStepOperator(
         task_id="compare", step="compare", step_options=layout["compare"], result=("out", "summary.json")
     )
-
-    @task
-    def close_mlflow_runs() -> list[str]:
-        return close_leftover_runs(get_current_context(), logging.getLogger("airflow.task"))
-
-    closer = close_mlflow_runs()
+    # a teardown: runs whatever happened, and marks FAILED the MLflow runs a killed step left RUNNING
+    closer = AmpflowStepOperator(
+        task_id="close_mlflow_runs", step="close-runs", step_options=layout["close_runs"]
+    )
     layout >> configs >> prep >> train >> evaluate >> compare >> closer.as_teardown(setups=layout)

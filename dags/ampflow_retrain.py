@@ -27,22 +27,11 @@ Trigger by hand: `airflow dags trigger ampflow_retrain -c '{"overrides": {"max_s
 
 from __future__ import annotations
 
-import logging
 import os
 from typing import Any
 from urllib.parse import urlparse
 
 import pendulum
-from _ampflow_common import (
-    AmpflowStepOperator,
-    close_leftover_runs,
-    common_params,
-    default_args,
-    parse_time_setting,
-    precision_param,
-    resolve_mode,
-    run_root,
-)
 from airflow.sdk import (
     DAG,
     Asset,
@@ -53,6 +42,16 @@ from airflow.sdk import (
     task,
 )
 
+from airflow_ampflow.operator import AmpflowStepOperator
+from airflow_ampflow.params import (
+    common_params,
+    default_args,
+    parse_time_setting,
+    precision_param,
+    tolerance_param,
+)
+from airflow_ampflow.runtime import close_runs_options, resolve_mode, run_root
+from ampflow.compare.gate import champion_gate
 from ampflow.config import STRATEGIES
 
 TRAINING_DATA = Asset(
@@ -82,9 +81,7 @@ with DAG(
         "strategy": Param("single", type="string", enum=list(STRATEGIES)),
         "nodes": Param(1, type="integer", minimum=1, description="kubernetes: PyTorchJob nodes"),
         "gpus_per_node": Param(1, type="integer", minimum=1, description="kubernetes: GPUs per node"),
-        "tolerance": Param(
-            0.5, type="number", minimum=0, description="accuracy tolerance, percentage points"
-        ),
+        "tolerance": tolerance_param(),
         "model_name": Param(
             None, type=["null", "string"], description="registered model (default ampflow-RECIPE)"
         ),
@@ -133,6 +130,7 @@ with DAG(
                 "model_name": p.get("model_name") or f"ampflow-{p['recipe']}",
                 "tolerance": p["tolerance"],
             },
+            "close_runs": close_runs_options(ctx, root),
         }
 
     layout = plan()
@@ -162,9 +160,7 @@ with DAG(
     def passes(summary: dict[str, Any]) -> bool:
         """Register only a candidate the comparison recommends and that shows no regression; the
         register step then moves the `champion` alias only if it also beats the current champion."""
-        from _ampflow_common import verdict
-
-        ok, why = verdict(summary)
+        ok, why = champion_gate(summary)
         print(f"champion gate: {'pass' if ok else 'stop'}: {why}")
         return ok
 
@@ -176,9 +172,8 @@ with DAG(
         result=("summary", "register.json"),
     )
 
-    @task
-    def close_mlflow_runs() -> list[str]:
-        return close_leftover_runs(get_current_context(), logging.getLogger("airflow.task"))
-
-    closer = close_mlflow_runs()
+    # a teardown: runs whatever happened, and marks FAILED the MLflow runs a killed step left RUNNING
+    closer = AmpflowStepOperator(
+        task_id="close_mlflow_runs", step="close-runs", step_options=layout["close_runs"]
+    )
     layout >> prep >> train >> evaluate >> compare >> gate >> register >> closer.as_teardown(setups=layout)

@@ -337,6 +337,13 @@ def parse_toleration(text: str) -> dict[str, Any]:
     return tol
 
 
+def toleration_flag(tol: dict[str, Any]) -> str:
+    """A toleration object in ``--toleration``'s ``KEY[=VALUE][:EFFECT]`` spelling (the inverse of
+    :func:`parse_toleration`)."""
+    text = tol["key"] + (f"={tol['value']}" if tol.get("value") else "")
+    return text + (f":{tol['effect']}" if tol.get("effect") else "")
+
+
 # -- the container --------------------------------------------------------------------------------
 
 

@@ -1,4 +1,4 @@
-"""Steps: prep, train, evaluate, bench, compare, register, launch, sync.
+"""Steps: prep, train, evaluate, bench, compare, register, launch, sync, close-runs.
 
 Each step module is importable without torch or mlflow (they load inside ``run``) and exposes:
 
@@ -23,6 +23,7 @@ STEP_MODULES = {
     "register": "ampflow.steps.register",
     "launch": "ampflow.steps.launch",
     "sync": "ampflow.steps.sync",
+    "close-runs": "ampflow.steps.close_runs",
     "recipes": "ampflow.steps.recipes",
 }
 

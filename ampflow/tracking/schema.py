@@ -38,6 +38,11 @@ TAG_MODEL_URI = "ampflow.model_uri"
 TAG_MODEL_INPUTS = "ampflow.model_inputs"
 TAG_DATASET_HASH = "ampflow.dataset_hash"
 TAG_PARENT = "mlflow.parentRunId"
+# the Airflow task whose step started a run (set through MLFLOW_RUN_CONTEXT); the DAGs' clean-up
+# task closes the runs of its DAG run by TAG_AIRFLOW_RUN_ID
+TAG_AIRFLOW_DAG_ID = "ampflow.airflow_dag_id"
+TAG_AIRFLOW_RUN_ID = "ampflow.airflow_run_id"
+TAG_AIRFLOW_TASK_ID = "ampflow.airflow_task_id"
 
 # result.json "metrics" that are logged as summary metrics (anything numeric there is, these are
 # the documented ones)

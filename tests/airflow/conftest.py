@@ -110,7 +110,7 @@ def _free_port() -> int:
 
 @pytest.fixture(scope="session")
 def mlflow_server(tmp_path_factory):
-    """A real `mlflow server` (from the main venv) on a free 127.0.0.1 port, per GUIDE's command."""
+    """A real `mlflow server` (from the main venv) on a free 127.0.0.1 port, SQLite-backed."""
     exe = MAIN_BIN / "mlflow"
     if not exe.exists():
         pytest.skip("the main venv has no mlflow (make setup)")

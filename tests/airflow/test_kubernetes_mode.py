@@ -163,8 +163,7 @@ def test_cpu_steps_get_no_gpu_and_compare_hands_its_summary_to_xcom(dags):
 
 
 def test_job_name_is_fixed_by_run_and_task_not_by_try(dags):
-    from _ampflow_common import job_name
-
+    from airflow_ampflow.pods import job_name
     from ampflow.kube.names import is_dns1035
 
     dag = dags["benchmark"]
@@ -198,7 +197,7 @@ def test_multi_gpu_training_runs_the_launcher_in_a_small_pod(dags):
 
 
 def job_name_for(ctx):
-    from _ampflow_common import job_name
+    from airflow_ampflow.pods import job_name
 
     return job_name(ctx, int(ctx["params"]["nodes"]))
 

@@ -72,16 +72,16 @@ def states(dr):
 
 
 def run_root(dr):
-    from _ampflow_common import _safe
+    from airflow_ampflow.runtime import safe_name
 
-    return Path(os.environ["AMPFLOW_WORKDIR"], _safe(dr.dag_id), _safe(dr.run_id))
+    return Path(os.environ["AMPFLOW_WORKDIR"], safe_name(dr.dag_id), safe_name(dr.run_id))
 
 
 def runs_of(url, dr):
     """The MLflow runs this DAG run's steps created, by the run ids their run directories recorded."""
-    from _ampflow_common import local_run_ids
+    from ampflow.steps.close_runs import recorded_run_ids
 
-    ids = local_run_ids(run_root(dr))
+    ids = recorded_run_ids(run_root(dr))
     return [mlflow_api(url, f"runs/get?run_id={rid}")["run"] for rid in sorted(ids)]
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import time
 from datetime import timedelta
 from pathlib import Path
@@ -32,8 +33,11 @@ def _steps_present():
 
 
 def _dag(dag_id: str, *, timeout_s: float | None, max_steps: int, retries: int = 30):
-    from _ampflow_common import AmpflowStepOperator, close_leftover_runs, common_params
-    from airflow.sdk import DAG, get_current_context, task
+    from airflow.sdk import DAG
+
+    from airflow_ampflow.operator import AmpflowStepOperator
+    from airflow_ampflow.params import common_params
+    from ampflow.tracking.schema import TAG_AIRFLOW_RUN_ID
 
     with DAG(
         dag_id=dag_id,
@@ -61,13 +65,12 @@ def _dag(dag_id: str, *, timeout_s: float | None, max_steps: int, retries: int =
             on_kill_action="keep",
         )
 
-        @task
-        def close_mlflow_runs() -> list[str]:
-            import logging
-
-            return close_leftover_runs(get_current_context(), logging.getLogger("airflow.task"))
-
-        prep >> train >> close_mlflow_runs().as_teardown(setups=prep)
+        closer = AmpflowStepOperator(
+            task_id="close_mlflow_runs",
+            step="close-runs",
+            step_options={"tag": TAG_AIRFLOW_RUN_ID + "={{ run_id }}", "run_root": root},
+        )
+        prep >> train >> closer.as_teardown(setups=prep)
     # dag.test() runs only serialized DAGs: store this one as the DAG processor would
     from airflow.dag_processing.bundles.manager import DagBundlesManager
     from airflow.dag_processing.dagbag import DagBag, sync_bag_to_db
@@ -102,26 +105,27 @@ def test_an_interrupted_try_leaves_its_step_running_and_the_retry_reconnects(
     assert result["metrics"]["steps"] == 100 and result.get("resumed_from_step") in (None, 0)
 
 
-def test_close_leftover_runs_marks_this_runs_running_runs_failed(
+def test_the_clean_up_step_marks_this_runs_running_runs_failed(
     airflow_db, mlflow_server, monkeypatch, tmp_path
 ):
-    """A step killed with SIGKILL cannot close its run; the teardown task does, and only this run's."""
-    from _ampflow_common import close_leftover_runs
+    """A step killed with SIGKILL cannot close its run; the clean-up task's `ampflow close-runs` does,
+    and only this DAG run's: by the Airflow run id tag, and by the run ids its run directories record."""
+    from airflow_ampflow.runtime import close_runs_options, run_root
+    from ampflow.commands import plan_step
+    from ampflow.tracking.schema import TAG_AIRFLOW_RUN_ID
 
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
     monkeypatch.setenv("AMPFLOW_WORKDIR", str(tmp_path))
     exp = mlflow_api(mlflow_server, "experiments/create", {"name": f"ampflow/closer-{time.time_ns()}"})
     mine_run_id, other_run_id = "manual__2026-11-23T10:00:00+00:00", "manual__2026-11-22T10:00:00+00:00"
 
-    def create(airflow_run_id, **tags):
-        tags = {"ampflow.airflow_run_id": airflow_run_id, **tags}
+    def create(airflow_run_id):
         run = mlflow_api(
             mlflow_server,
             "runs/create",
             {
                 "experiment_id": exp["experiment_id"],
                 "start_time": int(time.time() * 1000),
-                "tags": [{"key": k, "value": v} for k, v in tags.items()],
+                "tags": [{"key": TAG_AIRFLOW_RUN_ID, "value": airflow_run_id}],
             },
         )
         return run["run"]["info"]["run_id"]
@@ -130,29 +134,26 @@ def test_close_leftover_runs_marks_this_runs_running_runs_failed(
     other = create(other_run_id)
     finished = create(mine_run_id)
     mlflow_api(mlflow_server, "runs/update", {"run_id": finished, "status": "FINISHED"})
-    # an untagged run that only the run directory knows about (how the steps record their runs today)
+    # an untagged run that only the run directory knows about (how the steps record their runs)
     recorded = create("unrelated")
-    state = tmp_path / "ampflow_retrain" / "manual__2026-11-23T10_00_00_00_00" / "runs" / "x" / "tracking"
-    state.mkdir(parents=True)
-    (state / "state.json").write_text(json.dumps({"run_id": recorded}))
-
-    class TI:
-        dag_id, task_id, run_id, map_index, try_number = (
-            "ampflow_retrain",
-            "close_mlflow_runs",
-            mine_run_id,
-            -1,
-            1,
-        )
 
     class Dag:
         dag_id = "ampflow_retrain"
 
-    import logging
+    ctx = {"run_id": mine_run_id, "dag": Dag(), "params": {"execution_mode": "local"}}
+    root = run_root(ctx, "local")
+    state = Path(root, "runs", "x", "tracking")
+    state.mkdir(parents=True)
+    (state / "state.json").write_text(json.dumps({"run_id": recorded}))
 
-    ctx = {"ti": TI(), "run_id": mine_run_id, "dag": Dag(), "params": {"execution_mode": "local"}}
-    closed = close_leftover_runs(ctx, logging.getLogger("test"))
-    assert sorted(closed) == sorted([tagged, recorded])
+    # what the DAGs' close_mlflow_runs task runs, with the server the worker's environment names
+    argv = plan_step("close-runs", close_runs_options(ctx, root)).argv((os.environ["AMPFLOW_BIN"],))
+    env = {**os.environ, "MLFLOW_TRACKING_URI": mlflow_server}
+    proc = subprocess.run(argv, capture_output=True, text=True, env=env, check=False)  # noqa: S603
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert sorted(ln.split()[3] for ln in proc.stdout.splitlines() if ln.startswith("marked")) == sorted(
+        [tagged, recorded]
+    )
 
     def status(rid):
         return mlflow_api(mlflow_server, f"runs/get?run_id={rid}")["run"]["info"]["status"]
@@ -160,6 +161,11 @@ def test_close_leftover_runs_marks_this_runs_running_runs_failed(
     assert status(tagged) == "FAILED" and status(recorded) == "FAILED"
     assert status(other) == "RUNNING" and status(finished) == "FINISHED"
     mlflow_api(mlflow_server, "runs/update", {"run_id": other, "status": "KILLED"})
+
+    # without a tracking server there is nothing to check: the task succeeds
+    env.pop("MLFLOW_TRACKING_URI")
+    proc = subprocess.run(argv, capture_output=True, text=True, env=env, check=False)  # noqa: S603
+    assert proc.returncode == 0 and "nothing checked" in proc.stdout, proc.stderr[-2000:]
 
 
 def _step_pids(marker: str) -> list[int]:
@@ -173,7 +179,11 @@ def _step_pids(marker: str) -> list[int]:
         except OSError:
             continue
         text = [c.decode(errors="replace") for c in cmd]
-        if "train" in text and any(marker in c for c in text) and not any("_ampflow_proc" in c for c in text):
+        if (
+            "train" in text
+            and any(marker in c for c in text)
+            and not any("airflow_ampflow.process" in c for c in text)
+        ):
             pids.append(int(proc.name))
     return pids
 

@@ -1,0 +1,70 @@
+"""The Params and default_args the ampflow DAGs share, and the settings read while parsing.
+
+The scheduler parses DAG files every few seconds: nothing here reads a Variable (a database round
+trip) or imports torch or mlflow. Settings come from the environment in Airflow's own spelling of a
+Variable (``AIRFLOW_VAR_<NAME>``).
+"""
+
+from __future__ import annotations
+
+import os
+from datetime import timedelta
+from typing import Any
+
+from airflow.sdk import Param
+
+from ampflow.config import BASELINE_PRECISION, PRECISIONS
+
+MODES = ("local", "kubernetes")
+
+
+def parse_time_setting(name: str, default: str) -> str:
+    """A setting the scheduler needs while parsing, from ``AIRFLOW_VAR_<NAME>``, else ``default``."""
+    return os.environ.get(f"AIRFLOW_VAR_{name.upper()}", default)
+
+
+def default_args() -> dict[str, Any]:
+    """Every task: at least 2 retries, exponential back-off from ``ampflow_retry_delay_s`` (60 s)."""
+    retries = max(2, int(parse_time_setting("ampflow_retries", "2")))
+    return {
+        "owner": "ampflow",
+        "retries": retries,
+        "retry_delay": timedelta(seconds=float(parse_time_setting("ampflow_retry_delay_s", "60"))),
+        "retry_exponential_backoff": 2.0,
+        "max_retry_delay": timedelta(minutes=30),
+    }
+
+
+def common_params() -> dict[str, Param]:
+    """The params both DAGs take: what to train on, ``--set`` overrides and where the steps run."""
+    return {
+        "recipe": Param(
+            "tweets-bow", type="string", minLength=1, description="built-in recipe or module:function"
+        ),
+        "source": Param(
+            None, type=["null", "string"], description="data file or fsspec URI (default: the recipe's data)"
+        ),
+        "limit": Param(
+            None, type=["null", "integer"], minimum=1, description="prep: keep a stratified subset of N rows"
+        ),
+        "overrides": Param(
+            {}, type="object", description='RunConfig --set overrides, e.g. {"max_steps": 100}'
+        ),
+        "execution_mode": Param(
+            None,
+            type=["null", "string"],
+            enum=[None, *MODES],
+            description="local or kubernetes; empty: Variable ampflow_execution_mode, else local",
+        ),
+        "image": Param(None, type=["null", "string"], description="kubernetes mode: training image override"),
+    }
+
+
+def precision_param(default: str = BASELINE_PRECISION, **kw: Any) -> Param:
+    """A param that takes only ampflow's precision modes."""
+    return Param(default, type="string", enum=list(PRECISIONS), **kw)
+
+
+def tolerance_param() -> Param:
+    """The accuracy a configuration may lose against the baseline, in percentage points."""
+    return Param(0.5, type="number", minimum=0, description="accuracy tolerance, percentage points")
