@@ -100,19 +100,23 @@ def cli(args: argparse.Namespace) -> int:
 
 
 def _kfp_local_runner() -> Any:
-    """The KFP skin lives in the repository's pipelines/, beside (not inside) the ampflow package."""
-    try:
-        from pipelines.local import run_benchmark_locally
-    except ModuleNotFoundError:
-        root = Path(__file__).resolve().parents[2]
-        if not (root / "pipelines" / "local.py").is_file():
-            raise ConfigError(
-                "--engine kfp-local needs a checkout of the ampflow repository (its pipelines/ folder); "
-                "this installation has only the ampflow package"
-            ) from None
-        sys.path.insert(0, str(root))
-        from pipelines.local import run_benchmark_locally
-    return run_benchmark_locally
+    """The kfp-local engine: the ``kfp-local`` entry point of the ``ampflow.engines`` group.
+
+    The KFP skin (pipelines/, components/) is installed beside the ampflow package and registers
+    itself there; an installation without it, or without kfp, is a usage error (exit 2).
+    """
+    import importlib.util
+    from importlib.metadata import entry_points
+
+    found = list(entry_points(group="ampflow.engines", name="kfp-local"))
+    if not found:
+        raise ConfigError(
+            "--engine kfp-local is not installed: install ampflow from its repository checkout "
+            "(pip install -e '.[kfp]'), which brings the pipelines and components packages"
+        )
+    if importlib.util.find_spec("kfp") is None:
+        raise ConfigError("--engine kfp-local needs kfp: pip install 'ampflow[kfp]'")
+    return found[0].load()
 
 
 def _child_env() -> dict[str, str]:
