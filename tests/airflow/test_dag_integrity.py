@@ -152,3 +152,25 @@ def test_the_champion_gate_stops_on_a_regression_or_without_a_recommendation():
     )
     assert champion_gate({"recommended": None, "regressions": []})[0] is False
     assert champion_gate(None)[0] is False
+
+
+def test_benchmark_plan_parses_the_sweep_once_and_refuses_a_baseline_outside_the_precisions(monkeypatch):
+    import ampflow_benchmark
+    from airflow.sdk.exceptions import AirflowFailException
+
+    dag = ampflow_benchmark.dag
+
+    def plan(**conf):
+        params = copy.deepcopy(dag.params)
+        for key, value in {"execution_mode": "local", **conf}.items():
+            params[key] = value
+        ctx = {"params": params.validate(), "dag": dag, "run_id": "manual__2026-11-23T10:00:00+00:00"}
+        monkeypatch.setattr(ampflow_benchmark, "get_current_context", lambda: ctx)
+        return dag.task_dict["plan"].python_callable()
+
+    layout = plan(precisions=["32-true", "bf16-mixed"], compile_modes=["off", "on"], repeats=2)
+    ids = [e["id"] for e in layout["sweep"]["entries"]]
+    assert ids[:4] == ["32-true", "32-true-compiled", "bf16-mixed", "bf16-mixed-compiled"] and len(ids) == 8
+    assert [p.rsplit("/", 1)[1] for p in layout["compare"]["runs"]] == ids
+    with pytest.raises(AirflowFailException, match="baseline"):
+        plan(precisions=["bf16-mixed"], baseline="32-true")

@@ -246,3 +246,22 @@ def test_the_pytorchjob_the_launcher_pod_would_submit_is_valid(dags, tmp_path):
     env = {e["name"]: e for e in master["env"]}
     for name in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):
         assert "value" not in env[name] and env[name]["valueFrom"]["secretKeyRef"]["name"] == "mlflow-creds"
+
+
+def test_the_clean_up_task_runs_ampflow_close_runs_in_a_cpu_pod(dags):
+    from airflow_ampflow.runtime import close_runs_options, run_root
+    from ampflow.tracking.schema import TAG_AIRFLOW_RUN_ID
+
+    dag = dags["benchmark"]
+    ctx = context(dag, "close_mlflow_runs")
+    root = run_root(ctx)
+    op = copy.copy(dag.task_dict["close_mlflow_runs"])
+    op.step_options = close_runs_options(ctx, root)
+    pod = op.pod_operator(ctx).build_pod_request_obj(ctx)
+    c = pod.spec.containers[0]
+    assert c.command + c.args == [
+        *("ampflow", "close-runs", "--tag", f"{TAG_AIRFLOW_RUN_ID}={ctx['run_id']}", "--run-root", root)
+    ]
+    assert root.startswith("/mnt/ampflow/")  # the run directories on the PVC the pod mounts
+    assert "nvidia.com/gpu" not in (c.resources.limits or {})
+    assert [e.secret_ref.name for e in c.env_from] == ["mlflow-creds"]
