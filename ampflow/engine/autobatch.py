@@ -25,12 +25,15 @@ from ampflow.engine.step import Stepper, sync
 
 @dataclass
 class Trial:
+    """One tried batch size: its samples/s and peak bytes (None when it did not fit) and ``ok`` / ``oom`` / ``over_budget``."""
+
     batch_size: int
     samples_per_s: float | None
     peak_memory_bytes: int | None
     outcome: str  # ok, oom, over_budget
 
     def to_dict(self) -> dict[str, Any]:
+        """The JSON form result.json's ``batch_size_search.trials`` holds."""
         return {
             "batch_size": self.batch_size,
             "samples_per_s": self.samples_per_s,
@@ -40,6 +43,7 @@ class Trial:
 
 
 def is_oom(exc: BaseException) -> bool:
+    """Whether ``exc`` is a device out-of-memory (``torch.OutOfMemoryError`` or a RuntimeError saying so)."""
     if isinstance(exc, torch.OutOfMemoryError):
         return True
     return isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()

@@ -24,10 +24,12 @@ FILENAME = "checkpoint.pt"
 
 
 def checkpoint_path(run_dir: str | Path) -> Path:
+    """``RUN/checkpoint.pt`` of a run directory."""
     return Path(run_dir) / FILENAME
 
 
 def rng_state() -> dict[str, Any]:
+    """The process's RNG states (torch CPU, every CUDA device, numpy, Python) as tensors and plain types."""
     import numpy as np
     import torch
 
@@ -48,6 +50,7 @@ def rng_state() -> dict[str, Any]:
 
 
 def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore what :func:`rng_state` saved (CUDA states only for the devices this process has)."""
     import numpy as np
     import torch
 

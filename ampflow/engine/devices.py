@@ -26,6 +26,7 @@ def resolve_device(name: str, local_rank: int = 0) -> Any:
 
 
 def device_name(device: Any) -> str:
+    """A human name of ``device``: the CUDA device's name, else the CPU model from /proc/cpuinfo (or the platform)."""
     import torch
 
     if device.type == "cuda":
@@ -71,6 +72,7 @@ def cpu_has_native_bf16() -> bool:
 
 
 def bf16_native(device: Any) -> bool:
+    """Whether ``device`` computes bf16 in hardware (else bf16 modes are emulated: correct, slower)."""
     import torch
 
     if device.type == "cuda":
@@ -108,6 +110,8 @@ def peak_flops(device: Any, compute: str) -> float | None:
 
 @dataclass
 class MemoryReading:
+    """A memory peak in bytes (``reserved_bytes`` is CUDA's caching-allocator reservation, None on CPU)."""
+
     peak_bytes: int | None
     reserved_bytes: int | None
     kind: str  # "cuda_max_allocated" or "cpu_peak_rss"
@@ -125,6 +129,7 @@ class MemoryMeter:
         self.cpu_reset_ok = False
 
     def reset(self) -> None:
+        """Start a phase: reset the peaks (after a CUDA synchronise)."""
         import torch
 
         if self.device.type == "cuda":
@@ -138,6 +143,7 @@ class MemoryMeter:
             self.cpu_reset_ok = False
 
     def read(self) -> MemoryReading:
+        """The peaks since :meth:`reset` (CUDA: allocated and reserved; CPU: peak RSS)."""
         import torch
 
         if self.device.type == "cuda":
@@ -151,6 +157,7 @@ class MemoryMeter:
 
 
 def cpu_peak_rss() -> int:
+    """The process's peak resident set in bytes (VmHWM, else getrusage's lifetime peak)."""
     try:
         with open("/proc/self/status", encoding="utf-8") as fh:
             for line in fh:

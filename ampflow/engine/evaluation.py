@@ -30,6 +30,10 @@ def evaluate(
     device: Any,
     split: str = "test",
 ) -> dict[str, Any]:
+    """Accuracy, macro-F1, mean loss, ECE and the confusion matrix of ``state``'s model on ``split``.
+
+    Batches of ``config.eval_batch_size`` under the policy's autocast; returns the eval.json dict
+    (schema ``ampflow.eval.result/1``). Raises ConfigError when the dataset is bad."""
     manifest = read_manifest(data_dir)
     policy.setup()
     inputs, labels = load_tensors(data_dir, split, device, policy)

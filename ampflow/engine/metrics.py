@@ -8,6 +8,7 @@ from typing import Any
 
 
 def percentile(values: list[float], q: float) -> float | None:
+    """The ``q``-th percentile (0-100) of ``values``; None when empty."""
     if not values:
         return None
     import numpy as np
@@ -16,6 +17,7 @@ def percentile(values: list[float], q: float) -> float | None:
 
 
 def step_time_stats(times: list[float]) -> dict[str, float | None]:
+    """p50/p90/p99/min/max of step times in seconds, as result.json ``metrics`` keys (None when empty)."""
     return {
         "step_time_p50_s": percentile(times, 50),
         "step_time_p90_s": percentile(times, 90),
@@ -56,6 +58,7 @@ def flops_per_sample(
 
 
 def inputs_device(inputs: dict[str, Any]) -> Any:
+    """The device the first input tensor lives on."""
     return next(iter(inputs.values())).device
 
 
@@ -73,6 +76,7 @@ def dynamo_graph_count() -> int:
 
 
 def confusion_matrix(y_true: Any, y_pred: Any, num_classes: int) -> Any:
+    """``(num_classes, num_classes)`` int64 counts; rows are true labels, columns predictions."""
     import numpy as np
 
     cm = np.zeros((num_classes, num_classes), dtype=np.int64)

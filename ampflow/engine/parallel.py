@@ -19,6 +19,8 @@ from ampflow.config import ConfigError
 
 @dataclass(frozen=True)
 class DistInfo:
+    """This process's place in the job: rank, world size, local rank, and whether this module started the process group."""
+
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
@@ -26,6 +28,7 @@ class DistInfo:
 
     @property
     def is_main(self) -> bool:
+        """Rank 0: the one process that writes files and tracks."""
         return self.rank == 0
 
 
@@ -63,6 +66,7 @@ def init(strategy: str, device_kind: str) -> DistInfo:
 
 
 def shutdown(info: DistInfo) -> None:
+    """Destroy the process group if :func:`init` created it."""
     import torch.distributed as dist
 
     if info.initialized_here and dist.is_initialized():
@@ -115,6 +119,7 @@ def all_reduce(values: list[float], op: str, device: Any) -> list[float]:
 
 
 def barrier() -> None:
+    """Wait for every rank (no-op without a process group)."""
     import torch.distributed as dist
 
     if dist.is_available() and dist.is_initialized():

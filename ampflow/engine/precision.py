@@ -26,6 +26,8 @@ from ampflow.config import CUDA_ONLY_PRECISIONS, ConfigError
 
 @dataclass(frozen=True)
 class ModeSpec:
+    """What a precision mode means: autocast dtype, weight dtype, GradScaler, fp32 matmul precision and compute dtype."""
+
     autocast: str | None  # "float16" / "bfloat16" for the mixed modes
     param_dtype: str  # dtype of the weights
     scaler: bool
@@ -45,6 +47,9 @@ MODES: dict[str, ModeSpec] = {
 
 @dataclass
 class PrecisionPolicy:
+    """One precision mode on one device type: model and input conversion, autocast, backward through the
+    GradScaler (16-mixed), the guarded optimizer step, and the scaler's checkpoint state."""
+
     mode: str
     device_type: str
     spec: ModeSpec
@@ -56,18 +61,21 @@ class PrecisionPolicy:
 
     @property
     def autocast_dtype(self) -> Any:
+        """The torch dtype autocast runs in (None for modes without autocast)."""
         import torch
 
         return getattr(torch, self.spec.autocast) if self.spec.autocast else None
 
     @property
     def param_dtype(self) -> Any:
+        """The torch dtype the weights are kept in."""
         import torch
 
         return getattr(torch, self.spec.param_dtype)
 
     @property
     def is_bf16(self) -> bool:
+        """Whether the mode computes in bf16 (bf16-mixed, bf16-true)."""
         return self.spec.compute == "bf16"
 
     def setup(self) -> str:
@@ -95,6 +103,7 @@ class PrecisionPolicy:
     # -- per step -------------------------------------------------------------------------------
 
     def autocast(self) -> Any:
+        """The autocast context for forward and loss (a null context for modes without autocast)."""
         import torch
 
         if self.spec.autocast is None:
@@ -102,6 +111,7 @@ class PrecisionPolicy:
         return torch.amp.autocast(device_type=self.device_type, dtype=self.autocast_dtype)
 
     def backward(self, loss: Any) -> None:
+        """Backward of ``loss``, scaled by the GradScaler when there is one."""
         if self.scaler is not None:
             self.scaler.scale(loss).backward()
         else:
@@ -134,17 +144,20 @@ class PrecisionPolicy:
         return not skipped
 
     def loss_scale(self) -> float | None:
+        """The GradScaler's current scale, or None without one."""
         return float(self.scaler.get_scale()) if self.scaler is not None else None
 
     # -- checkpoints ----------------------------------------------------------------------------
 
     def state_dict(self) -> dict[str, Any]:
+        """The GradScaler state and the skipped-step count, for a checkpoint."""
         return {
             "scaler": self.scaler.state_dict() if self.scaler is not None else None,
             "skipped_steps": self.skipped_steps,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`state_dict` saved."""
         if self.scaler is not None and state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
         self.skipped_steps = int(state.get("skipped_steps", 0))

@@ -76,13 +76,8 @@ class Trainer:
         resume_state: dict[str, Any] | None = None,
     ):
         self.wall0 = time.perf_counter()
-        self.config, self.recipe, self.policy, self.device, self.tracker = (
-            config,
-            recipe,
-            policy,
-            device,
-            tracker,
-        )
+        self.config, self.recipe, self.policy = config, recipe, policy
+        self.device, self.tracker = device, tracker
         self.rank, self.world, self.is_main = dist_info.rank, dist_info.world_size, dist_info.is_main
         self.resumed = resume_state is not None
         manifest = read_manifest(data_dir)
@@ -101,19 +96,7 @@ class Trainer:
         self.flops_per_sample = self._count_flops(model)
 
         self.model = wrap_and_restore(model, config.strategy, policy, device, resume_state)
-        optimizer, scheduler, self.lr_plan = build_optimizer(self.model, self.config, self.total_steps)
-        self.state = TrainState(
-            checkpoint.checkpoint_path(run_dir),
-            self.model,
-            optimizer,
-            scheduler,
-            policy,
-            self.config,
-            getattr(recipe, "name", config.recipe),
-            self.data_hash,
-            self.is_main,
-        )
-        self.state.restore(resume_state)
+        self.state = self._build_state(run_dir, resume_state)
         self.stepper = self._build_stepper()
         self.pos = self.state.progress.pos
         self.start_step = self.pos.step
@@ -165,6 +148,23 @@ class Trainer:
             self.loss_fn,
             self.policy.autocast,
         )
+
+    def _build_state(self, run_dir: Path, resume_state: dict[str, Any] | None) -> TrainState:
+        """Optimizer and LR schedule for the wrapped model, restored from ``resume_state`` when given."""
+        optimizer, scheduler, self.lr_plan = build_optimizer(self.model, self.config, self.total_steps)
+        state = TrainState(
+            checkpoint.checkpoint_path(run_dir),
+            self.model,
+            optimizer,
+            scheduler,
+            self.policy,
+            self.config,
+            getattr(self.recipe, "name", self.config.recipe),
+            self.data_hash,
+            self.is_main,
+        )
+        state.restore(resume_state)
+        return state
 
     def _build_stepper(self) -> Stepper:
         c = self.config

@@ -22,6 +22,7 @@ EVAL_FILE = "eval.json"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The ``ampflow evaluate`` options."""
     p.add_argument("--recipe", required=True, help="built-in recipe name or module:function (as trained)")
     p.add_argument("--data", required=True, help="prepared dataset directory (the one the run trained on)")
     p.add_argument(
@@ -41,6 +42,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def cli(args: argparse.Namespace) -> int:
+    """Run ``ampflow evaluate`` from parsed arguments and print one summary line; exit code 0."""
     result = run(
         RunConfig(recipe=args.recipe),
         Paths.of(data=args.data, checkpoint=args.checkpoint, out=args.out),
@@ -64,6 +66,10 @@ def run(
     parent_run_id: str | None = None,
     require_tracking: bool = False,
 ) -> dict[str, Any]:
+    """Evaluate ``paths.checkpoint`` on ``paths.data``'s test split; write and return eval.json's dict.
+
+    Only ``eval_batch_size`` and ``device`` may be overridden. Raises ConfigError (exit 2) on a
+    checkpoint of another recipe or dataset."""
     from ampflow import tracking
     from ampflow.data.manifest import check_dataset_recipe, dataset_hash, read_manifest
     from ampflow.engine import checkpoint

@@ -41,6 +41,7 @@ RESUME_MAY_CHANGE = (
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The ``ampflow train`` options."""
     p.add_argument("--recipe", required=True, help="built-in recipe name or module:function")
     p.add_argument("--data", required=True, help="prepared dataset directory (from `ampflow prep`)")
     p.add_argument("--out", required=True, help="run directory: checkpoint.pt, result.json")
@@ -79,6 +80,7 @@ def config_from_args(args: argparse.Namespace) -> tuple[RunConfig, set[str]]:
 
 
 def cli(args: argparse.Namespace) -> int:
+    """Run ``ampflow train`` from parsed arguments; print the summary line on rank 0; exit code 0."""
     config, explicit = config_from_args(args)
     result = run(
         config,
@@ -94,6 +96,7 @@ def cli(args: argparse.Namespace) -> int:
 
 
 def summary_line(result: dict[str, Any]) -> str:
+    """One human line from a result dict: speed, step p50, peak memory, final loss, checkpoint."""
     m = result.get("metrics", {})
 
     def f(v: Any, fmt: str) -> str:
