@@ -382,7 +382,9 @@ class SweepSpec:
         cls, precisions: str, compile: str = "off", repeats: int = 1, baseline: str = BASELINE_PRECISION
     ) -> SweepSpec:
         """From the CLI's comma-separated words: ``--precisions 32-true,bf16-mixed --compile off,on``."""
-        return cls.from_lists(parse_list("precision", precisions), parse_list("compile", compile), repeats, baseline)
+        return cls.from_lists(
+            parse_list("precision", precisions), parse_list("compile", compile), repeats, baseline
+        )
 
     @classmethod
     def from_lists(
@@ -413,8 +415,3 @@ class SweepSpec:
             for p in self.precisions
             for c in self.compile_modes
         ]
-
-
-def sweep_entries(precisions: list[str], compile_modes: list[bool], repeats: int = 1) -> list[SweepEntry]:
-    """Shorthand for ``SweepSpec(precisions, compile_modes, repeats).entries()`` (baseline unchecked)."""
-    return SweepSpec.from_lists(precisions, compile_modes, repeats, baseline=precisions[0] if precisions else "").entries()

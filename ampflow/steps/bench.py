@@ -28,11 +28,20 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ampflow.commands import step_argv
-from ampflow.config import BASELINE_PRECISION, CUDA_ONLY_PRECISIONS, PRECISIONS, ConfigError, RunConfig, SweepSpec
+from ampflow.commands import plan_step
+from ampflow.config import (
+    BASELINE_PRECISION,
+    CUDA_ONLY_PRECISIONS,
+    PRECISIONS,
+    ConfigError,
+    RunConfig,
+    SweepEntry,
+    SweepSpec,
+)
 from ampflow.steps import Paths
 
 HELP = "prep once, train + evaluate every precision/compile configuration, print the comparison"
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--recipe", required=True, help="built-in recipe name or module:function")
@@ -149,7 +158,11 @@ def run(
     limit: int | None = None,
     overrides: list[str] | None = None,
 ) -> dict[str, Any]:
-    """Run the sweep; returns the comparison summary (also written to ``out/summary.json``)."""
+    """Run the sweep; returns the comparison summary (also written to ``out/summary.json``).
+
+    ``overrides`` are ``key=value`` strings applied to every configuration's training. Raises
+    ConfigError for bad input (before anything trains), RuntimeError when every configuration failed.
+    """
     if paths.out is None:
         raise ConfigError("--out is required")
     entries = sweep.entries()
@@ -161,23 +174,12 @@ def run(
     out = Path(paths.out)
     out.mkdir(parents=True, exist_ok=True)
     data_dir = out / "data"
-    previous = out / "runs"
-    if previous.is_dir() and any(previous.iterdir()):
-        # a second sweep into the same --out (make demo twice) must neither fail on the old
-        # checkpoints nor destroy them: the old runs move aside
-        kept = out / f"runs-{time.strftime('%Y%m%dT%H%M%S')}"
-        previous.rename(kept)
-        print(f"[bench] the previous sweep's runs are kept in {kept}", flush=True)
-    total = len(entries)
-
+    _set_aside_previous_runs(out)
     print(f"[prep] {config.recipe} -> {data_dir}", flush=True)
     prep.run(config, Paths.of(out=data_dir, source=paths.source), limit=limit)
 
     parent = tracking.start_run(
-        "sweep",
-        config=config,
-        run_dir=out,
-        tags={"ampflow.sweep_size": str(total)},
+        "sweep", config=config, run_dir=out, tags={"ampflow.sweep_size": str(len(entries))}
     )
     status = "FAILED"
     try:
@@ -191,81 +193,12 @@ def run(
                 "tolerance_pp": tolerance,
             }
         )
-        program = (sys.executable, "-m", "ampflow")
+        settings = dict(o.split("=", 1) for o in overrides or [])
         records = []
         for i, entry in enumerate(entries, 1):
-            run_dir = out / "runs" / entry.id
-            eval_dir = run_dir / "eval"
-            log_path = run_dir / "train.log"
-            t0 = time.perf_counter()
-            load_before = _load()
-            print(f"[{i}/{total}] {entry.id}: training", flush=True)
-            rc = _run_child(
-                step_argv(
-                    "train",
-                    program=program,
-                    recipe=config.recipe,
-                    data=str(data_dir),
-                    out=str(run_dir),
-                    precision=entry.precision,
-                    compile=entry.compile,
-                    parent_run_id=parent.run_id,
-                )
-                + [a for o in overrides or [] for a in ("--set", o)],
-                log_path,
-            )
-            if rc == 0:
-                print(f"[{i}/{total}] {entry.id}: evaluating", flush=True)
-                rc = _run_child(
-                    step_argv(
-                        "evaluate",
-                        program=program,
-                        recipe=config.recipe,
-                        data=str(data_dir),
-                        checkpoint=str(run_dir),
-                        out=str(eval_dir),
-                        parent_run_id=parent.run_id,
-                    ),
-                    log_path,
-                )
-            # the child itself adds ~1 to the load average; more than that means a competing job
-            load_per_core = max(load_before, _load())
-            record = {
-                "id": entry.id,
-                "precision": entry.precision,
-                "compile": entry.compile,
-                "load_per_core": round(load_per_core, 2),
-                "busy": load_per_core > 1.0 + 1.0 / (os.cpu_count() or 1),
-                "repeat": entry.repeat,
-                "run_dir": str(run_dir),
-                "status": "ok" if rc == 0 else "failed",
-                "exit_code": rc,
-                "wall_s": round(time.perf_counter() - t0, 2),
-            }
-            if rc != 0:
-                print(
-                    f"[{i}/{total}] {entry.id}: FAILED (exit {rc}); last lines of {log_path}:\n"
-                    f"{_tail(log_path)}",
-                    file=sys.stderr,
-                    flush=True,
-                )
-            records.append(record)
-
-        ok_dirs = [Path(r["run_dir"]) for r in records if r["status"] == "ok"]
-        if not ok_dirs:
-            raise RuntimeError(f"every configuration failed; see the train.log files under {out / 'runs'}")
-        from ampflow.compare.markdown import render_markdown
-        from ampflow.compare.summary import compare_runs, write_reports
-        from ampflow.tracking.queries import publish_summary
-
-        summary = compare_runs(ok_dirs, baseline=sweep.baseline, tolerance=tolerance)
-        summary["runs"] = records
-        summary["sweep_run_id"] = parent.run_id
-        summary["busy_machine"] = [r["id"] for r in records if r.get("busy")]
-        files = write_reports(summary, out)
-        if parent.run_id:
-            publish_summary(summary, files)
-        summary["markdown"] = render_markdown(summary) + _busy_note(records)
+            tag = f"[{i}/{len(entries)}] {entry.id}"
+            records.append(_run_entry(entry, tag, config.recipe, data_dir, out, parent.run_id, settings))
+        summary = _compare(records, out, sweep.baseline, tolerance, parent.run_id)
         status = "FINISHED" if all(r["status"] == "ok" for r in records) else "FAILED"
         return summary
     except KeyboardInterrupt:
@@ -273,6 +206,102 @@ def run(
         raise
     finally:
         parent.close(status)
+
+
+def _set_aside_previous_runs(out: Path) -> None:
+    """A second sweep into the same --out (make demo twice) must neither fail on the old
+    checkpoints nor destroy them: the old runs move aside."""
+    previous = out / "runs"
+    if previous.is_dir() and any(previous.iterdir()):
+        kept = out / f"runs-{time.strftime('%Y%m%dT%H%M%S')}"
+        previous.rename(kept)
+        print(f"[bench] the previous sweep's runs are kept in {kept}", flush=True)
+
+
+def _run_entry(
+    entry: SweepEntry,
+    tag: str,
+    recipe: str,
+    data_dir: Path,
+    out: Path,
+    parent_run_id: str | None,
+    settings: dict[str, str],
+) -> dict[str, Any]:
+    """Train then evaluate one configuration in child processes; returns its record for the summary."""
+    program = (sys.executable, "-m", "ampflow")
+    run_dir = out / "runs" / entry.id
+    log_path = run_dir / "train.log"
+    t0 = time.perf_counter()
+    load_before = _load()
+    print(f"{tag}: training", flush=True)
+    train = plan_step(
+        "train",
+        {
+            "recipe": recipe,
+            "data": str(data_dir),
+            "out": str(run_dir),
+            "precision": entry.precision,
+            "compile": entry.compile,
+            "parent_run_id": parent_run_id,
+        },
+        overrides=settings,
+    )
+    rc = _run_child(train.argv(program), log_path)
+    if rc == 0:
+        print(f"{tag}: evaluating", flush=True)
+        evaluate = plan_step(
+            "evaluate",
+            {
+                "recipe": recipe,
+                "data": str(data_dir),
+                "checkpoint": str(run_dir),
+                "out": str(run_dir / "eval"),
+                "parent_run_id": parent_run_id,
+            },
+        )
+        rc = _run_child(evaluate.argv(program), log_path)
+    # the child itself adds ~1 to the load average; more than that means a competing job
+    load_per_core = max(load_before, _load())
+    if rc != 0:
+        print(
+            f"{tag}: FAILED (exit {rc}); last lines of {log_path}:\n{_tail(log_path)}",
+            file=sys.stderr,
+            flush=True,
+        )
+    return {
+        "id": entry.id,
+        "precision": entry.precision,
+        "compile": entry.compile,
+        "load_per_core": round(load_per_core, 2),
+        "busy": load_per_core > 1.0 + 1.0 / (os.cpu_count() or 1),
+        "repeat": entry.repeat,
+        "run_dir": str(run_dir),
+        "status": "ok" if rc == 0 else "failed",
+        "exit_code": rc,
+        "wall_s": round(time.perf_counter() - t0, 2),
+    }
+
+
+def _compare(
+    records: list[dict[str, Any]], out: Path, baseline: str, tolerance: float, sweep_run_id: str | None
+) -> dict[str, Any]:
+    """Compare the configurations that trained, write the reports, publish them to the sweep run."""
+    ok_dirs = [Path(r["run_dir"]) for r in records if r["status"] == "ok"]
+    if not ok_dirs:
+        raise RuntimeError(f"every configuration failed; see the train.log files under {out / 'runs'}")
+    from ampflow.compare.markdown import render_markdown
+    from ampflow.compare.summary import compare_runs, write_reports
+    from ampflow.tracking.queries import publish_summary
+
+    summary = compare_runs(ok_dirs, baseline=baseline, tolerance=tolerance)
+    summary["runs"] = records
+    summary["sweep_run_id"] = sweep_run_id
+    summary["busy_machine"] = [r["id"] for r in records if r.get("busy")]
+    files = write_reports(summary, out)
+    if sweep_run_id:
+        publish_summary(summary, files)
+    summary["markdown"] = render_markdown(summary) + _busy_note(records)
+    return summary
 
 
 def _load() -> float:
