@@ -90,3 +90,19 @@ def load(path: str | Path, *, what: str = "checkpoint") -> dict[str, Any]:
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise ConfigError(f"{what} {path}: not an ampflow checkpoint (format {FORMAT} expected)")
     return state
+
+
+def check_trained_on(
+    state: dict[str, Any], *, recipe: str, data_hash: str | None, path: Path, data: Path, what: str
+) -> None:
+    """Refuse a checkpoint of another recipe or dataset (ConfigError, exit 2).
+
+    ``what`` names the flag that brought the checkpoint in (``--resume``, ``--checkpoint``);
+    ``data_hash`` is the content hash of the dataset at ``data`` (see ampflow.data.manifest).
+    """
+    if state.get("recipe") != recipe:
+        raise ConfigError(f"{what}: {path} was trained with recipe {state.get('recipe')!r}, not {recipe!r}")
+    if state.get("dataset_hash") != data_hash:
+        raise ConfigError(
+            f"{what}: --data {data} is not the dataset {path} was trained on (content hash differs)"
+        )

@@ -94,14 +94,14 @@ def run(
     recipe = get_recipe(config.recipe)
     manifest = read_manifest(paths.data)
     state = checkpoint.load(paths.checkpoint, what="--checkpoint")
-    if state.get("recipe") != config.recipe:
-        raise ConfigError(
-            f"--checkpoint {paths.checkpoint} was trained with recipe {state.get('recipe')!r}, not {config.recipe!r}"
-        )
-    if state.get("dataset_hash") != dataset_hash(manifest):
-        raise ConfigError(
-            f"--data {paths.data} is not the dataset {paths.checkpoint} was trained on (content hash differs)"
-        )
+    checkpoint.check_trained_on(
+        state,
+        recipe=config.recipe,
+        data_hash=dataset_hash(manifest),
+        path=paths.checkpoint,
+        data=paths.data,
+        what="--checkpoint",
+    )
     trained = RunConfig.from_dict(state["config"])
     check_dataset_recipe(manifest, trained, recipe, paths.data)
     eval_config = trained.replace(**changes) if changes else trained

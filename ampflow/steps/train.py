@@ -143,14 +143,14 @@ def prepare(
         )
     if resume and ckpt.exists():
         state = checkpoint.load(ckpt, what="--resume")
-        if state.get("recipe") != config.recipe:
-            raise ConfigError(
-                f"--resume: {ckpt} was trained with recipe {state.get('recipe')!r}, not {config.recipe!r}"
-            )
-        if state.get("dataset_hash") != dataset_hash(manifest):
-            raise ConfigError(
-                f"--resume: --data {data_dir} is not the dataset {ckpt} was trained on (hash differs)"
-            )
+        checkpoint.check_trained_on(
+            state,
+            recipe=config.recipe,
+            data_hash=dataset_hash(manifest),
+            path=ckpt,
+            data=data_dir,
+            what="--resume",
+        )
         saved = state["config"]
         if "precision" in (explicit or set()) and config.precision != saved.get("precision"):
             raise ConfigError(
