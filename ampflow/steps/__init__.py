@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 STEP_MODULES = {
     "prep": "ampflow.steps.prep",
@@ -41,3 +42,11 @@ class Paths:
     def of(**kw: str | Path | None) -> Paths:
         conv = {k: (None if v is None else (v if k == "source" else Path(v))) for k, v in kw.items()}
         return Paths(**conv)
+
+
+def add_set_argument(parser: Any, help: str) -> None:
+    """The repeatable ``--set KEY=VALUE`` option (collected into ``args.overrides``) every step spells
+    the same way; ``parser`` is an argparse parser or argument group."""
+    parser.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help=help
+    )

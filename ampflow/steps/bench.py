@@ -38,7 +38,7 @@ from ampflow.config import (
     SweepEntry,
     SweepSpec,
 )
-from ampflow.steps import Paths
+from ampflow.steps import Paths, add_set_argument
 
 HELP = "prep once, train + evaluate every precision/compile configuration, print the comparison"
 
@@ -65,14 +65,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default="local",
         help="local: subprocesses (default); kfp-local: the KFP benchmark pipeline via kfp.local",
     )
-    p.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="configuration override for every run (repeatable), e.g. --set max_steps=100",
-    )
+    add_set_argument(p, "configuration override for every run (repeatable), e.g. --set max_steps=100")
 
 
 def cli(args: argparse.Namespace) -> int:

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from ampflow.config import EVAL_MAY_CHANGE, ConfigError, RunConfig, parse_overrides
-from ampflow.steps import Paths
+from ampflow.steps import Paths, add_set_argument
 
 HELP = "evaluate a trained run on the held-out split; write eval.json"
 EVAL_FILE = "eval.json"
@@ -31,14 +31,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="output directory for eval.json")
     p.add_argument("--parent-run-id", help="MLflow parent run (a sweep)")
     p.add_argument("--require-tracking", action="store_true", help="fail when MLflow tracking is unavailable")
-    p.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help=f"override ({', '.join(EVAL_MAY_CHANGE)}), e.g. --set eval_batch_size=512",
-    )
+    add_set_argument(p, f"override ({', '.join(EVAL_MAY_CHANGE)}), e.g. --set eval_batch_size=512")
 
 
 def cli(args: argparse.Namespace) -> int:

@@ -30,6 +30,7 @@ from ampflow.kube.manifests import (
     parse_tolerations,
     parse_volume,
 )
+from ampflow.steps import add_set_argument
 
 HELP = "launch training on Kubernetes as a Kubeflow PyTorchJob or TrainJob and wait for its outcome"
 
@@ -46,14 +47,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--strategy", help=f"one of {', '.join(STRATEGIES)} (default: ddp for several processes, else single)"
     )
     g.add_argument("--compile", action="store_true", help="torch.compile the model")
-    g.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="run configuration override for the pods (repeatable), e.g. --set max_steps=500",
-    )
+    add_set_argument(g, "run configuration override for the pods (repeatable), e.g. --set max_steps=500")
     k = p.add_argument_group("the job")
     k.add_argument("--nodes", type=int, required=True, help="pods (one Master, the rest Workers)")
     k.add_argument(

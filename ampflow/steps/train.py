@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from ampflow.config import PRECISIONS, STRATEGIES, ConfigError, RunConfig, parse_overrides
-from ampflow.steps import Paths
+from ampflow.steps import Paths, add_set_argument
 
 HELP = "train a recipe under one precision mode; write checkpoints and result.json"
 RESULT_FILE = "result.json"
@@ -55,14 +55,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--require-tracking", action="store_true", help="fail when MLflow tracking is unavailable")
     p.add_argument("--parent-run-id", help="MLflow parent run (a sweep) for this run")
-    p.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="configuration override (repeatable), e.g. --set max_steps=100 --set batch_size=auto",
-    )
+    add_set_argument(p, "configuration override (repeatable), e.g. --set max_steps=100 --set batch_size=auto")
 
 
 def config_from_args(args: argparse.Namespace) -> tuple[RunConfig, set[str]]:
