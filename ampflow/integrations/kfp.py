@@ -23,9 +23,11 @@ import os
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from ampflow.tracking.schema import TAG_PIPELINE_RUN_ID
+
 # Every MLflow run a KFP step starts carries this tag (through MLflow's MLFLOW_RUN_CONTEXT), so the
 # exit handler can find and close the runs a killed step left RUNNING.
-PIPELINE_RUN_TAG = "ampflow.pipeline_run_id"
+PIPELINE_RUN_TAG = TAG_PIPELINE_RUN_ID
 
 
 def parse_settings(settings: Iterable[str] | None) -> dict[str, str]:

@@ -92,14 +92,14 @@ def run(
         )
     p = source.data.params
     lineage = {
-        "ampflow.sweep_id": str(summary.get("sweep_run_id")),
+        schema.TAG_SWEEP: str(summary.get("sweep_run_id")),
         "ampflow.run_id": source.info.run_id,
-        "ampflow.dataset_hash": str(p.get("dataset_hash") or summary.get("dataset_hash")),
-        "ampflow.precision": str(p.get("precision") or config.get("precision")),
+        schema.TAG_DATASET_HASH: str(p.get("dataset_hash") or summary.get("dataset_hash")),
+        schema.TAG_PRECISION: str(p.get("precision") or config.get("precision")),
         "ampflow.compile": str(p.get("compile")),
-        "ampflow.config_id": rec_id,
-        "ampflow.recipe": str(summary.get("recipe")),
-        "ampflow.hardware": str(source.data.tags.get(schema.TAG_HARDWARE)),
+        schema.TAG_CONFIG_ID: rec_id,
+        schema.TAG_RECIPE: str(summary.get("recipe")),
+        schema.TAG_HARDWARE: str(source.data.tags.get(schema.TAG_HARDWARE)),
         f"ampflow.{METRIC}": repr(acc),
         "ampflow.macro_f1": repr(source.data.metrics.get("macro_f1")),
         "ampflow.samples_per_s": repr(source.data.metrics.get("samples_per_s")),

@@ -38,6 +38,9 @@ TAG_MODEL_URI = "ampflow.model_uri"
 TAG_MODEL_INPUTS = "ampflow.model_inputs"
 TAG_DATASET_HASH = "ampflow.dataset_hash"
 TAG_PARENT = "mlflow.parentRunId"
+# the KFP pipeline run whose step started a run (set through MLFLOW_RUN_CONTEXT by
+# ampflow.integrations.kfp.run_step); the pipelines' exit handler closes the runs it tags
+TAG_PIPELINE_RUN_ID = "ampflow.pipeline_run_id"
 # the Airflow task whose step started a run (set through MLFLOW_RUN_CONTEXT); the DAGs' clean-up
 # task closes the runs of its DAG run by TAG_AIRFLOW_RUN_ID
 TAG_AIRFLOW_DAG_ID = "ampflow.airflow_dag_id"
