@@ -124,12 +124,25 @@ class RunConfig:
         """Apply CLI-style ``key=value`` strings (values parsed by the field's type)."""
         return self.replace(**parse_overrides(pairs))
 
-    def resolve(self, defaults: dict[str, Any]) -> RunConfig:
+    def resolve(
+        self, defaults: dict[str, Any], explicit: set[str] | frozenset[str] = frozenset()
+    ) -> RunConfig:
         """Fill ``None`` fields from a recipe's defaults (only fields still unset), then from ampflow's.
 
+        ``explicit``: the keys the user set (``--set``, ``--precision`` ...). An explicit value, ``None``
+        included (``--set max_steps=none``: no step cap), is never replaced by a default. An explicit
+        ``epochs`` without an explicit ``max_steps`` replaces the recipe's default step cap, so
+        ``--set epochs=2`` trains two epochs (see :meth:`total_steps` for both given).
         After this, ``batch_size`` (an int or ``"auto"``), ``learning_rate`` and ``warmup_steps`` are set.
         """
-        changes = {k: v for k, v in defaults.items() if k in self.field_names() and getattr(self, k) is None}
+        skip = set(explicit)
+        if "epochs" in skip:
+            skip.add("max_steps")
+        changes = {
+            k: v
+            for k, v in defaults.items()
+            if k in self.field_names() and k not in skip and getattr(self, k) is None
+        }
         fallbacks = {
             "warmup_steps": _DEFAULT_TIMING_WARMUP,
             "batch_size": DEFAULT_BATCH_SIZE,
@@ -141,8 +154,15 @@ class RunConfig:
         return self.replace(**changes) if changes else self
 
     def total_steps(self, steps_per_epoch: int) -> int:
-        """Optimizer steps of the whole run: ``max_steps``, else ``epochs`` (default 1) x ``steps_per_epoch``."""
-        return self.max_steps or (self.epochs or DEFAULT_EPOCHS) * steps_per_epoch
+        """Optimizer steps of the whole run.
+
+        ``max_steps`` alone: that many; ``epochs`` alone: ``epochs x steps_per_epoch``; both: whichever
+        ends first (the smaller); neither: ``DEFAULT_EPOCHS`` epochs.
+        """
+        by_epochs = (self.epochs or DEFAULT_EPOCHS) * steps_per_epoch
+        if self.max_steps is None:
+            return by_epochs
+        return min(self.max_steps, by_epochs) if self.epochs is not None else self.max_steps
 
     def lr_plan(self, total_steps: int) -> tuple[str, int]:
         """``(schedule, warm-up steps)`` of the learning rate over ``total_steps`` optimizer steps.

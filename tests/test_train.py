@@ -474,3 +474,48 @@ def test_set_parsed_and_config_validated_once_per_run(data, tmp_path, monkeypatc
     assert len(parses) == 1
     assert len(built) == 1
     assert resolved.max_steps == 3 and resolved.batch_size == 32 and resolved.learning_rate == 0.01
+
+
+# -- every setting given takes effect or is refused (issue 12, part 1) ------------------------------
+
+
+def test_explicit_epochs_replace_the_recipes_step_cap(data, tmp_path):
+    """The fixture recipe caps runs at 30 steps; 512 examples at batch 32 are 16 steps an epoch."""
+    assert train(data, tmp_path / "e2", "--set", "epochs=2") == 0
+    assert result(tmp_path / "e2")["metrics"]["steps"] == 32  # not the recipe's 30
+    assert train(data, tmp_path / "nocap", "--set", "max_steps=none") == 0
+    assert result(tmp_path / "nocap")["metrics"]["steps"] == 16  # no cap: one epoch
+
+
+def test_epochs_and_max_steps_together_stop_at_whichever_comes_first():
+    from ampflow.config import RunConfig
+
+    assert RunConfig(epochs=2, max_steps=20).total_steps(16) == 20
+    assert RunConfig(epochs=1, max_steps=20).total_steps(16) == 16
+    assert RunConfig(max_steps=20).total_steps(16) == 20
+    assert RunConfig(epochs=3).total_steps(16) == 48
+    assert RunConfig().total_steps(16) == 16
+    resolved = RunConfig(epochs=2).resolve({"max_steps": 400}, {"epochs"})
+    assert (resolved.epochs, resolved.max_steps) == (2, None)
+    assert RunConfig().resolve({"max_steps": 400}, set()).max_steps == 400
+    assert RunConfig(max_steps=None).resolve({"max_steps": 400}, {"max_steps"}).max_steps is None
+
+
+def test_resume_refuses_a_setting_the_checkpoint_cannot_take(data, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert (
+        train(data, run, "--set", "max_steps=4", "--set", "batch_size=auto", "--set", "auto_batch_max=64")
+        == 0
+    )
+    before = (run / "checkpoint.pt").read_bytes()
+    saved_batch = result(run)["config"]["batch_size"]
+    for key, value in (("batch_size", saved_batch * 2), ("learning_rate", 1e-4)):
+        capsys.readouterr()
+        assert train(data, run, "--resume", "--set", "max_steps=8", "--set", f"{key}={value}") == 2
+        err = capsys.readouterr().err
+        assert f"--resume: {key}=" in err and "differs from the checkpoint's" in err, err
+        assert (run / "checkpoint.pt").read_bytes() == before
+    # the same value, `auto` for a searched batch size, and keys that may change all resume
+    extra = ("--set", f"learning_rate={result(run)['config']['learning_rate']}", "--set", "batch_size=auto")
+    assert train(data, run, "--resume", "--set", "max_steps=6", *extra, "--set", "auto_batch_max=64") == 0
+    assert result(run)["metrics"]["steps"] == 6 and result(run)["resumed_from_step"] == 4

@@ -127,7 +127,7 @@ def prepare(
     recipe = get_recipe(config.recipe)
     manifest = read_manifest(data_dir)
     check_dataset_recipe(manifest, config, recipe, data_dir)
-    config = config.resolve(recipe_defaults(recipe))
+    config = config.resolve(recipe_defaults(recipe), explicit or set())
     ckpt = checkpoint.checkpoint_path(out)
     state = None
     if ckpt.exists() and not resume:
@@ -145,14 +145,31 @@ def prepare(
             what="--resume",
         )
         saved = state["config"]
-        if "precision" in (explicit or set()) and config.precision != saved.get("precision"):
-            raise ConfigError(
-                f"--resume: {ckpt} was trained in precision {saved.get('precision')}, not {config.precision}"
-            )
+        refuse_resume_changes(config, saved, explicit or set(), ckpt)
         keep = {k: getattr(config, k) for k in RESUME_MAY_CHANGE if k in (explicit or set())}
         # the checkpoint's configuration comes off disk: validated here, once, with this run's changes
         config = RunConfig.from_dict({**saved, **keep})
     return config, recipe, state, data_dir, out
+
+
+def refuse_resume_changes(config: RunConfig, saved: dict[str, Any], explicit: set[str], ckpt: Path) -> None:
+    """A setting given on ``--resume`` that the checkpoint cannot take is bad input, never dropped.
+
+    ``explicit``: the keys this command line set; ``saved``: the checkpoint's resolved configuration.
+    Keys in :data:`RESUME_MAY_CHANGE` may differ; any other that differs raises ConfigError naming it
+    (the launcher and Airflow retries add ``--resume`` themselves: silence would reuse old settings).
+    """
+    for key in sorted(explicit - set(RESUME_MAY_CHANGE)):
+        given, kept = getattr(config, key), saved.get(key)
+        # `auto` was resolved to a number by the search and saved as that number: a retry that passes
+        # the same `--set batch_size=auto` asks for the same thing
+        if key == "batch_size" and given == "auto":
+            continue
+        if given != kept:
+            raise ConfigError(
+                f"--resume: {key}={given} differs from the checkpoint's {key}={kept} ({ckpt}); only "
+                f"{', '.join(RESUME_MAY_CHANGE)} may change on resume (start a new --out to change {key})"
+            )
 
 
 def recipe_defaults(recipe: Any) -> dict[str, Any]:
