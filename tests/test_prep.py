@@ -431,3 +431,39 @@ def test_tiny_limit_still_puts_every_class_in_every_split(tmp_path):
     assert sum(m["rows"].values()) == 50
     for split in m["rows"]:
         assert min(m["class_balance"][split].values()) >= 1
+
+
+# -- bad data is refused at the door (issue 12, part 2) ------------------------------------------------
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+
+
+def test_empty_feature_cells_are_refused_naming_the_column_and_count(tmp_path, capsys, monkeypatch):
+    """The user recipe's 120-row CSV with 3 empty cells: exit 2 at prep, not a run that skips steps."""
+    monkeypatch.syspath_prepend(str(EXAMPLES.parent))
+    df = pd.read_csv(EXAMPLES / "digits_sample.csv")
+    assert len(df) == 120
+    df = df.astype("float64")
+    df.loc[[3, 50, 90], "p5"] = np.nan
+    src = tmp_path / "holes.csv"
+    df.to_csv(src, index=False)
+    out = tmp_path / "out"
+    rc, _, err = run_cli(
+        capsys, "--recipe", "examples.my_recipe:digits", "--source", str(src), "--out", str(out)
+    )
+    assert rc == 2
+    assert "3 of 120 rows have empty or non-finite feature values ('p5': 3 rows)" in err
+    assert not out.exists()
+
+
+def test_jsonl_and_csv_with_a_byte_order_mark_read_alike(tmp_path):
+    df = text_frame()
+    df.to_csv(tmp_path / "bom.csv", index=False, encoding="utf-8-sig")
+    (tmp_path / "bom.jsonl").write_text(df.to_json(orient="records", lines=True), encoding="utf-8-sig")
+    hashes = {
+        prep.run(RunConfig(seed=0), Paths.of(out=tmp_path / f"o{i}", source=str(tmp_path / name)))[
+            "content_hash"
+        ]
+        for i, name in enumerate(["bom.csv", "bom.jsonl"])
+    }
+    assert len(hashes) == 1

@@ -85,7 +85,7 @@ def read_table(source: str) -> pd.DataFrame:
             with fsspec.open(source, "rb") as fh:
                 df = pd.read_parquet(fh)
         else:
-            with fsspec.open(source, "rt", encoding="utf-8", errors="replace", compression="infer") as fh:
+            with fsspec.open(source, "rt", encoding="utf-8-sig", errors="replace", compression="infer") as fh:
                 if fmt == "jsonl":
                     df = pd.read_json(fh, lines=True, dtype=False)
                 else:

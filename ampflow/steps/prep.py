@@ -96,6 +96,7 @@ def run(config: RunConfig, paths: Paths, limit: int | None = None) -> dict[str, 
         tmp.chmod(0o777 & ~umask)
         arrays, info = recipe.featurize(splits, tmp)
         _check_arrays(arrays, split_labels, recipe.name)
+        _check_finite(arrays, splits, prepared.source)
         for split in splits:
             arrays[split]["labels"] = split_labels[split]
             folder = tmp / split
@@ -332,6 +333,41 @@ def _check_arrays(arrays: dict[str, dict[str, Any]], labels: dict[str, Any], rec
                 raise ValueError(
                     f"recipe {recipe!r}: array {split}/{name} has {len(arr)} rows, split has {len(labels[split])}"
                 )
+
+
+def _check_finite(arrays: dict[str, dict[str, Any]], frames: dict[str, Any], source: str) -> None:
+    """Refuse features that are not finite (an empty CSV cell becomes NaN): exit 2 naming the source
+    columns that hold them and how many rows.
+
+    The rule is refusal, not a silent drop: a NaN feature turns every batch holding it into a
+    non-finite loss, which the trainer skips, so a run would report "ok" on a fraction of its data.
+    """
+    import numpy as np
+
+    bad_rows, total = 0, 0
+    columns: dict[str, int] = {}
+    for split, arrs in arrays.items():
+        total += len(frames[split])
+        mask = np.zeros(len(frames[split]), dtype=bool)
+        for arr in arrs.values():
+            if arr.dtype.kind in "fc":
+                mask |= ~np.isfinite(arr.reshape(len(arr), -1)).all(axis=1)
+        if not mask.any():
+            continue
+        bad_rows += int(mask.sum())
+        rows = frames[split][mask]
+        for col in rows.columns:
+            n = int(rows[col].isna().sum())
+            if n:
+                columns[str(col)] = columns.get(str(col), 0) + n
+    if bad_rows:
+        named = (
+            ", ".join(f"{c!r}: {n} rows" for c, n in sorted(columns.items())) or "not traceable to a column"
+        )
+        raise ConfigError(
+            f"--source {source}: {bad_rows} of {total} rows have empty or non-finite feature values "
+            f"({named}); fill or drop them in the source (training would skip every batch holding one)"
+        )
 
 
 def _print_summary(manifest: dict[str, Any], out: Path) -> None:
