@@ -10,7 +10,7 @@ export PYTHONHASHSEED := 0
 MLFLOW_DB ?= $(CURDIR)/mlruns.db
 DEMO_OUT ?= $(CURDIR)/demo-out
 
-.PHONY: setup test demo bench lint format compile images e2e-cluster mlflow-ui clean airflow-venv test-airflow
+.PHONY: setup test demo bench lint format compile images e2e-cluster mlflow-ui clean airflow-venv test-airflow mutation
 
 setup: $(STAMP)
 
@@ -28,6 +28,19 @@ $(STAMP): pyproject.toml
 test: setup airflow-venv
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 	$(MAKE) --no-print-directory test-airflow
+
+# mutation testing of the decision code (pyproject's [tool.mutmut]: comparability, verdict, noise,
+# regression, stats, gate) against the fast pure tests; not part of make test. mutmut works in ./mutants
+# and resumes there; the last line is the score (killed / all mutants), which must be at least 90 %.
+MUTATION_MIN ?= 90
+mutation: setup
+	$(BIN)/mutmut run --max-children $${MUTATION_CHILDREN:-2} >/dev/null || true
+	@$(BIN)/mutmut results
+	@$(BIN)/mutmut export-cicd-stats >/dev/null
+	@$(BIN)/python -c "import json, sys; s = json.load(open('mutants/mutmut-cicd-stats.json')); \
+	  score = 100 * (s['killed'] + s['timeout']) / max(1, s['total']); \
+	  print(f\"mutation score: {s['killed'] + s['timeout']}/{s['total']} killed = {score:.1f} % (minimum $(MUTATION_MIN) %)\"); \
+	  sys.exit(0 if score >= $(MUTATION_MIN) else 1)"
 
 lint: setup
 	$(BIN)/ruff check .

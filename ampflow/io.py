@@ -1,13 +1,17 @@
 """Atomic file writes: a reader (or a run resumed after a SIGKILL) sees the old file or the new one.
 
 Owns the write-to-temp, fsync, rename dance used for ``manifest.json``, ``result.json``, ``eval.json``,
-checkpoints, the tracking spool and compiled pipelines. Standard library only.
+checkpoints, the tracking spool and compiled pipelines, and the one JSON writer: strict JSON (RFC 8259),
+where a non-finite float is written as ``null`` (never ``NaN``/``Infinity``, which strict parsers such
+as jq, JavaScript or Go reject). Standard library only.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import math
+import numbers
 import os
 import tempfile
 from collections.abc import Iterator
@@ -42,6 +46,37 @@ def atomic_write_text(path: str | Path, text: str) -> None:
         fh.write(text)
 
 
+def finite_json(data: Any) -> Any:
+    """``data`` with every non-finite float (NaN, +-inf) replaced by None, recursively.
+
+    Dicts, lists and tuples are rebuilt (tuples as lists); numpy scalars become Python ``int``/``float``
+    (they are registered as :mod:`numbers` types); anything else is returned as it is.
+    """
+    if isinstance(data, dict):
+        return {k: finite_json(v) for k, v in data.items()}
+    if isinstance(data, list | tuple):
+        return [finite_json(v) for v in data]
+    if isinstance(data, bool) or data is None or isinstance(data, str):
+        return data
+    if isinstance(data, numbers.Integral):
+        return int(data)
+    if isinstance(data, numbers.Real):
+        value = float(data)
+        return value if math.isfinite(value) else None
+    return data
+
+
+def dumps_strict(data: Any, **kwargs: Any) -> str:
+    """Strict JSON text of ``data``: non-finite floats become ``null`` (:func:`finite_json`), and
+    ``allow_nan=False`` makes any that slipped through an error rather than ``NaN`` in the file.
+    ``kwargs`` go to :func:`json.dumps` (``default=str`` unless given)."""
+    kwargs.setdefault("default", str)
+    return json.dumps(finite_json(data), allow_nan=False, **kwargs)
+
+
 def atomic_write_json(path: str | Path, data: Any) -> None:
-    """Write ``data`` as indented, key-sorted JSON (``default=str`` for paths and the like), atomically."""
-    atomic_write_text(path, json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
+    """Write ``data`` as indented, key-sorted strict JSON (:func:`dumps_strict`), atomically.
+
+    Non-finite floats are written as ``null``; paths and the like as their ``str``.
+    """
+    atomic_write_text(path, dumps_strict(data, indent=2, sort_keys=True) + "\n")

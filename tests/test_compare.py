@@ -26,10 +26,11 @@ from tests.fixtures_mlflow import log_sweep
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def rec(precision, thr, acc, *, peak=100.0, compile=False, ece=0.05, name=None):
+def rec(precision, thr, acc, *, peak=100.0, compile=False, ece=0.05, name=None, timed=100):
     return {"name": name or precision, "precision": precision, "compile": compile, "strategy": "single",
-            "recipe": "tweets-bow", "metrics": {"samples_per_s": thr, "accuracy": acc, "macro_f1": acc - 0.01,
-                                                "ece": ece, "peak_memory_bytes": peak},
+            "recipe": "tweets-bow", "metrics": {"samples_per_s": thr, "accuracy": acc,
+                                                "macro_f1": None if acc is None else acc - 0.01,
+                                                "ece": ece, "peak_memory_bytes": peak, "timed_steps": timed},
             "loss_curve": [[0, 1.0], [1, 0.5]]}  # fmt: skip
 
 

@@ -89,6 +89,18 @@ def test_eval_json(trained, tmp_path):
     assert e["accuracy"] > 0.5  # chance is 1/3: the trained weights were loaded
     assert 0 <= e["ece"] <= 1 and e["loss"] > 0
     assert e["macro_f1"] == pytest.approx(macro_f1(cm))
+    # the per-example results beside eval.json: one line per test example, in split order, and the
+    # figures above are exactly theirs (compare pairs these files for McNemar's test)
+    assert e["predictions_file"] == "predictions.jsonl"
+    lines = (tmp_path / "eval" / "predictions.jsonl").read_text().splitlines()
+    rows = [json.loads(line) for line in lines]
+    assert len(rows) == 192 and [r["index"] for r in rows] == list(range(192))
+    assert sum(r["label"] == r["prediction"] for r in rows) == int(np.trace(cm))
+    assert all(1 / 3 - 1e-6 <= r["confidence"] <= 1.0 for r in rows)
+    from ampflow.compare.records import load_predictions
+
+    labels, correct = load_predictions(tmp_path / "eval" / "predictions.jsonl")
+    assert len(labels) == 192 and sum(correct) == int(np.trace(cm))
 
 
 def test_eval_batch_size_does_not_change_results(trained, tmp_path):

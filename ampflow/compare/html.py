@@ -13,7 +13,7 @@ import io
 from html import escape
 from typing import Any
 
-from ampflow.compare.markdown import MIB, fmt_figure, fmt_value
+from ampflow.compare.markdown import MIB, fmt_figure, fmt_value, header_notes
 
 BASELINE_COLOR, PASS_COLOR, FAIL_COLOR = "#4c72b0", "#55a868", "#c44e52"
 FIGSIZE = (6, 3.4)  # inches
@@ -137,7 +137,8 @@ def _table_row(c: dict[str, Any], recommended: str | None) -> str:
         f"<td>{fmt_value(c['memory_ratio'], '.2f', 'x')}</td>"
         f"<td>{fmt_figure(c, 'accuracy', '.4f')}</td><td>{fmt_value(c['accuracy_delta_pp'], '+.2f')}</td>"
         f"<td>{fmt_value(c['macro_f1_delta_pp'], '+.2f')}</td><td>{fmt_value(c['ece_delta'], '+.4f')}</td>"
-        f"<td class='{c['verdict']}'>{c['verdict']}</td></tr>"
+        f"<td class='{c['verdict']}' title='{escape(str(c.get('reason')))}'>{c['verdict']}</td>"
+        f"<td title='{escape(str(c.get('speed_reason')))}'>{c.get('speed_verdict', 'n/a')}</td></tr>"
     )
 
 
@@ -150,7 +151,7 @@ def _regressions(summary: dict[str, Any]) -> str:
         return f"<h2>Regressions</h2><ul>{regress}</ul>"
     if n_prev:
         return f"<p>Regression check: nothing flagged against {n_prev} previous sweep(s).</p>"
-    return "<p>Regression check: no previous sweep of this recipe on this hardware yet.</p>"
+    return "<p>Regression check: no previous comparable sweep (same recipe, hardware, dataset and settings) yet.</p>"
 
 
 STYLE = """<style>
@@ -159,7 +160,7 @@ table { border-collapse: collapse; font-size: 13px; } th, td { border: 1px solid
 text-align: right; } th { background: #f4f4f4; } td:first-child { text-align: left; }
 tr.rec { background: #eaf6ea; font-weight: 600; } td.fail { color: #b00; } td.pass { color: #080; }
 .plots img { width: 48%; min-width: 380px; margin: 4px; border: 1px solid #eee; }
-.meta { color: #555; font-size: 13px; }
+.meta { color: #555; font-size: 13px; } .mismatch p { color: #b00; font-weight: 600; }
 </style>"""
 
 
@@ -173,6 +174,14 @@ def render_html(summary: dict[str, Any]) -> str:
     rows = "".join(_table_row(c, summary.get("recommended")) for c in summary["configs"])
     imgs = "".join(f"<img alt='{k}' src='data:image/png;base64,{v}'>" for k, v in plots.items())
     recipe = escape(str(summary.get("recipe")))
+    notes = "".join(f"<p class='meta'>{escape(n)}</p>" for n in header_notes(summary))
+    cls = " class='mismatch'" if summary.get("mismatches") else ""
+    reasons = "".join(
+        f"<li>{escape(c['config_id'])}: accuracy {escape(c['verdict'])}: {escape(str(c['reason']))}; speed "
+        f"{escape(str(c.get('speed_verdict')))}: {escape(str(c.get('speed_reason')))}</li>"
+        for c in summary["configs"]
+        if not c["is_baseline"]
+    )
     return f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>ampflow compare: {recipe}</title>
 {STYLE}</head><body>
@@ -180,10 +189,12 @@ def render_html(summary: dict[str, Any]) -> str:
 <p class="meta">device {escape(str(summary.get("device_name")))} · hardware {escape(str(summary.get("hardware")))}
 · dataset {escape(str(summary.get("dataset_hash"))[:23])} · baseline <b>{escape(summary["baseline"])}</b>
 · tolerance {summary["tolerance_pp"]} pp · sweep {escape(str(summary.get("sweep_run_id")))}</p>
+<div{cls}>{notes}</div>
 <p><b>Recommended:</b> {escape(summary["recommendation"])}</p>
 <table><tr><th>config</th><th>repeats</th><th>samples/s</th><th>speedup</th><th>peak MiB</th><th>mem ratio</th>
-<th>accuracy</th><th>Δacc pp</th><th>Δmacro-F1 pp</th><th>ΔECE</th><th>verdict</th></tr>
+<th>accuracy</th><th>Δacc pp</th><th>Δmacro-F1 pp</th><th>ΔECE</th><th>verdict</th><th>speed</th></tr>
 {rows}</table>
+<ul>{reasons}</ul>
 <p class="meta">medians, (min-max) over repeats; ~ marks a difference within the spread (noise)</p>
 {_regressions(summary)}
 <div class="plots">{imgs}</div>

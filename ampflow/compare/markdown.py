@@ -38,8 +38,45 @@ def _table_row(c: dict[str, Any], recommended: str | None) -> str:
         f"| {fmt_figure(c, 'peak_memory_bytes', '.0f', MIB)} | {fmt_value(c['memory_ratio'], '.2f', 'x')} "
         f"| {fmt_figure(c, 'accuracy', '.4f')} | {amark}{fmt_value(c['accuracy_delta_pp'], '+.2f')} "
         f"| {fmt_value(c['macro_f1_delta_pp'], '+.2f')} | {fmt_value(c['ece_delta'], '+.4f')} "
-        f"| {c['verdict']}{rec} |"
+        f"| {c['verdict']}{rec} | {c.get('speed_verdict', 'n/a')} |"
     )
+
+
+def header_notes(summary: dict[str, Any]) -> list[str]:
+    """The lines both reports put above the table: what was compared, the allowed mismatches, and the
+    accuracy test used (with the smallest difference the test split can detect)."""
+    notes = [
+        f"compared: {', '.join(summary.get('compared') or [])}; every other setting, the recipe and the dataset are equal"
+    ]
+    mismatches = summary.get("mismatches") or []
+    if mismatches:
+        notes = [
+            "compared: "
+            + ", ".join(summary.get("compared") or [])
+            + "; NOT COMPARABLE, allowed by --allow-mismatch: "
+            + "; ".join(
+                f"{m['field']} differs ({' vs '.join(str(v) for v in m['values'])})" for m in mismatches
+            )
+        ]
+    if summary.get("min_detectable_pp") is not None:
+        notes.append(
+            f"accuracy: McNemar's exact paired test on the same test examples; this test split can detect "
+            f"differences of {summary['min_detectable_pp']:.2f} pp or more"
+        )
+    else:
+        notes.append(
+            "accuracy: tolerance only (no paired test: the runs have no per-example results to pair)"
+        )
+    return notes
+
+
+def _reasons(summary: dict[str, Any]) -> list[str]:
+    return [
+        f"- {c['config_id']}: accuracy {c['verdict']}: {c['reason']}; speed {c.get('speed_verdict')}: "
+        f"{c.get('speed_reason')}"
+        for c in summary["configs"]
+        if not c["is_baseline"]
+    ]
 
 
 def render_markdown(summary: dict[str, Any]) -> str:
@@ -54,17 +91,25 @@ def render_markdown(summary: dict[str, Any]) -> str:
         f"baseline `{summary['baseline']}`, accuracy tolerance {summary['tolerance_pp']} pp; "
         "medians, (min-max) over repeats; ~ marks a difference within noise",
         "",
+        *header_notes(summary),
+        "",
         "| config | repeats | samples/s | speedup | peak mem MiB | mem ratio | accuracy | Δacc pp | Δmacro-F1 pp "
-        "| ΔECE | verdict |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+        "| ΔECE | verdict | speed |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|",
     ]
     lines += [_table_row(c, summary.get("recommended")) for c in summary["configs"]]
     lines += ["", f"**Recommended:** {summary['recommendation']}"]
+    reasons = _reasons(summary)
+    if reasons:
+        lines += ["", *reasons]
     if summary.get("regressions"):
         lines += ["", "**Regressions against previous sweeps:**"]
         lines += [f"- {r['config_id']}: {r['message']}" for r in summary["regressions"]]
     elif summary.get("regression_baseline"):
         lines += ["", f"No regression against {len(summary['regression_baseline'])} previous sweep(s)."]
     else:
-        lines += ["", "No previous sweep of this recipe on this hardware to check regressions against."]
+        lines += [
+            "",
+            "No previous comparable sweep (same recipe, hardware, dataset and settings) to check regressions against.",
+        ]
     return "\n".join(lines)

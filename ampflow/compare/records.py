@@ -8,7 +8,14 @@ A record is a dict:
 
     name, precision, compile (bool), strategy ("single" when absent), recipe, device_name,
     bf16_emulated (bool or None), dataset_hash,
-    metrics        {name: float or None}: result.json's figures plus accuracy, macro_f1, ece
+    metrics        {name: float or None}: result.json's figures plus accuracy, macro_f1, ece; a
+                   non-finite figure (NaN, inf) is None: it is no evidence
+    settings       {RunConfig field: text}: the resolved settings (comparable.settings_of); {} unknown
+    batch_auto     True when the run chose its batch size with batch_size=auto
+    correct        [bool] per test example, in split order, from evaluate's predictions.jsonl; None
+                   without the file (runs evaluated before it existed, runs read from MLflow)
+    labels         [int] the test examples' labels in the same order (to check that two runs' files
+                   are the same examples); None with ``correct``
     loss_curve     [[step, training loss], ...] in step order
     run_id, sweep_run_id, tracking_uri          None for an untracked run
     run_dir                                     from a directory only
@@ -18,14 +25,51 @@ A record is a dict:
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from ampflow.compare.comparable import settings_of
 from ampflow.config import ConfigError
 
 # the evaluation figures a record carries next to result.json's
 EVAL_FIGURES = ("accuracy", "macro_f1", "ece")
+PREDICTIONS_FILE = "predictions.jsonl"  # written by ampflow evaluate beside eval.json
+
+
+def finite_or_none(value: Any) -> float | None:
+    """A figure as a float, or None when it is missing, not a number, NaN or infinite."""
+    if value is None or isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return float(value) if math.isfinite(value) else None
+
+
+def _finite_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
+    return {k: (finite_or_none(v) if isinstance(v, float) else v) for k, v in metrics.items()}
+
+
+def load_predictions(path: str | Path) -> tuple[list[int], list[bool]] | None:
+    """``(labels, correct)`` from evaluate's predictions.jsonl (lines ``{"index", "label", "prediction",
+    "confidence"}`` in split order); None when the file is absent. Raises :class:`ConfigError` on a
+    file that is not that (a line that does not parse, or indices out of order)."""
+    path = Path(path)
+    if not path.is_file():
+        return None
+    labels, correct = [], []
+    with path.open(encoding="utf-8") as fh:
+        for i, line in enumerate(fh):
+            try:
+                row = json.loads(line)
+                ok = row["index"] == i
+                label, pred = int(row["label"]), int(row["prediction"])
+            except (ValueError, KeyError, TypeError):
+                ok = False
+            if not ok:
+                raise ConfigError(f"{path}: line {i + 1} is not an example of evaluate's predictions file")
+            labels.append(label)
+            correct.append(label == pred)
+    return labels, correct
 
 
 def load_run_dir(path: str | Path) -> dict[str, Any]:
@@ -41,17 +85,19 @@ def load_run_dir(path: str | Path) -> dict[str, Any]:
         raise ConfigError(f"--runs {path}: no result.json (not a finished `ampflow train` directory)")
     result = json.loads(result_file.read_text(encoding="utf-8"))
     ev: dict[str, Any] = {}
+    examples = None
     for candidate in (path / "eval.json", path / "eval" / "eval.json"):
         if candidate.is_file():
             ev = json.loads(candidate.read_text(encoding="utf-8"))
+            examples = load_predictions(candidate.parent / PREDICTIONS_FILE)
             break
     state: dict[str, Any] = {}
     state_file = path / "tracking" / "state.json"
     if state_file.is_file():
         state = json.loads(state_file.read_text(encoding="utf-8"))
-    metrics = dict(result.get("metrics") or {})
+    metrics = _finite_metrics(dict(result.get("metrics") or {}))
     for key in EVAL_FIGURES:
-        metrics[key] = ev.get(key)
+        metrics[key] = finite_or_none(ev.get(key))
     cfg = result.get("config") or {}
     return {
         "name": path.name,
@@ -63,6 +109,10 @@ def load_run_dir(path: str | Path) -> dict[str, Any]:
         "bf16_emulated": result.get("bf16_emulated"),
         "dataset_hash": result.get("dataset_hash"),
         "metrics": metrics,
+        "settings": settings_of(cfg, device=result.get("device")),
+        "batch_auto": bool(result.get("batch_size_search")),
+        "labels": examples[0] if examples else None,
+        "correct": examples[1] if examples else None,
         "loss_curve": result.get("loss_curve") or [],
         "run_id": state.get("run_id"),
         "sweep_run_id": state.get("parent_run_id"),
@@ -100,7 +150,13 @@ def record_from_tracked(
         "device_name": params.get("device_name"),
         "bf16_emulated": params.get("bf16_emulated") == "true" if "bf16_emulated" in params else None,
         "dataset_hash": params.get("dataset_hash"),
-        "metrics": dict(metrics),
+        "metrics": _finite_metrics(dict(metrics)),
+        # params hold the resolved settings (device and batch size as resolved); whether the batch size
+        # was searched is not logged, so differing batch sizes of tracked runs are refused
+        "settings": settings_of(params),
+        "batch_auto": False,
+        "labels": None,
+        "correct": None,
         "loss_curve": [[step, value] for step, value in sorted(loss_history, key=lambda h: h[0])],
         "run_id": run_id,
         "sweep_run_id": sweep_run_id,

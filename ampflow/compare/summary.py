@@ -1,6 +1,7 @@
 """The comparison summary (schema ``ampflow.compare/1``, documented in the README): built and written.
 
-Owns the assembly, :func:`compare_runs` (records -> verdict -> regression check), and
+Owns the assembly, :func:`compare_runs` (records -> comparability check -> verdict -> regression
+check), and
 :func:`write_reports` (``summary.json``, ``report.md``, ``report.html``). The decisions are
 :mod:`ampflow.compare.verdict`'s and :mod:`ampflow.compare.regression`'s; this module is the only one
 in the package that reaches out, and only lazily: to MLflow through :mod:`ampflow.tracking.queries`
@@ -13,6 +14,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from ampflow.compare.comparable import (
+    COMPARED_DIMENSIONS,
+    batch_size_compared,
+    check_comparable,
+    parse_allowed,
+)
 from ampflow.compare.html import render_html
 from ampflow.compare.markdown import render_markdown
 from ampflow.compare.records import to_records
@@ -43,6 +50,7 @@ def compare_runs(
     throughput_drop: float = DEFAULT_THROUGHPUT_DROP,
     accuracy_drop: float = DEFAULT_ACCURACY_DROP_PP,
     tracking_uri: str | None = None,
+    allow_mismatch: tuple[str, ...] | list[str] | str | None = None,
 ) -> dict[str, Any]:
     """The comparison summary (schema ``ampflow.compare/1``) of run directories or run records.
 
@@ -52,16 +60,22 @@ def compare_runs(
     regression check; ``None`` looks them up in MLflow (same recipe and hardware fingerprint, started
     before this sweep) when the runs were tracked, ``[]`` skips the check. ``throughput_drop``
     (fraction) and ``accuracy_drop`` (pp) are the regression thresholds. ``tracking_uri`` is used when
-    no record names one. Raises :class:`ConfigError` on no inputs, a negative tolerance, an unreadable
-    input or a baseline not among the runs.
+    no record names one. ``allow_mismatch``: fields that may differ although they must match
+    (:mod:`ampflow.compare.comparable`); they split configurations and are listed in ``mismatches``.
+    Raises :class:`ConfigError` on no inputs, a negative tolerance, an unreadable input, runs that are
+    not comparable (the field and both values named) or a baseline not among the runs.
     """
     if not inputs:
         raise ConfigError("compare: no runs to compare")
     if tolerance < 0:
         raise ConfigError(f"--tolerance must be >= 0 percentage points, got {tolerance}")
+    allowed = parse_allowed(allow_mismatch)
     records = to_records(inputs)
-    verdict = compare_configs(records, baseline=baseline, tolerance=tolerance)
+    mismatches = check_comparable(records, allowed)
+    split_by = tuple(m["field"] for m in mismatches)
+    verdict = compare_configs(records, baseline=baseline, tolerance=tolerance, split_by=split_by)
     first = records[0]
+    tests = [c["accuracy_test"] for c in verdict["configs"] if c.get("accuracy_test")]
     summary: dict[str, Any] = {  # key order is summary.json's
         "schema": SCHEMA,
         "recipe": first.get("recipe"),
@@ -70,6 +84,12 @@ def compare_runs(
         "dataset_hash": first.get("dataset_hash"),
         "baseline": verdict["baseline"],
         "tolerance_pp": tolerance,
+        # what this comparison varies; everything else was checked equal, bar the allowed mismatches
+        "compared": list(COMPARED_DIMENSIONS) + (["batch_size"] if batch_size_compared(records) else []),
+        "mismatches": mismatches,
+        "accuracy_test": "mcnemar-exact" if tests else "tolerance-only",
+        # the smallest accuracy difference the test split can show significant (None without a paired test)
+        "min_detectable_pp": tests[0]["min_detectable_pp"] if tests else None,
         "configs": verdict["configs"],
         "recommended": verdict["recommended"],
         "recommended_run_id": verdict["recommended_run_id"],
@@ -85,6 +105,10 @@ def compare_runs(
         summary["configs"], previous, throughput_drop=throughput_drop, accuracy_drop=accuracy_drop
     )
     summary["regressed"] = bool(summary["regressions"])
+    # which configurations earlier sweeps had figures for: the champion gate's evidence (compare.gate)
+    summary["regression_checked"] = [
+        c["config_id"] for c in summary["configs"] if any(c["config_id"] in p["configs"] for p in previous)
+    ]
     return summary
 
 

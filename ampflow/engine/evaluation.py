@@ -1,4 +1,9 @@
-"""Evaluation of a trained checkpoint on the held-out test split, under the run's precision."""
+"""Evaluation of a trained checkpoint on the held-out test split, under the run's precision.
+
+Besides the figures (eval.json) it keeps the per-example results: each test example's label, the
+predicted class and the predicted class's probability, in split order. ``ampflow compare`` pairs two
+configurations' results on the same examples for McNemar's test (:mod:`ampflow.compare.stats`).
+"""
 
 from __future__ import annotations
 
@@ -19,7 +24,6 @@ EVAL_SCHEMA = "ampflow.eval.result/1"
 ECE_BINS = 15
 
 
-@torch.no_grad()
 def evaluate(
     config: RunConfig,
     recipe: Any,
@@ -30,10 +34,28 @@ def evaluate(
     device: Any,
     split: str = "test",
 ) -> dict[str, Any]:
-    """Accuracy, macro-F1, mean loss, ECE and the confusion matrix of ``state``'s model on ``split``.
+    """The eval.json dict of :func:`evaluate_examples`, without the per-example results."""
+    return evaluate_examples(config, recipe, data_dir, state, policy=policy, device=device, split=split)[0]
 
-    Batches of ``config.eval_batch_size`` under the policy's autocast; returns the eval.json dict
-    (schema ``ampflow.eval.result/1``). Raises ConfigError when the dataset is bad."""
+
+@torch.no_grad()
+def evaluate_examples(
+    config: RunConfig,
+    recipe: Any,
+    data_dir: Path,
+    state: dict[str, Any],
+    *,
+    policy: PrecisionPolicy,
+    device: Any,
+    split: str = "test",
+) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """Accuracy, macro-F1, mean loss, ECE and the confusion matrix of ``state``'s model on ``split``,
+    and the per-example results they were computed from.
+
+    Batches of ``config.eval_batch_size`` under the policy's autocast. Returns ``(eval.json dict
+    (schema ``ampflow.eval.result/1``), {"label": int64 [n], "prediction": int64 [n], "confidence":
+    float64 [n] (probability of the predicted class)})``, both in split order. Raises ConfigError when
+    the dataset is bad."""
     manifest = read_manifest(data_dir)
     policy.setup()
     inputs, labels = load_tensors(data_dir, split, device, policy)
@@ -58,6 +80,7 @@ def evaluate(
     pred = probs.argmax(axis=1)
     conf = probs.max(axis=1)
     cm = confusion_matrix(y, pred, num_classes)
+    examples = {"label": y.astype(np.int64), "prediction": pred.astype(np.int64), "confidence": conf}
     return {
         "schema": EVAL_SCHEMA,
         "recipe": config.recipe,
@@ -74,4 +97,4 @@ def evaluate(
         "ece_bins": ECE_BINS,
         "confusion_matrix": cm.tolist(),
         "labels": label_names(manifest, num_classes),
-    }
+    }, examples

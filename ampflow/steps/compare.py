@@ -9,7 +9,13 @@ Writes ``summary.json`` (schema ``ampflow.compare/1``, documented in the README)
 self-contained ``report.html`` (plots embedded as base64 PNG) into ``--out``, and logs all three as
 artifacts of the sweep's parent run when there is one.
 
-Exit codes: 0 done, 2 bad input, 1 failure, 3 a regression was found and ``--fail-on-regression`` is set.
+Runs that are not comparable (a setting other than precision, compile or strategy differs, or the
+recipe, dataset or device; :mod:`ampflow.compare.comparable`) are refused with exit 2, unless
+``--allow-mismatch FIELD,...`` lets a person compare them anyway (the report's header then lists them).
+
+Exit codes: 0 done (also when nothing can be recommended: ``recommended`` is then null and the reason
+says which run lacks which figure), 2 bad input, 1 failure, 3 a regression was found and
+``--fail-on-regression`` is set.
 
 The step only: arguments and the glue between them. The comparison is :mod:`ampflow.compare`'s, the
 MLflow reads and the write-back :mod:`ampflow.tracking.queries`'s.
@@ -63,7 +69,19 @@ def add_arguments(p: Any) -> None:
         help="regression threshold: accuracy lost against previous sweeps, percentage points (default 1.0)",
     )
     p.add_argument(
+        "--allow-mismatch",
+        metavar="FIELD,...",
+        help="compare runs that differ in these settings anyway (recipe, dataset_hash, device_name or a "
+        "--set key); the report lists the differences",
+    )
+    p.add_argument(
         "--fail-on-regression", action="store_true", help=f"exit {EXIT_REGRESSION} when a regression is found"
+    )
+    p.add_argument(
+        "--record-sweep",
+        action="store_true",
+        help="with --runs: record the runs as one sweep (the parent run `ampflow bench` creates), so that "
+        "later comparisons check against them (KFP and Airflow pass it)",
     )
 
 
@@ -80,6 +98,8 @@ def cli(args: Any) -> int:
         tolerance=args.tolerance,
         throughput_drop=args.throughput_drop,
         accuracy_drop=args.accuracy_drop,
+        allow_mismatch=getattr(args, "allow_mismatch", None),
+        record_sweep=args.record_sweep,
     )
     print(render_markdown(summary))
     if summary["regressed"] and args.fail_on_regression:
@@ -102,11 +122,15 @@ def run(
     throughput_drop: float = DEFAULT_THROUGHPUT_DROP,
     accuracy_drop: float = DEFAULT_ACCURACY_DROP_PP,
     tracking_uri: str | None = None,
+    allow_mismatch: str | list[str] | None = None,
+    record_sweep: bool = False,
 ) -> dict[str, Any]:
     """Compare, write the reports into ``out`` and log them on the sweep's parent run.
 
     Exactly one input: ``runs`` (run directories), ``sweep`` (a parent run id) or ``experiment`` with
-    ``recipe`` (its latest sweep). Returns the summary (:func:`ampflow.compare.summary.compare_runs`).
+    ``recipe`` (its latest sweep); ``allow_mismatch``: fields that may differ
+    (:func:`ampflow.compare.comparable.parse_allowed`); ``record_sweep``: with ``runs``, record them as one
+    sweep first (:func:`ampflow.tracking.sweeps.link_sweep`). Returns the summary (:func:`ampflow.compare.summary.compare_runs`).
     Raises :class:`ConfigError` on bad input.
     """
     given = [name for name, v in (("--runs", runs), ("--sweep", sweep), ("--experiment", experiment)) if v]
@@ -116,6 +140,12 @@ def run(
         raise ConfigError("--experiment needs --recipe (the recipe whose latest sweep is compared)")
     if runs:
         inputs: list[Any] = list(runs)
+        if record_sweep:  # the sweep parent a pipeline's runs lack (ampflow.tracking.sweeps)
+            from ampflow.compare.records import to_records
+            from ampflow.tracking.sweeps import link_sweep
+
+            inputs = to_records(inputs)
+            link_sweep(inputs, baseline=baseline, tolerance=tolerance, uri=tracking_uri)
     else:
         from ampflow.tracking import queries  # mlflow only for tracked sweeps
 
@@ -129,6 +159,7 @@ def run(
         throughput_drop=throughput_drop,
         accuracy_drop=accuracy_drop,
         tracking_uri=tracking_uri,
+        allow_mismatch=allow_mismatch,
     )
     if sweep and not summary.get("sweep_run_id"):
         summary["sweep_run_id"] = sweep
@@ -137,4 +168,7 @@ def run(
         from ampflow.tracking import queries
 
         queries.publish_summary(summary, files, uri=summary.get("tracking_uri") or tracking_uri)
+        from ampflow.tracking.sweeps import log_comparison_views
+
+        log_comparison_views(summary, uri=summary.get("tracking_uri") or tracking_uri)
     return summary

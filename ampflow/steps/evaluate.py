@@ -4,7 +4,10 @@
 
 Loads ``--checkpoint`` (a run directory or its ``checkpoint.pt``) with its resolved configuration,
 runs the dataset's test split under the same precision's autocast in batches of ``eval_batch_size``
-and writes ``--out/eval.json`` (schema ``ampflow.eval.result/1``). ``--set`` may change
+and writes ``--out/eval.json`` (schema ``ampflow.eval.result/1``) and ``--out/predictions.jsonl``, the
+per-example results in split order, one JSON object a line: ``{"index": int, "label": int,
+"prediction": int, "confidence": float}`` (confidence: the predicted class's probability). ``ampflow
+compare`` pairs two runs' files for McNemar's test; both files are written atomically. ``--set`` may change
 ``eval_batch_size`` and ``device`` (a run trained on CUDA can be evaluated on a CPU, precision permitting).
 """
 
@@ -19,6 +22,21 @@ from ampflow.steps import Paths, add_set_argument
 
 HELP = "evaluate a trained run on the held-out split; write eval.json"
 EVAL_FILE = "eval.json"
+PREDICTIONS_FILE = "predictions.jsonl"  # read by ampflow.compare.records.load_predictions
+
+
+def write_predictions(path: str | Path, examples: dict[str, Any]) -> None:
+    """``examples`` (``label``, ``prediction``, ``confidence``: equal-length sequences in split order)
+    as JSON lines (module docstring), written atomically; confidences rounded to 6 decimals."""
+    from ampflow.io import atomic_open
+
+    labels, preds, conf = examples["label"], examples["prediction"], examples["confidence"]
+    with atomic_open(path, "w") as fh:
+        for i in range(len(labels)):
+            fh.write(
+                f'{{"index": {i}, "label": {int(labels[i])}, "prediction": {int(preds[i])}, '
+                f'"confidence": {round(float(conf[i]), 6)}}}\n'
+            )
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -67,7 +85,7 @@ def run(
     from ampflow.data.manifest import check_dataset_recipe, dataset_hash, read_manifest
     from ampflow.engine import checkpoint
     from ampflow.engine.devices import resolve_device
-    from ampflow.engine.evaluation import evaluate
+    from ampflow.engine.evaluation import evaluate_examples
     from ampflow.engine.precision import make_policy
     from ampflow.io import atomic_write_json
     from ampflow.recipes import get_recipe
@@ -112,12 +130,17 @@ def run(
         attach_to=run_dir,
     )
     with tracking.tracked(tracker):
-        result = evaluate(eval_config, recipe, Path(paths.data), state, policy=policy, device=device)
+        result, examples = evaluate_examples(
+            eval_config, recipe, Path(paths.data), state, policy=policy, device=device
+        )
         result["checkpoint"] = str(
             checkpoint.checkpoint_path(paths.checkpoint)
             if Path(paths.checkpoint).is_dir()
             else paths.checkpoint
         )
+        # predictions first: an eval.json beside them means both are complete
+        write_predictions(out / PREDICTIONS_FILE, examples)
+        result["predictions_file"] = PREDICTIONS_FILE
         atomic_write_json(out / EVAL_FILE, result)
         tracker.log_eval_result(result, out)
     return result

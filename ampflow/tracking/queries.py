@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from ampflow.compare.comparable import settings_of
 from ampflow.compare.records import record_from_tracked
 from ampflow.compare.regression import PREVIOUS_SWEEPS, previous_from_runs
 from ampflow.config import ConfigError, config_id
@@ -114,11 +115,13 @@ class SweepHistory(NamedTuple):
 def previous_sweeps(
     uri: str, *, recipe: str, records: list[dict[str, Any]], current_sweep: str | None
 ) -> SweepHistory:
-    """Earlier sweeps of ``recipe`` on the same hardware fingerprint, from their training runs in MLflow.
+    """Earlier comparable sweeps of ``recipe`` on the same hardware fingerprint, from their training runs.
 
     ``records``: the sweep being compared (at least one with a ``run_id``); the hardware fingerprint is
     its first tracked run's tag, and only finished training runs started before the earliest of
-    ``records`` count. Up to :data:`~ampflow.compare.regression.PREVIOUS_SWEEPS` sweeps, newest first.
+    ``records`` count, and of those only the ones comparable with this sweep's run of the same
+    configuration (same dataset hash, device and settings:
+    :func:`ampflow.compare.regression.previous_from_runs`). Up to :data:`~ampflow.compare.regression.PREVIOUS_SWEEPS` sweeps, newest first.
     Best effort: when the store cannot be asked, a note goes to stderr and no sweeps come back.
     """
     hardware_read, hw = False, None
@@ -150,11 +153,22 @@ def previous_sweeps(
                 r.data.params.get("strategy"),
             ),
             "metrics": r.data.metrics,
+            "record": {
+                "recipe": r.data.params.get("recipe") or r.data.tags.get(schema.TAG_RECIPE),
+                "dataset_hash": r.data.params.get("dataset_hash"),
+                "device_name": r.data.params.get("device_name"),
+                "settings": settings_of(r.data.params),
+            },
         }
         for r in runs
     ]
+    references: dict[str, dict[str, Any]] = {}
+    for rec in records:
+        references.setdefault(config_id(rec.get("precision"), rec.get("compile"), rec.get("strategy")), rec)
     return SweepHistory(
-        hardware_read, hw, previous_from_runs(flat, current_sweep=current_sweep, limit=PREVIOUS_SWEEPS)
+        hardware_read,
+        hw,
+        previous_from_runs(flat, current_sweep=current_sweep, limit=PREVIOUS_SWEEPS, references=references),
     )
 
 

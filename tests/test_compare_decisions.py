@@ -1,0 +1,402 @@
+"""Decisions that cannot pass on bad evidence (issue 10): comparability, the paired accuracy test, missing
+evidence, speed that cannot be told from noise, comparable regression baselines, strict JSON.
+
+Pure and fast (no torch, no MLflow server): this is the test selection ``make mutation`` runs, so every
+expected value is a literal.
+
+    .venv/bin/python -m pytest tests/test_compare_decisions.py -q -x
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import pytest
+
+from ampflow.cli import main
+from ampflow.compare import comparable
+from ampflow.compare.gate import champion_gate
+from ampflow.compare.markdown import render_markdown
+from ampflow.compare.records import load_predictions
+from ampflow.compare.regression import find_regressions, previous_from_runs
+from ampflow.compare.summary import compare_runs, write_reports
+from ampflow.compare.verdict import MIN_TIMED_STEPS, within_noise
+from ampflow.config import ConfigError, RunConfig
+from ampflow.io import atomic_write_json, dumps_strict
+from ampflow.steps import compare as compare_step
+
+
+def strict_loads(text: str):
+    """json.loads that refuses NaN/Infinity, as jq or a browser would."""
+
+    def refuse(word):
+        raise ValueError(f"not JSON: {word}")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+def write_run(root: Path, name: str, *, precision="32-true", thr=100.0, acc=0.8, timed=100, data="d" * 64,
+              recipe="tweets-bow", predictions=None, evaluated=True, auto_batch=False, batch=64, **settings):  # fmt: skip
+    """A finished run directory: result.json (resolved config), eval/eval.json, eval/predictions.jsonl."""
+    run = root / name
+    run.mkdir(parents=True)
+    config = RunConfig(recipe="tweets-bow", precision=precision).to_dict()
+    config.update(
+        {"batch_size": batch, "max_steps": 200, "learning_rate": 1e-3, "warmup_steps": 5, **settings}
+    )
+    result = {
+        "recipe": recipe, "precision": precision, "compile": False, "strategy": "single", "config": config,
+        "device": "cpu", "device_name": "cpu-x", "dataset_hash": data,
+        "metrics": {"samples_per_s": thr, "peak_memory_bytes": 100.0, "timed_steps": timed, "batch_size": batch},
+        "batch_size_search": {"tried": [32, 64]} if auto_batch else None,
+    }  # fmt: skip
+    (run / "result.json").write_text(json.dumps(result))
+    if evaluated:
+        (run / "eval").mkdir()
+        (run / "eval" / "eval.json").write_text(json.dumps({"accuracy": acc, "macro_f1": acc, "ece": 0.05}))
+        if predictions is not None:
+            labels, preds = predictions
+            lines = [
+                json.dumps({"index": i, "label": y, "prediction": p, "confidence": 0.9})
+                for i, (y, p) in enumerate(zip(labels, preds, strict=True))
+            ]
+            (run / "eval" / "predictions.jsonl").write_text("\n".join(lines) + "\n")
+    return run
+
+
+def by_id(summary):
+    return {c["config_id"]: c for c in summary["configs"]}
+
+
+def paired(n: int, only_ref: int, only_cand: int):
+    """Labels all 0; reference wrong on the first ``only_cand`` examples, candidate wrong on the next
+    ``only_ref``: (reference predictions, candidate predictions) as (labels, preds) pairs."""
+    labels = [0] * n
+    ref = [1] * only_cand + [0] * (n - only_cand)
+    cand = [0] * only_cand + [1] * only_ref + [0] * (n - only_cand - only_ref)
+    return (labels, ref), (labels, cand)
+
+
+# -- comparable or refused -------------------------------------------------------------------------
+
+
+def test_runs_on_different_datasets_are_refused_naming_the_field(tmp_path, capsys):
+    a = write_run(tmp_path, "a", acc=0.30, data="a" * 64)
+    b = write_run(tmp_path, "b", precision="bf16-mixed", thr=150.0, acc=0.8167, data="b" * 64)
+    with pytest.raises(ConfigError, match=r"dataset_hash differs \(a{64} vs b{64}\)"):
+        compare_runs([a, b], previous=[])
+    assert main(["compare", "--runs", f"{a},{b}"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "dataset_hash" in err[0] and "--allow-mismatch dataset_hash" in err[0]
+    # another recipe is refused the same way
+    c = write_run(tmp_path, "c", precision="bf16-mixed", recipe="other")
+    with pytest.raises(ConfigError, match=r"recipe differs \(tweets-bow vs other\)"):
+        compare_runs([a, c], previous=[])
+
+
+def test_different_learning_rates_are_not_repeats(tmp_path):
+    a = write_run(tmp_path, "lr-small", acc=0.62, learning_rate=1e-5)
+    b = write_run(tmp_path, "lr-large", acc=0.79, learning_rate=2e-3)
+    with pytest.raises(
+        ConfigError, match=r"runs lr-small and lr-large .*learning_rate differs \(1e-05 vs 0.002\)"
+    ):
+        compare_runs([a, b], previous=[])
+    # allowed by a person: two configurations, never one with a 17-point "spread"; the header says so
+    s = compare_runs([a, b], previous=[], allow_mismatch="learning_rate")
+    assert [c["config_id"] for c in s["configs"]] == [
+        "32-true[learning_rate=1e-05]",
+        "32-true[learning_rate=0.002]",
+    ]
+    assert [c["repeats"] for c in s["configs"]] == [1, 1]
+    assert s["mismatches"] == [
+        {"field": "learning_rate", "values": ["1e-05", "0.002"], "runs": ["lr-small", "lr-large"]}
+    ]
+    md = render_markdown(s)
+    assert "NOT COMPARABLE, allowed by --allow-mismatch: learning_rate differs (1e-05 vs 0.002)" in md
+
+
+def test_seed_and_bookkeeping_may_differ_within_repeats(tmp_path):
+    runs = [write_run(tmp_path, "r0", thr=100.0), write_run(tmp_path, "r1", thr=104.0, seed=1, log_every=1,
+                                                               checkpoint_every=50)]  # fmt: skip
+    s = compare_runs(runs, previous=[])
+    assert [(c["config_id"], c["repeats"]) for c in s["configs"]] == [("32-true", 2)]
+    assert s["compared"] == ["precision", "compile", "strategy"] and s["mismatches"] == []
+    assert comparable.BOOKKEEPING_FIELDS == (
+        "log_every",
+        "checkpoint_every",
+        "allow_16_true",
+        "max_nonfinite_steps",
+    )
+
+
+def test_searched_batch_sizes_are_a_compared_dimension(tmp_path):
+    a = write_run(tmp_path, "a", auto_batch=True, batch=64)
+    b = write_run(tmp_path, "b", precision="bf16-mixed", auto_batch=True, batch=128)
+    s = compare_runs([a, b], previous=[])
+    assert s["compared"] == ["precision", "compile", "strategy", "batch_size"]
+    assert by_id(s)["bf16-mixed"]["batch_sizes"] == [128]
+    # a fixed batch size that differs is a different setting
+    c = write_run(tmp_path, "c", precision="bf16-mixed", batch=128)
+    with pytest.raises(ConfigError, match=r"batch_size differs \(64 vs 128\)"):
+        compare_runs([write_run(tmp_path, "d", batch=64), c], previous=[])
+
+
+def test_allow_mismatch_takes_only_fields_that_must_match():
+    assert comparable.parse_allowed("learning_rate, dataset_hash") == ("learning_rate", "dataset_hash")
+    assert comparable.parse_allowed(None) == ()
+    with pytest.raises(
+        ConfigError, match="--allow-mismatch 'precision': not a field that must match; one of recipe"
+    ):
+        comparable.parse_allowed("precision")
+    with pytest.raises(ConfigError, match="'seed'"):
+        comparable.parse_allowed(["seed"])
+
+
+# -- nothing decided on missing evidence -----------------------------------------------------------
+
+
+def test_unevaluated_baseline_means_no_recommendation_and_strict_json(tmp_path):
+    base = write_run(tmp_path, "32-true", evaluated=False)
+    cand = write_run(tmp_path, "bf16-mixed", precision="bf16-mixed", thr=150.0, acc=0.8)
+    s = compare_runs([base, cand], previous=[])
+    assert s["recommended"] is None and s["recommended_run_id"] is None
+    assert s["recommendation"].startswith("no recommendation: the baseline 32-true has no accuracy figure")
+    c = by_id(s)
+    assert c["bf16-mixed"]["verdict"] == "unknown"
+    assert c["bf16-mixed"]["reason"].startswith("the baseline 32-true has no accuracy figure")
+    assert c["32-true"]["accuracy_delta_pp"] is None
+    assert champion_gate(s) == (False, "no configuration passed the accuracy tolerance")
+    write_reports(s, tmp_path / "out")
+    on_disk = strict_loads((tmp_path / "out" / "summary.json").read_text())
+    assert on_disk["recommended"] is None
+    # the CLI: exit 0, the reason stated
+    assert main(["compare", "--runs", f"{base},{cand}"]) == 0
+
+
+def test_a_candidate_without_accuracy_cannot_pass_or_be_recommended(tmp_path):
+    base = write_run(tmp_path, "32-true", acc=0.8)
+    cand = write_run(tmp_path, "bf16-mixed", precision="bf16-mixed", thr=300.0, evaluated=False)
+    s = compare_runs([base, cand], previous=[])
+    assert by_id(s)["bf16-mixed"]["verdict"] == "unknown"
+    assert by_id(s)["bf16-mixed"]["reason"].startswith("bf16-mixed has no accuracy figure")
+    assert s["recommended"] == "32-true"
+
+
+def test_non_finite_figures_are_no_evidence(tmp_path):
+    base = write_run(tmp_path, "32-true", acc=float("-inf"))
+    cand = write_run(tmp_path, "bf16-mixed", precision="bf16-mixed", thr=float("nan"), acc=0.8)
+    s = compare_runs([base, cand], previous=[])
+    assert s["recommended"] is None
+    assert by_id(s)["bf16-mixed"]["figures"]["samples_per_s"] is None
+    assert "Infinity" not in dumps_strict(s) and "NaN" not in dumps_strict(s)
+
+
+def test_strict_json_writer(tmp_path):
+    import numpy as np
+
+    path = tmp_path / "x.json"
+    atomic_write_json(path, {"a": float("nan"), "b": [float("inf"), 1.5, np.float32(2.5)], "c": np.int64(3),
+                             "d": (float("-inf"),), "e": True, "f": Path("p")})  # fmt: skip
+    assert strict_loads(path.read_text()) == {
+        "a": None,
+        "b": [None, 1.5, 2.5],
+        "c": 3,
+        "d": [None],
+        "e": True,
+        "f": "p",
+    }
+
+
+# -- the boundary and the paired test --------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("acc", "verdict"), [(0.795, "pass"), (0.7949, "fail"), (0.8, "pass")])
+def test_tolerance_boundary_without_per_example_results(tmp_path, acc, verdict):
+    base = write_run(tmp_path, "32-true", acc=0.800)
+    cand = write_run(tmp_path, "bf16-mixed", precision="bf16-mixed", thr=150.0, acc=acc)
+    s = compare_runs([base, cand], tolerance=0.5, previous=[])
+    row = by_id(s)["bf16-mixed"]
+    assert row["verdict"] == verdict and row["accuracy_test"] is None
+    assert "no paired test: bf16-mixed and the baseline 32-true have no per-example results" in row["reason"]
+    assert s["accuracy_test"] == "tolerance-only" and s["min_detectable_pp"] is None
+    assert s["recommended"] == ("bf16-mixed" if verdict == "pass" else "32-true")
+
+
+def test_significantly_worse_fails_inside_the_tolerance(tmp_path):
+    ref, cand = paired(2000, only_ref=8, only_cand=0)  # -0.4 pp, but all 8 discordant pairs one way
+    base = write_run(tmp_path, "32-true", acc=1.0, predictions=ref)
+    c = write_run(tmp_path, "bf16-mixed", precision="bf16-mixed", thr=150.0, acc=0.996, predictions=cand)
+    s = compare_runs([base, c], tolerance=0.5, previous=[])
+    row = by_id(s)["bf16-mixed"]
+    assert row["accuracy_delta_pp"] == -0.4
+    assert row["verdict"] == "fail" and "significantly worse" in row["reason"]
+    assert row["accuracy_test"]["only_reference"] == 8 and row["accuracy_test"]["only_candidate"] == 0
+    assert row["accuracy_test"]["p_value"] == 0.0078125
+    assert s["accuracy_test"] == "mcnemar-exact" and s["min_detectable_pp"] == 0.3
+    assert s["recommended"] == "32-true"
+    assert "this test split can detect differences of 0.30 pp or more" in render_markdown(s)
+
+
+def test_a_split_too_small_is_inconclusive_not_pass(tmp_path):
+    ref, cand = paired(100, only_ref=3, only_cand=1)  # -2 pp, p = 0.625 on 4 discordant pairs
+    base = write_run(tmp_path, "32-true", acc=0.99, predictions=ref)
+    c = write_run(tmp_path, "bf16-mixed", precision="bf16-mixed", thr=150.0, acc=0.97, predictions=cand)
+    s = compare_runs([base, c], tolerance=0.5, previous=[])
+    row = by_id(s)["bf16-mixed"]
+    assert row["verdict"] == "inconclusive" and row["accuracy_test"]["p_value"] == 0.625
+    assert row["accuracy_test"]["min_detectable_pp"] == 6.0
+    assert s["recommended"] == "32-true"
+
+
+def test_identical_predictions_pass_and_other_examples_are_not_paired(tmp_path):
+    ref, cand = paired(100, only_ref=0, only_cand=0)
+    base = write_run(tmp_path, "32-true", acc=1.0, predictions=ref)
+    c = write_run(tmp_path, "bf16-mixed", precision="bf16-mixed", thr=150.0, acc=1.0, predictions=cand)
+    s = compare_runs([base, c], previous=[])
+    assert (
+        by_id(s)["bf16-mixed"]["verdict"] == "pass"
+        and by_id(s)["bf16-mixed"]["accuracy_test"]["p_value"] == 1.0
+    )
+    assert s["recommended"] == "bf16-mixed"
+    other = write_run(
+        tmp_path, "other", precision="bf16-mixed", thr=150.0, acc=1.0, predictions=([1] * 100, [1] * 100)
+    )
+    row = by_id(compare_runs([base, other], previous=[]))["bf16-mixed"]
+    assert row["accuracy_test"] is None and "not the same test examples" in row["reason"]
+    bare = write_run(tmp_path, "bare", precision="bf16-mixed", thr=150.0, acc=1.0)
+    row = by_id(compare_runs([base, bare], previous=[]))["bf16-mixed"]
+    assert "no paired test: bf16-mixed has no per-example results" in row["reason"]
+
+
+def test_a_broken_predictions_file_is_bad_input(tmp_path):
+    path = tmp_path / "predictions.jsonl"
+    path.write_text('{"index": 1, "label": 0, "prediction": 0, "confidence": 1.0}\n')
+    with pytest.raises(ConfigError, match="line 1 is not an example"):
+        load_predictions(path)
+    assert load_predictions(tmp_path / "absent.jsonl") is None
+
+
+# -- enough evidence to speak on speed -------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("timed", "speed", "recommended"), [(19, "inconclusive", "32-true"), (20, "faster", "bf16-mixed"),
+                                                             (None, "inconclusive", "32-true")])  # fmt: skip
+def test_too_few_timed_steps_make_speed_inconclusive(tmp_path, timed, speed, recommended):
+    assert MIN_TIMED_STEPS == 20
+    base = write_run(tmp_path, "32-true", thr=100.0, timed=100)
+    cand = write_run(tmp_path, "bf16-mixed", precision="bf16-mixed", thr=150.0, timed=timed)
+    s = compare_runs([base, cand], previous=[])
+    row = by_id(s)["bf16-mixed"]
+    assert row["speed_verdict"] == speed and s["recommended"] == recommended
+    if timed == 19:
+        assert row["speed_reason"] == "bf16-mixed timed only 19 steps (fewer than 20)"
+        assert "speed inconclusive: bf16-mixed timed only 19 steps" in s["recommendation"]
+
+
+def test_a_speedup_within_the_repeats_spread_is_inconclusive(tmp_path):
+    runs = [write_run(tmp_path, "b0", thr=90.0), write_run(tmp_path, "b1", thr=110.0, seed=1),
+            write_run(tmp_path, "c0", precision="bf16-mixed", thr=120.0),
+            write_run(tmp_path, "c1", precision="bf16-mixed", thr=120.0, seed=1)]  # fmt: skip
+    s = compare_runs(runs, previous=[])
+    row = by_id(s)["bf16-mixed"]
+    # 20 samples/s apart, exactly the baseline's spread: not told from noise
+    assert row["throughput_within_noise"] is True and row["speed_verdict"] == "inconclusive"
+    assert row["speed_reason"] == "+20.0 samples/s is within the repeats' spread (20.0 samples/s)"
+    assert s["recommended"] == "32-true"
+    runs[2] = write_run(tmp_path, "c2", precision="bf16-mixed", thr=120.5)
+    s = compare_runs(runs, previous=[])
+    assert by_id(s)["bf16-mixed"]["speed_verdict"] == "faster" and s["recommended"] == "bf16-mixed"
+
+
+def test_noise_takes_the_wider_spread_of_the_two():
+    def group(lo, hi, n=2):
+        return {"repeats": n, "figures": {"x": {"median": (lo + hi) / 2, "min": lo, "max": hi, "n": n}}}
+
+    assert within_noise(group(115, 115), group(90, 110), "x") is True  # 15 apart, baseline spread 20
+    assert within_noise(group(90, 110), group(115, 115), "x") is True
+    assert within_noise(group(131, 131), group(90, 110), "x") is False
+    assert within_noise(group(1, 1, 1), group(2, 2, 1), "x") is None  # single runs cannot tell
+
+
+def test_a_slower_configuration_is_not_recommended(tmp_path):
+    base = write_run(tmp_path, "32-true", thr=100.0)
+    cand = write_run(tmp_path, "bf16-mixed", precision="bf16-mixed", thr=99.0)
+    s = compare_runs([base, cand], previous=[])
+    assert by_id(s)["bf16-mixed"]["speed_verdict"] == "not_faster" and s["recommended"] == "32-true"
+
+
+# -- regression baselines comparable too -----------------------------------------------------------
+
+
+def test_a_quick_example_is_no_regression_baseline_for_a_full_sweep(tmp_path):
+    current = compare_runs([write_run(tmp_path, "32-true", thr=50.0)], previous=[])
+    ref = {"32-true": {"recipe": "tweets-bow", "dataset_hash": "h", "device_name": "cpu-x",
+                       "settings": {"max_steps": "200", "limit_train_samples": "0", "seed": "0"}}}  # fmt: skip
+
+    def run(sweep, thr, **settings):
+        record = {"recipe": "tweets-bow", "dataset_hash": "h", "device_name": "cpu-x",
+                  "settings": {"max_steps": "200", "limit_train_samples": "0", "seed": "3", **settings}}  # fmt: skip
+        return {
+            "sweep_run_id": sweep,
+            "config_id": "32-true",
+            "metrics": {"samples_per_s": thr},
+            "record": record,
+        }
+
+    runs = [run("quick", 97.0, max_steps="30", limit_train_samples="600"), run("full", 52.0)]
+    prev = previous_from_runs(runs, current_sweep=None, references=ref)
+    assert prev == [
+        {"sweep_run_id": "full", "configs": {"32-true": {"samples_per_s": 52.0, "accuracy": None}}}
+    ]
+    assert find_regressions(current["configs"], prev, throughput_drop=0.1, accuracy_drop=1.0) == []
+    # without the comparability check the quick example would have flagged a 48.5 % drop
+    unchecked = previous_from_runs(runs[:1], current_sweep=None)
+    assert (
+        find_regressions(current["configs"], unchecked, throughput_drop=0.1, accuracy_drop=1.0)[0]["change"]
+        == -0.4845
+    )
+
+
+def test_regression_thresholds_are_exclusive_with_the_rounding_rule():
+    def row(thr, acc):
+        return {"config_id": "x", "figures": {"samples_per_s": {"median": thr}, "accuracy": {"median": acc}}}
+
+    prev = [{"sweep_run_id": "a", "configs": {"x": {"samples_per_s": 100.0, "accuracy": 0.80}}}]
+    assert find_regressions([row(75.0, 0.79)], prev, throughput_drop=0.25, accuracy_drop=1.0) == []
+    found = find_regressions([row(74.0, 0.789)], prev, throughput_drop=0.25, accuracy_drop=1.0)
+    assert [(r["metric"], r["change"]) for r in found] == [("samples_per_s", -0.26), ("accuracy", -1.1)]
+
+
+# -- exit codes and the gate -----------------------------------------------------------------------
+
+
+def test_fail_on_regression_exits_3(monkeypatch, capsys):
+    summary = {
+        "regressed": True,
+        "baseline": "32-true",
+        "tolerance_pp": 0.5,
+        "configs": [],
+        "recommendation": "r",
+    }
+    monkeypatch.setattr(compare_step, "run", lambda **kw: summary)
+    args = argparse.Namespace(runs="a", sweep=None, experiment=None, recipe=None, out=None, baseline="32-true",
+                              tolerance=0.5, throughput_drop=0.1, accuracy_drop=1.0, allow_mismatch=None,
+                              fail_on_regression=True)  # fmt: skip
+    assert compare_step.cli(args) == 3
+    args.fail_on_regression = False
+    assert compare_step.cli(args) == 0
+    summary["regressed"] = False
+    args.fail_on_regression = True
+    assert compare_step.cli(args) == 0
+
+
+def test_champion_gate():
+    assert champion_gate(None) == (False, "no comparison summary")
+    assert champion_gate({"recommended": "bf16-mixed", "regressions": []}) == (True, "recommended bf16-mixed")
+    assert champion_gate({"recommended": "bf16-mixed", "regressions": [1]}) == (
+        False,
+        "regression against earlier runs: [1]",
+    )
+    assert champion_gate({"recommended": None}) == (False, "no configuration passed the accuracy tolerance")
