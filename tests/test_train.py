@@ -519,3 +519,20 @@ def test_resume_refuses_a_setting_the_checkpoint_cannot_take(data, tmp_path, cap
     extra = ("--set", f"learning_rate={result(run)['config']['learning_rate']}", "--set", "batch_size=auto")
     assert train(data, run, "--resume", "--set", "max_steps=6", *extra, "--set", "auto_batch_max=64") == 0
     assert result(run)["metrics"]["steps"] == 6 and result(run)["resumed_from_step"] == 4
+
+
+def test_last_line_says_when_steps_were_skipped():
+    from ampflow.steps.train import summary_line
+
+    result = {
+        "recipe": "r",
+        "precision": "16-mixed",
+        "device_name": "cpu",
+        "checkpoint": "/runs/a/checkpoint.pt",
+        "metrics": {"samples_per_s": 10.0, "steps": 30, "skipped_steps": 16},
+    }
+    assert summary_line(result).endswith(
+        "30 steps, 16 of them SKIPPED (non-finite loss or gradients) -> /runs/a/checkpoint.pt"
+    )
+    result["metrics"]["skipped_steps"] = 0
+    assert summary_line(result).endswith(", 30 steps -> /runs/a/checkpoint.pt")

@@ -89,18 +89,21 @@ def cli(args: argparse.Namespace) -> int:
 
 
 def summary_line(result: dict[str, Any]) -> str:
-    """One human line from a result dict: speed, step p50, peak memory, final loss, checkpoint."""
+    """One human line from a result dict: speed, step p50, peak memory, final loss, skipped steps, checkpoint."""
     m = result.get("metrics", {})
 
     def f(v: Any, fmt: str) -> str:
         return "n/a" if v is None else format(v, fmt)
 
     peak = m.get("peak_memory_bytes")
+    skipped = m.get("skipped_steps") or 0
+    # a run that skipped steps trained on less than it claims: say so where a person looks first
+    warn = f", {skipped} of them SKIPPED (non-finite loss or gradients)" if skipped else ""
     return (
         f"{result['recipe']} {result['precision']}{' compiled' if result.get('compile') else ''} on "
         f"{result['device_name']}: {f(m.get('samples_per_s'), '.1f')} samples/s, step p50 "
         f"{f(m.get('step_time_p50_s'), '.4f')} s, peak memory {f(peak and peak / 2**20, '.0f')} MiB, "
-        f"final loss {f(m.get('final_train_loss'), '.4f')}, {m.get('steps')} steps -> {result['checkpoint']}"
+        f"final loss {f(m.get('final_train_loss'), '.4f')}, {m.get('steps')} steps{warn} -> {result['checkpoint']}"
     )
 
 
