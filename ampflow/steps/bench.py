@@ -28,6 +28,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from ampflow import locking
 from ampflow.commands import plan_step
 from ampflow.config import (
     BASELINE_PRECISION,
@@ -160,12 +161,26 @@ def run(
         raise ConfigError("--out is required")
     entries = sweep.entries()
     _refuse_unsupported(config, sweep.precisions)
+    out = Path(paths.out)
+    # one sweep per --out at a time: a second would mix its runs into this one's report and MLflow runs
+    with locking.hold(out, "--out"):
+        return _sweep(config, paths, out, sweep, entries, tolerance, limit, overrides)
 
+
+def _sweep(
+    config: RunConfig,
+    paths: Paths,
+    out: Path,
+    sweep: SweepSpec,
+    entries: list[SweepEntry],
+    tolerance: float,
+    limit: int | None,
+    overrides: list[str] | None,
+) -> dict[str, Any]:
+    """Prep once, then train and evaluate each entry under the sweep's parent run, then compare."""
     from ampflow import tracking
     from ampflow.steps import prep
 
-    out = Path(paths.out)
-    out.mkdir(parents=True, exist_ok=True)
     data_dir = out / "data"
     _set_aside_previous_runs(out)
     print(f"[prep] {config.recipe} -> {data_dir}", flush=True)

@@ -12,12 +12,14 @@ directory that already holds a checkpoint is refused (exit 2); pass ``--resume``
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
 from pathlib import Path
 from typing import Any
 
+from ampflow import locking
 from ampflow.config import PRECISIONS, STRATEGIES, ConfigError, RunConfig, parse_overrides
 from ampflow.steps import Paths, add_set_argument
 
@@ -197,13 +199,12 @@ def run(
     parent_run_id: str | None = None,
     explicit: set[str] | None = None,
 ) -> dict[str, Any]:
-    """Train and return the result dict (also written to ``--out/result.json`` by rank 0)."""
-    from ampflow import tracking
-    from ampflow.engine import parallel
-    from ampflow.engine.devices import resolve_device
-    from ampflow.engine.precision import check_supported, make_policy
-    from ampflow.engine.trainer import Trainer
-    from ampflow.io import atomic_write_json
+    """Train and return the result dict (also written to ``--out/result.json`` by rank 0).
+
+    Raises ConfigError (exit 2) on bad input, before anything is written, and when another process
+    holds ``--out``.
+    """
+    from ampflow.engine.precision import check_supported
 
     config, recipe, state, data_dir, out = prepare(config, paths, resume=resume, explicit=explicit)
     if state is not None and state.get("finished") and (out / RESULT_FILE).is_file():
@@ -221,6 +222,30 @@ def run(
     device_kind = _device_kind(config.device)
     # refused before any process group starts; make_policy below does not check again
     check_supported(config.precision, device_kind)
+    with contextlib.ExitStack() as hold:
+        if int(os.environ.get("RANK", "0")) == 0:  # one writer per run directory: rank 0 holds it
+            hold.enter_context(locking.hold(out, "--out"))
+        return _train(config, recipe, state, data_dir, out, device_kind, require_tracking, parent_run_id)
+
+
+def _train(
+    config: RunConfig,
+    recipe: Any,
+    state: dict[str, Any] | None,
+    data_dir: Path,
+    out: Path,
+    device_kind: str,
+    require_tracking: bool,
+    parent_run_id: str | None,
+) -> dict[str, Any]:
+    """The training proper, on every rank, once the run is validated and its directory held."""
+    from ampflow import tracking
+    from ampflow.engine import parallel
+    from ampflow.engine.devices import resolve_device
+    from ampflow.engine.precision import make_policy
+    from ampflow.engine.trainer import Trainer
+    from ampflow.io import atomic_write_json
+
     dist_info = parallel.init(config.strategy, device_kind)
     try:
         device = resolve_device(config.device, dist_info.local_rank)
