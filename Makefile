@@ -30,7 +30,7 @@ test: setup airflow-venv
 	$(MAKE) --no-print-directory test-airflow
 
 # mutation testing of the decision code (pyproject's [tool.mutmut]: comparability, verdict, noise,
-# regression, stats, gate) against the fast pure tests; not part of make test. mutmut works in ./mutants
+# regression, stats) against the fast pure tests; not part of make test. mutmut works in ./mutants
 # and resumes there; the last line is the score (killed / all mutants), which must be at least 90 %.
 MUTATION_MIN ?= 90
 mutation: setup

@@ -17,7 +17,6 @@ import pytest
 
 from ampflow.cli import main
 from ampflow.compare import comparable
-from ampflow.compare.gate import champion_gate
 from ampflow.compare.markdown import render_markdown
 from ampflow.compare.records import load_predictions
 from ampflow.compare.regression import find_regressions, previous_from_runs
@@ -167,7 +166,6 @@ def test_unevaluated_baseline_means_no_recommendation_and_strict_json(tmp_path):
     assert c["bf16-mixed"]["verdict"] == "unknown"
     assert c["bf16-mixed"]["reason"].startswith("the baseline 32-true has no accuracy figure")
     assert c["32-true"]["accuracy_delta_pp"] is None
-    assert champion_gate(s) == (False, "no configuration passed the accuracy tolerance")
     write_reports(s, tmp_path / "out")
     on_disk = strict_loads((tmp_path / "out" / "summary.json").read_text())
     assert on_disk["recommended"] is None
@@ -369,7 +367,7 @@ def test_regression_thresholds_are_exclusive_with_the_rounding_rule():
     assert [(r["metric"], r["change"]) for r in found] == [("samples_per_s", -0.26), ("accuracy", -1.1)]
 
 
-# -- exit codes and the gate -----------------------------------------------------------------------
+# -- exit codes -----------------------------------------------------------------------
 
 
 def test_fail_on_regression_exits_3(monkeypatch, capsys):
@@ -382,7 +380,7 @@ def test_fail_on_regression_exits_3(monkeypatch, capsys):
     }
     monkeypatch.setattr(compare_step, "run", lambda **kw: summary)
     args = argparse.Namespace(runs="a", sweep=None, experiment=None, recipe=None, out=None, baseline="32-true",
-                              tolerance=0.5, throughput_drop=0.1, accuracy_drop=1.0, allow_mismatch=None,
+                              tolerance=0.5, throughput_drop=0.1, accuracy_drop=1.0, allow_mismatch=None, record_sweep=False,
                               fail_on_regression=True)  # fmt: skip
     assert compare_step.cli(args) == 3
     args.fail_on_regression = False
@@ -390,13 +388,3 @@ def test_fail_on_regression_exits_3(monkeypatch, capsys):
     summary["regressed"] = False
     args.fail_on_regression = True
     assert compare_step.cli(args) == 0
-
-
-def test_champion_gate():
-    assert champion_gate(None) == (False, "no comparison summary")
-    assert champion_gate({"recommended": "bf16-mixed", "regressions": []}) == (True, "recommended bf16-mixed")
-    assert champion_gate({"recommended": "bf16-mixed", "regressions": [1]}) == (
-        False,
-        "regression against earlier runs: [1]",
-    )
-    assert champion_gate({"recommended": None}) == (False, "no configuration passed the accuracy tolerance")
