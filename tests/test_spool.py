@@ -95,3 +95,41 @@ def test_sync_says_so_when_the_server_is_still_away(monkeypatch, tmp_path):
     assert main(["sync", str(tmp_path / "r")]) == 1
     assert Spool(tmp_path / "r" / "tracking").pending()
     assert main(["sync", str(tmp_path / "nothing")]) == 2
+
+
+def test_a_model_saved_while_the_server_was_away_is_registrable_after_sync(
+    tracking_env, mlflow_client, monkeypatch, tmp_path
+):
+    import numpy as np
+
+    from ampflow.tracking import schema
+    from tests.test_register import BLOCKS, RECIPE, BlockModel, _dataset
+
+    data = _dataset(tmp_path / "data")
+    run_dir = tmp_path / "offline"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{free_port()}")  # nobody listens there
+    t = tracking.start_run("train", config=RunConfig(recipe=RECIPE), run_dir=run_dir)
+    t.log_model(BlockModel(0), input_example={"x": np.zeros((2, 3 * len(BLOCKS)), np.float32)})
+    t.log_summary({"accuracy": 0.8})
+    t.close("FINISHED")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", tracking_env.uri)
+    assert main(["sync", str(run_dir)]) == 0
+    # a crash before the acknowledgements were written: the replay makes no second logged model
+    Spool(run_dir / "tracking").save_state(acked=0)
+    assert main(["sync", str(run_dir)]) == 0
+    run = mlflow_client.get_run(json.loads((run_dir / "tracking" / "state.json").read_text())["run_id"])
+    assert run.data.tags[schema.TAG_MODEL_URI].startswith("models:/")
+    assert len(mlflow_client.search_logged_models([run.info.experiment_id])) == 1
+    exp = mlflow_client.get_experiment(run.info.experiment_id)
+    assert exp.tags["mlflow.experimentKind"] == "custom_model_development"
+
+    summary = tmp_path / "summary.json"
+    summary.write_text(json.dumps({
+        "recipe": RECIPE, "recommended": "32-true",
+        "configs": [{"config_id": "32-true", "precision": "32-true", "run_ids": [run.info.run_id]}],
+    }))  # fmt: skip
+    name = f"replayed-{tmp_path.name}"
+    argv = ["register", "--summary", str(summary), "--data", str(data), "--model-name", name]
+    assert main(argv) == 0
+    result = json.loads((tmp_path / "register.json").read_text())
+    assert result["promoted"] is True and result["accuracy"] == 0.8

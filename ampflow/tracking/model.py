@@ -169,20 +169,37 @@ def log_pickled(model: Any, *, name: str, run_id: str, exc: BaseException) -> An
 
 
 def save_offline(model: Any, example: Any, names: list[str], dest: Path) -> None:
-    """Save ``model`` (already :func:`positional`) as a local MLflow model in ``dest``, to be sent
-    as an artifact when the server answers again."""
-    import mlflow
-    import torch
+    """Save ``model`` (already :func:`positional`) as a local MLflow model in ``dest``; the tracker
+    spools a ``model`` operation whose replay makes it the run's logged model (see ``Sender``).
 
-    if isinstance(example, torch.Tensor):
-        sig = signature(model, example, names)
-        mlflow.pytorch.save_model(
-            model, str(dest), input_example=example, signature=sig, pip_requirements=requirements()
-        )
-    else:
-        # no pt2 export of a keyword model offline: pickle the original module (its class is
-        # importable from ampflow) rather than the local wrapper class
-        inner = getattr(model, "inner", model)
-        mlflow.pytorch.save_model(
-            inner, str(dest), serialization_format="pickle", pip_requirements=requirements()
-        )
+    pt2 when ``example`` allows, as :func:`log_pt2` would log it online, so that a model saved while
+    the server was away loads the same way (and pickle deserialization, which MLflow refuses by
+    default, is not needed to score it); pickle of the original module otherwise."""
+    import shutil
+
+    import mlflow
+
+    if example is not None:
+        try:
+            mlflow.pytorch.save_model(
+                model,
+                str(dest),
+                input_example=example,
+                signature=signature(model, example, names),
+                serialization_format="pt2",
+                pip_requirements=requirements(),
+            )
+            return
+        except Exception as exc:
+            shutil.rmtree(dest, ignore_errors=True)
+            print(
+                f"ampflow tracking: pt2 export of the model failed ({type(exc).__name__}: "
+                f"{short_error(exc)}); saving it in pickle format instead",
+                file=sys.stderr,
+                flush=True,
+            )
+    # the original module (its class is importable), not the local wrapper class a pickle cannot hold
+    inner = getattr(model, "inner", model)
+    mlflow.pytorch.save_model(
+        inner, str(dest), serialization_format="pickle", pip_requirements=requirements()
+    )

@@ -37,6 +37,11 @@ TAG_RUN_UID = "ampflow.run_uid"
 TAG_MODEL_URI = "ampflow.model_uri"
 TAG_MODEL_INPUTS = "ampflow.model_inputs"
 TAG_DATASET_HASH = "ampflow.dataset_hash"
+# a model saved while the server was away carries this uid, so its replay makes one logged model
+TAG_MODEL_UID = "ampflow.model_uid"
+# every ampflow experiment is a model-training one: MLflow 3.17's UI opens an experiment without this
+# tag on its GenAI (traces) view, where none of ampflow's runs, metrics or models show
+EXPERIMENT_TAGS = {"mlflow.experimentKind": "custom_model_development"}
 TAG_PARENT = "mlflow.parentRunId"
 # the KFP pipeline run whose step started a run (set through MLFLOW_RUN_CONTEXT by
 # ampflow.integrations.kfp.run_step); the pipelines' exit handler closes the runs it tags

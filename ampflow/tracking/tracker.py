@@ -323,6 +323,10 @@ class MlflowTracker:
         While the server is away the model is saved into the spool folder and sent as an artifact
         later. With ``require`` an unreachable server raises what MLflow raised.
         """
+        if hasattr(model, "eval"):
+            # pt2 export records the graph in the mode the module is in: a model handed over in train
+            # mode would keep dropout active in every later prediction (and in register's evaluation)
+            model.eval()
         wrapped, example, names = model_export.positional(model, input_example)
         if self.run_id is None or self.writer.down_since is not None:
             self._save_model_offline(wrapped, example, name, names)
@@ -338,14 +342,16 @@ class MlflowTracker:
                 experiment_id=self.experiment_id,
             )
         except Exception as exc:
-            if self._reachable():
-                self.set_tags({"ampflow.model_format": "pickle"})
-                info = model_export.log_pickled(model, name=name, run_id=self.run_id, exc=exc)
-            elif self.require:
-                raise
-            self.writer.mark_down(exc)
-            self._save_model_offline(wrapped, example, name, names)
-            return
+            if not self._reachable():
+                if self.require:
+                    raise
+                self.writer.mark_down(exc)
+                self._save_model_offline(wrapped, example, name, names)
+                return
+            # the server answers, so torch.export could not trace the model: keep it as a pickle.
+            # The server is up: no "unreachable" notice, no offline copy, and the tag is set below.
+            self.set_tags({"ampflow.model_format": "pickle"})
+            info = model_export.log_pickled(model, name=name, run_id=self.run_id, exc=exc)
         self.set_tags(
             {
                 schema.TAG_MODEL_URI: info.model_uri,
@@ -356,7 +362,11 @@ class MlflowTracker:
     def _save_model_offline(self, model: Any, example: Any, name: str, names: list[str]) -> None:
         local = self.run_dir / FOLDER / f"{name}-{int(time.time())}"
         model_export.save_offline(model, example, names, local)
-        self.log_artifact(local, name)
+        # a "model" operation, not a plain artifact: its replay makes the run's logged model and sets
+        # ampflow.model_uri, so a model saved while the server was away can be registered later
+        self.writer.append(
+            {"op": "model", "path": str(local.resolve()), "name": name, "uid": uuid.uuid4().hex}
+        )
         if names:
             self.set_tags({schema.TAG_MODEL_INPUTS: ",".join(names)})
 

@@ -121,6 +121,8 @@ class Sender:
                 self.client.log_artifact(run_id, str(path), op.get("artifact_path"))
             else:
                 log.warning("tracking: artifact %s vanished before it could be sent; skipped", path)
+        elif kind == "model":
+            self._log_model(run_id, op)
         elif kind == "terminate":
             self.client.set_terminated(run_id, op["status"], end_time=op.get("end_time"))
         else:
@@ -129,7 +131,14 @@ class Sender:
     def _create_run(self, op: dict[str, Any]) -> None:
         client = self.client
         exp = client.get_experiment_by_name(op["experiment"])
-        exp_id = exp.experiment_id if exp else client.create_experiment(op["experiment"])
+        if exp is None:
+            exp_id = client.create_experiment(op["experiment"], tags=dict(schema.EXPERIMENT_TAGS))
+        else:
+            exp_id = exp.experiment_id
+            # experiments made before ampflow tagged them (or by hand) open on the GenAI view otherwise
+            for key, value in schema.EXPERIMENT_TAGS.items():
+                if exp.tags.get(key) != value:
+                    client.set_experiment_tag(exp_id, key, value)
         uid = op["tags"].get(schema.TAG_RUN_UID)
         # a create whose acknowledgement was lost (crash, timeout) already made the run: find it by
         # its uid instead of making a second one
@@ -148,6 +157,36 @@ class Sender:
             )
             run_id = run.info.run_id
         self.spool.save_state(run_id=run_id, experiment_id=exp_id)
+
+    def _log_model(self, run_id: str, op: dict[str, Any]) -> None:
+        """A model saved while the server was away (``op``: path, name, uid): uploaded as the run's
+        logged model, the way ``mlflow.pytorch.log_model`` makes one, and the run's
+        ``ampflow.model_uri`` tag pointed at it. A replay after a lost acknowledgement finds the
+        logged model by its uid tag instead of making a second one."""
+        from mlflow.entities import LoggedModelOutput, RunTag
+
+        path = Path(op["path"])
+        if not path.is_dir():
+            log.warning("tracking: saved model %s vanished before it could be sent; skipped", path)
+            return
+        client = self.client
+        exp_id = self.spool.state.get("experiment_id") or client.get_run(run_id).info.experiment_id
+        uid = op["uid"]
+        found = client.search_logged_models(
+            [exp_id], filter_string=f"tags.`{schema.TAG_MODEL_UID}` = '{uid}'", max_results=1
+        )
+        if found:
+            model_id = found[0].model_id
+        else:
+            model_id = client.create_logged_model(
+                exp_id, name=op["name"], source_run_id=run_id, tags={schema.TAG_MODEL_UID: uid}
+            ).model_id
+        client.log_model_artifacts(model_id, str(path))
+        client.finalize_logged_model(model_id, "READY")
+        client.log_outputs(run_id, [LoggedModelOutput(model_id, step=0)])
+        # also under the run's artifacts, where runs:/<run_id>/<name> finds it (as before this op)
+        client.log_artifacts(run_id, str(path), op["name"])
+        client.log_batch(run_id, tags=[RunTag(schema.TAG_MODEL_URI, f"models:/{model_id}")], synchronous=True)
 
     def _log_input(self, run_id: str, op: dict[str, Any]) -> None:
         from mlflow.entities import Dataset, DatasetInput, InputTag
