@@ -38,7 +38,7 @@ STEP_OPTIONS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
         ),
         ("fail_on_regression",),
     ),
-    "register": (("summary", "model_name", "tolerance"), ()),
+    "register": (("summary", "data", "model_name", "tolerance", "device"), ("allow_unloadable_champion",)),
     "close-runs": (("tag", "run_root", "tracking_uri"), ()),
     "launch": (
         (

@@ -127,7 +127,9 @@ with DAG(
             },
             "register": {
                 "summary": os.path.join(compare_dir, "summary.json"),
-                "model_name": p.get("model_name") or f"ampflow-{p['recipe']}",
+                "data": data,
+                # None: register's own default, valid for module:function recipes too
+                "model_name": p.get("model_name") or None,
                 "tolerance": p["tolerance"],
             },
             "close_runs": close_runs_options(ctx, root),

@@ -64,6 +64,7 @@ def evaluate_and_promote(
     with dsl.If(compare_task.outputs["Output"] == True, name="passed"):  # noqa: E712 - a KFP condition
         register_task = register(
             summary=compare_task.outputs["summary"],
+            data=data,
             model_name=model_name,
             tolerance=tolerance,
             pipeline_run_id=pipeline_run_id,

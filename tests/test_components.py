@@ -275,14 +275,17 @@ def test_compare_parity(monkeypatch, tmp_path):
 def test_register_parity(monkeypatch, tmp_path):
     seen = _capture(monkeypatch, "register")
     summary = _artifact(dsl.Artifact, tmp_path, "summary.json")
-    _run_until_step(register.python_func, summary=summary, model_name="tweets", tolerance=0.3)
+    data = _artifact(dsl.Dataset, tmp_path, "d")
+    _run_until_step(register.python_func, summary=summary, data=data, model_name="tweets", tolerance=0.3)
     _check(
         register,
         seen["ns"],
         {
             "summary": ("summary", summary.path),
+            "data": ("data", data.path),
             "model_name": ("model_name", "tweets"),
             "tolerance": ("tolerance", 0.3),
+            "allow_unloadable_champion": ("allow_unloadable_champion", False),
         },
     )
 
