@@ -235,3 +235,19 @@ def test_an_unloadable_champion_blocks_promotion_unless_allowed(
     assert (code, r["promoted"]) == (0, True)
     assert mlflow_client.get_model_version_by_alias(name, "champion").version == r["version"]
     assert math.isclose(r["accuracy"], 0.8)
+
+
+def test_a_summary_without_a_tracked_run_is_bad_input(data, tmp_path):
+    summary = tmp_path / "summary.json"
+    summary.write_text(
+        json.dumps(
+            {
+                "recipe": RECIPE,
+                "recommended": "32-true",
+                "configs": [{"config_id": "32-true", "run_ids": [None]}],
+            }
+        )
+    )
+    assert main(["register", "--summary", str(summary), "--data", str(data)]) == 2
+    assert main(["register", "--summary", str(tmp_path / "missing.json"), "--data", str(data)]) == 2
+    assert main(["register", "--summary", str(summary), "--data", str(tmp_path)]) == 2  # no manifest
