@@ -66,24 +66,47 @@ def model_state(model: Any, strategy: str) -> dict[str, Any]:
 
 
 def optimizer_state(optimizer: Any, model: Any, strategy: str) -> dict[str, Any]:
-    """The optimizer's full state (collective under FSDP)."""
-    if strategy == "fsdp":
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+    """The optimizer's full state keyed by parameter name (collective under FSDP: every rank calls).
 
-        return get_optimizer_state_dict(
-            model, optimizer, options=StateDictOptions(full_state_dict=True, cpu_offload=True)
-        )
-    return optimizer.state_dict()
+    One format for every strategy (``torch.distributed.checkpoint.state_dict``'s fully-qualified names,
+    which work on plain, DDP and FSDP2 modules alike), so a checkpoint resumes under any strategy.
+    ``strategy`` is kept for the callers' symmetry with :func:`model_state`.
+    """
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+
+    return get_optimizer_state_dict(
+        model, optimizer, options=StateDictOptions(full_state_dict=True, cpu_offload=True)
+    )
 
 
 def load_optimizer(optimizer: Any, model: Any, state: dict[str, Any], strategy: str) -> None:
-    """Load a full optimizer state saved by :func:`optimizer_state`."""
-    if strategy == "fsdp":
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+    """Load a full optimizer state saved by :func:`optimizer_state` under any strategy.
 
-        set_optimizer_state_dict(model, optimizer, state, options=StateDictOptions(full_state_dict=True))
-    else:
-        optimizer.load_state_dict(state)
+    Checkpoints written before the one format (``optimizer.state_dict()``'s integer keys, by single and
+    ddp) are renamed first: the k-th parameter they list is the k-th of this optimizer's parameter
+    groups, since both come from the same recipe and the same optimizer construction.
+    """
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+    if any(isinstance(k, int) for k in state.get("state", {})) or any(
+        isinstance(i, int) for g in state.get("param_groups", []) for i in g["params"]
+    ):
+        state = _named(state, optimizer, model)
+    set_optimizer_state_dict(model, optimizer, state, options=StateDictOptions(full_state_dict=True))
+
+
+def _named(state: dict[str, Any], optimizer: Any, model: Any) -> dict[str, Any]:
+    """An integer-keyed ``optimizer.state_dict()`` keyed by parameter names instead."""
+    names = {id(p): n for n, p in parallel.unwrap(model).named_parameters()}
+    live = [names[id(p)] for g in optimizer.param_groups for p in g["params"]]
+    saved = [i for g in state["param_groups"] for i in g["params"]]
+    if len(saved) != len(live):
+        raise ValueError(f"checkpoint optimizer has {len(saved)} parameters, this model {len(live)}")
+    rename = dict(zip(saved, live, strict=True))
+    return {
+        "state": {rename[i]: v for i, v in state["state"].items()},
+        "param_groups": [{**g, "params": [rename[i] for i in g["params"]]} for g in state["param_groups"]],
+    }
 
 
 @dataclass
