@@ -13,8 +13,11 @@ Where it runs (:func:`~airflow_ampflow.runtime.resolve_mode`):
 - ``kubernetes``: a durable KubernetesPodOperator pod (:mod:`airflow_ampflow.pods`); a retry
   reattaches to the running pod.
 
-Exit code 2 (bad input) fails the task without using its retries. A step's result file (``result``)
-becomes the task's XCom, long per-step series left out, and a Markdown report in it is logged.
+Exit code 2 (bad input) and 3 (``compare --fail-on-regression`` found a regression) fail the task
+without using its retries: a retry would decide the same. A step's result file (``result``) becomes
+the task's XCom, long per-step series left out, and a Markdown report in it is logged. A ``register``
+task declares the champion asset alias as its outlet and emits an event only when its step promoted
+the candidate (:mod:`airflow_ampflow.assets`).
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from airflow.sdk.bases.resumablejobmixin import ResumableJobMixin
 from airflow.sdk.exceptions import AirflowException, AirflowFailException
 
 from airflow_ampflow import pods, process
+from airflow_ampflow.assets import CHAMPION, announce_champion
 from airflow_ampflow.runtime import (
     kube_settings,
     resolve_ampflow_bin,
@@ -42,6 +46,8 @@ from ampflow.commands import StepPlan, plan_step
 
 # exit code 2 is bad input (README: exit codes): retrying cannot help, so the task fails without using its retries
 EXIT_BAD_INPUT = 2
+# exit code 3: compare found a regression and was asked to fail on it; a decision, not a transient failure
+EXIT_REGRESSION = 3
 # result keys kept out of the XCom (the metadata DB): per-step series stay in the result file
 _SERIES = ("loss_curve", "lr_schedule")
 
@@ -77,6 +83,9 @@ class AmpflowStepOperator(ResumableJobMixin, BaseOperator):
         on_kill_action: str = "kill",
         **kwargs: Any,
     ) -> None:
+        if step == "register":
+            # declared while parsing (outlets are static); the event itself only on promotion
+            kwargs.setdefault("outlets", [CHAMPION])
         super().__init__(**kwargs)
         if on_kill_action not in ("kill", "keep"):
             raise ValueError(f"on_kill_action must be kill or keep, got {on_kill_action!r}")
@@ -130,8 +139,12 @@ class AmpflowStepOperator(ResumableJobMixin, BaseOperator):
         if mode == "kubernetes":
             self._pod_op = self.pod_operator(context)
             value = self._pod_op.execute(context)
-            return self._report(value) if self.result else value
-        return self.execute_resumable(context)
+            value = self._report(value) if self.result else value
+        else:
+            value = self.execute_resumable(context)
+        if self.step == "register" and announce_champion(context, value):
+            self.log.info("new champion: asset event for %s", value.get("model_name"))
+        return value
 
     def on_kill(self) -> None:
         if self._pod_op is not None:
@@ -201,8 +214,8 @@ class AmpflowStepOperator(ResumableJobMixin, BaseOperator):
         if status != "succeeded":
             rc = int(status.split(":", 1)[1])
             message = f"ampflow {self.step} exited {rc}: {process.last_line(external_id['log'])}"
-            if rc == EXIT_BAD_INPUT:
-                raise AirflowFailException(message)  # bad input: no retry can fix it
+            if rc in (EXIT_BAD_INPUT, EXIT_REGRESSION):
+                raise AirflowFailException(message)  # bad input or a regression: a retry decides the same
             raise AirflowException(message)
         # the mixin returns this value itself when it reconnected, and asks get_job_result otherwise
         self._result = self._read_result(external_id)

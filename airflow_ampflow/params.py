@@ -36,7 +36,8 @@ def default_args() -> dict[str, Any]:
 
 
 def common_params() -> dict[str, Param]:
-    """The params both DAGs take: what to train on, ``--set`` overrides and where the steps run."""
+    """The params both DAGs take: what to train on, ``--set`` overrides, where the steps run, and
+    whether a regression against earlier runs fails the run."""
     return {
         "recipe": Param(
             "tweets-bow", type="string", minLength=1, description="built-in recipe or module:function"
@@ -57,6 +58,12 @@ def common_params() -> dict[str, Param]:
             description="local or kubernetes; empty: Variable ampflow_execution_mode, else local",
         ),
         "image": Param(None, type=["null", "string"], description="kubernetes mode: training image override"),
+        "fail_on_regression": Param(
+            False,
+            type="boolean",
+            description="fail the run (compare exits 3) when a configuration regressed against earlier "
+            "runs of the recipe on the same hardware",
+        ),
     }
 
 

@@ -36,7 +36,7 @@ STEP_OPTIONS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
             "throughput_drop",
             "accuracy_drop",
         ),
-        ("fail_on_regression",),
+        ("fail_on_regression", "record_sweep"),
     ),
     "register": (("summary", "data", "model_name", "tolerance", "device"), ("allow_unloadable_champion",)),
     "close-runs": (("tag", "run_root", "tracking_uri"), ()),

@@ -15,7 +15,10 @@ modes, `compile_modes` only `off`/`on`; `plan` parses them once into ampflow's `
 baseline must be one of the precisions) and `sweep` turns its entries into train options.
 
 The comparison (speedup, memory ratio, accuracy delta, verdict, recommended configuration) is the
-`compare` task's XCom and its Markdown table is printed in that task's log. Execution modes, retries
+`compare` task's XCom and its Markdown table is printed in that task's log. `compare` records the
+run's configurations as one sweep in MLflow (the parent run `ampflow bench` creates, tagged with this
+DAG run's id) and checks them against earlier sweeps of the recipe on the same hardware; with
+`fail_on_regression` a regression fails `compare` (exit 3, no retries) and the run. Execution modes, retries
 and reconnection work as in `ampflow_retrain` (see its docs and the README's Airflow section).
 
 Trigger: `airflow dags trigger ampflow_benchmark -c '{"precisions": ["32-true", "bf16-mixed"]}'`.
@@ -120,6 +123,9 @@ with DAG(
                 "out": os.path.join(root, "compare"),
                 "baseline": spec.baseline,
                 "tolerance": p["tolerance"],
+                # the sweep parent `ampflow bench` creates: later runs' regression check sees this one
+                "record_sweep": True,
+                "fail_on_regression": bool(p["fail_on_regression"]),
             },
             "close_runs": close_runs_options(ctx, root),
         }

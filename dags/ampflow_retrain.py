@@ -18,6 +18,14 @@ namespace, image, GPU, node selector, tolerations, MLflow Secret and PVC); with 
 store) and a PyTorchJob is reattached by its deterministic name; a retried `train` resumes from its
 last checkpoint. Bad input (exit 2) fails at once, without retries.
 
+**Gate:** `compare` records the candidate as a sweep in MLflow (the parent run `ampflow bench`
+creates, tagged with this DAG run's id) and checks it against earlier sweeps of the recipe on the same
+hardware; `passes` (`ampflow.compare.gate`) stops on a regression and prints what it checked (a
+candidate compared with itself is never evidence); `register` then decides champion against
+challenger. With `fail_on_regression` a regression fails `compare` (exit 3, no retries) and the run.
+A promotion emits an event for the asset `ampflow_champion_<model>` through the alias
+`ampflow_champion` (`airflow_ampflow.assets`): schedule a deployment DAG on it.
+
 **Report:** `compare` returns the comparison summary as its XCom (`return_value`) and prints the
 Markdown table in its log; `summary.json`, `report.md` (and `report.html`) lie in the run's
 `compare/` folder and on the MLflow run.
@@ -51,7 +59,7 @@ from airflow_ampflow.params import (
     tolerance_param,
 )
 from airflow_ampflow.runtime import close_runs_options, resolve_mode, run_root
-from ampflow.compare.gate import champion_gate
+from ampflow.compare.gate import gate_decision
 from ampflow.config import STRATEGIES
 
 TRAINING_DATA = Asset(
@@ -124,6 +132,9 @@ with DAG(
                 "out": compare_dir,
                 "baseline": p["precision"],
                 "tolerance": p["tolerance"],
+                # recorded as a sweep and checked against the earlier ones: the gate's first half
+                "record_sweep": True,
+                "fail_on_regression": bool(p["fail_on_regression"]),
             },
             "register": {
                 "summary": os.path.join(compare_dir, "summary.json"),
@@ -160,11 +171,14 @@ with DAG(
 
     @task.short_circuit(ignore_downstream_trigger_rules=False)
     def passes(summary: dict[str, Any]) -> bool:
-        """Register only a candidate the comparison recommends and that shows no regression; the
-        register step then moves the `champion` alias only if it also beats the current champion."""
-        ok, why = champion_gate(summary)
-        print(f"champion gate: {'pass' if ok else 'stop'}: {why}")
-        return ok
+        """The gate's first half (ampflow.compare.gate): no regression against earlier runs, and never
+        the candidate's comparison with itself as evidence; register, the second half, then moves the
+        `champion` alias only if the candidate also beats the current champion."""
+        decision = gate_decision(summary)
+        for check in decision.checks:
+            print(f"champion gate checked: {check}")
+        print(f"champion gate: {'pass' if decision.passes else 'stop'}: {decision.why}")
+        return decision.passes
 
     gate = passes(compare.output)
     register = AmpflowStepOperator(

@@ -52,9 +52,12 @@ def build_benchmark(train_retries: int = TRAIN_RETRIES, retry_backoff: str = TRA
         limit: int = 0,
         seed: int = 0,
         accelerator_count: int = 1,
+        fail_on_regression: bool = False,
         cluster: Cluster = None,
     ) -> bool:
-        """Returns whether a configuration passes (the recommended one is in compare's summary)."""
+        """Returns the gate's decision: a configuration passes and nothing regressed (the recommended
+        one is in compare's summary). `fail_on_regression` fails the run (compare exits 3) when a
+        configuration regressed against earlier runs of the recipe on the same hardware."""
         run_id = dsl.PIPELINE_JOB_ID_PLACEHOLDER
 
         # No ExitHandler around a ParallelFor: the KFP backend fails such runs (kubeflow/pipelines#12390).
@@ -102,6 +105,9 @@ def build_benchmark(train_retries: int = TRAIN_RETRIES, retry_backoff: str = TRA
             runs=dsl.Collected(eval_task.outputs["evaluated_run"]),
             baseline=baseline,
             tolerance=tolerance,
+            # the sweep parent `ampflow bench` creates: later runs' regression check sees this one
+            record_sweep=True,
+            fail_on_regression=fail_on_regression,
             pipeline_run_id=run_id,
         ).set_display_name("compare")
         compare_task.set_caching_options(False)

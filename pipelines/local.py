@@ -32,6 +32,7 @@ def run_benchmark_locally(
     tolerance: float = 0.5,
     limit: int | None = None,
     source: str | None = None,
+    fail_on_regression: bool = False,
 ) -> dict[str, Any]:
     """Run ``pipelines.benchmark`` through kfp.local; return compare's summary (plus ``markdown``).
 
@@ -39,7 +40,8 @@ def run_benchmark_locally(
     ``kfp-local``). ``sweep`` (precisions, compile modes, repeats, baseline) becomes the pipeline's
     sweep parameters as they are. ``out`` gets summary.json, report.md and report.html (as ``ampflow
     bench`` writes them) and ``kfp/``, the local pipeline root with every task's artifacts and logs.
-    Raises RuntimeError when the pipeline fails.
+    ``fail_on_regression``: the pipeline's parameter (compare exits 3 on a regression against earlier
+    runs). Raises RuntimeError when the pipeline fails.
     """
     from kfp import local
 
@@ -64,6 +66,7 @@ def run_benchmark_locally(
             settings=list(overrides or []),
             source=source or "",
             limit=limit or 0,
+            fail_on_regression=fail_on_regression,
         )
     (run_dir,) = [p for p in root.iterdir() if p not in before and p.is_dir()]
     compare_dir = find_task_dir(run_dir, "compare")

@@ -4,10 +4,15 @@
 
 Training runs on one device unless ``num_nodes`` > 1 or ``gpus_per_node`` > 1 ask for more; then the
 ``train_distributed`` component launches and watches a PyTorchJob. The candidate is evaluated and
-compared (``ampflow compare``: verdict against ``baseline`` and the regression check against earlier
-runs); only a passing candidate reaches ``ampflow register``, which moves the ``champion`` alias only
-when the candidate matches or beats the current champion within ``tolerance``. An exit handler marks
-the pipeline run's MLflow runs FAILED when any step fails.
+compared: ``ampflow compare --record-sweep`` records it as a sweep (the parent run ``ampflow bench``
+creates, tagged with the pipeline run id) and checks it against the earlier sweeps of the recipe on
+the same hardware. The gate (``ampflow.compare.gate``) has two halves: that regression check, and
+``ampflow register``, which moves the ``champion`` alias only when the candidate matches or beats the
+current champion within ``tolerance``; a candidate compared with itself is never evidence.
+``fail_on_regression`` fails the run (compare exits 3) on a regression instead of only skipping
+register. ``experiment`` is the MLflow experiment of the runs ("" = ``ampflow/<recipe>``; the
+PyTorchJob branch logs to the default). An exit handler marks the pipeline run's MLflow runs FAILED
+when any step fails.
 """
 
 # No `from __future__ import annotations` here: KFP reads the signature's annotations as types.
@@ -37,6 +42,7 @@ def evaluate_and_promote(
     tolerance: float,
     model_name: str,
     experiment: str,
+    fail_on_regression: bool,
     accelerator_count: int,
     pipeline_run_id: str,
     cluster: Cluster = None,
@@ -47,7 +53,9 @@ def evaluate_and_promote(
     artifact out of conditional branches (``dsl.OneOf`` works for parameters only there), so every
     branch calls this instead.
     """
-    eval_task = evaluate(recipe=recipe, data=data, model=model, pipeline_run_id=pipeline_run_id)
+    eval_task = evaluate(
+        recipe=recipe, data=data, model=model, experiment=experiment, pipeline_run_id=pipeline_run_id
+    )
     eval_task.set_display_name("evaluate").set_caching_options(False)
     cluster.gpu(eval_task, accelerator_count)
 
@@ -55,7 +63,9 @@ def evaluate_and_promote(
         run=eval_task.outputs["evaluated_run"],
         baseline=baseline,
         tolerance=tolerance,
-        experiment=experiment,
+        # recorded as a sweep, checked against the earlier ones (the first half of the gate)
+        record_sweep=True,
+        fail_on_regression=fail_on_regression,
         pipeline_run_id=pipeline_run_id,
     ).set_display_name("compare")
     compare_task.set_caching_options(False)
@@ -97,6 +107,7 @@ def build_retrain(train_retries: int = TRAIN_RETRIES, retry_backoff: str = TRAIN
         tolerance: float = 0.5,
         model_name: str = "",
         experiment: str = "",
+        fail_on_regression: bool = False,
         source: str = "",
         limit: int = 0,
         seed: int = 0,
@@ -111,6 +122,7 @@ def build_retrain(train_retries: int = TRAIN_RETRIES, retry_backoff: str = TRAIN
             tolerance=tolerance,
             model_name=model_name,
             experiment=experiment,
+            fail_on_regression=fail_on_regression,
             # a single-device run gets gpus_per_node (1, or 0 for a CPU run) accelerators
             accelerator_count=gpus_per_node,
             pipeline_run_id=run_id,
@@ -173,6 +185,7 @@ def build_retrain(train_retries: int = TRAIN_RETRIES, retry_backoff: str = TRAIN
                     compile=compile,
                     settings=settings,
                     cache_dir=CACHE_MOUNT,
+                    experiment=experiment,
                     pipeline_run_id=run_id,
                 ).set_display_name("train")
                 train_task.set_caching_options(False)

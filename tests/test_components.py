@@ -40,7 +40,7 @@ ALL = {
     "mark_failed": mark_failed,
 }
 # inputs that configure the component's process, not the step's arguments
-RUNTIME_ONLY = {"cache_dir", "pipeline_run_id", "status"}
+RUNTIME_ONLY = {"cache_dir", "pipeline_run_id", "status", "experiment"}
 # values a component returns (KFP output parameters), read from the step's result files
 RETURNED = {"Output"}
 
@@ -214,6 +214,7 @@ def test_evaluate_parity(monkeypatch, tmp_path):
         model=model,
         evaluated_run=run,
         metrics=dsl.Metrics(),
+        confusion=dsl.ClassificationMetrics(),
         parent_run_id="p1",
         require_tracking=True,
     )
@@ -228,6 +229,7 @@ def test_evaluate_parity(monkeypatch, tmp_path):
             "parent_run_id": ("parent_run_id", "p1"),
             "require_tracking": ("require_tracking", True),
             "metrics": (None, None),
+            "confusion": (None, None),
         },
     )
     # the evaluated run carries the figures compare reads, not the weights
@@ -248,6 +250,8 @@ def test_compare_parity(monkeypatch, tmp_path):
         experiment="exp",
         recipe="tweets-bow",
         sweep="s1",
+        record_sweep=True,
+        fail_on_regression=True,
         **outs,
     )
     ns = seen["ns"]
@@ -264,6 +268,8 @@ def test_compare_parity(monkeypatch, tmp_path):
             "experiment": ("experiment", "exp"),
             "recipe": ("recipe", "tweets-bow"),
             "sweep": ("sweep", "s1"),
+            "record_sweep": ("record_sweep", True),
+            "fail_on_regression": ("fail_on_regression", True),
         },
         exempt=set(outs),
     )
@@ -505,3 +511,18 @@ def test_bench_finds_the_kfp_local_engine_by_entry_point(monkeypatch):
     monkeypatch.setattr(importlib.metadata, "entry_points", lambda **_: [])
     with pytest.raises(ConfigError, match="kfp-local is not installed"):
         bench._kfp_local_runner()
+
+
+def test_confusion_matrix_reaches_the_kfp_ui_in_eval_json_order():
+    """Rows are true labels and columns predictions in eval.json, as ClassificationMetrics reads them."""
+    from ampflow.integrations.kfp import log_confusion
+
+    confusion = dsl.ClassificationMetrics()
+    result = {"labels": ["neg", "neu", "pos"], "confusion_matrix": [[12, 1, 0], [8, 4, 0], [4, 2, 0]]}
+    assert log_confusion(confusion, result)
+    cm = confusion.metadata["confusionMatrix"]
+    assert [a["displayName"] for a in cm["annotationSpecs"]] == ["neg", "neu", "pos"]
+    assert [row["row"] for row in cm["rows"]] == result["confusion_matrix"]
+    assert not log_confusion(dsl.ClassificationMetrics(), {"accuracy": 0.5})
+    with pytest.raises(ValueError, match="3-row confusion matrix for 2 labels"):
+        log_confusion(dsl.ClassificationMetrics(), {**result, "labels": ["a", "b"]})

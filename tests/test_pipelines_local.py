@@ -54,18 +54,25 @@ def _only_run_dir(root: Path) -> Path:
     return run_dir
 
 
-def test_benchmark_pipeline_runs_locally_and_reports(tmp_path, tracking_env, mlflow_client):
+def test_benchmark_pipeline_runs_locally_reports_and_fails_on_a_regression(
+    tmp_path, tracking_env, mlflow_client, monkeypatch, capfd
+):
+    """A benchmark run, recorded as a sweep; then a second one, made slower (the tiny recipe sleeps in
+    every forward pass; its settings stay equal, so the runs are comparable), checked against it:
+    with fail_on_regression its compare step exits 3 and the run fails."""
     from ampflow.config import SweepSpec
+    from ampflow.tracking import schema
     from pipelines.local import find_task_dir, run_benchmark_locally
 
+    monkeypatch.setenv("PYTHONPATH", str(Path(__file__).resolve().parents[1]))  # the tiny recipe
     out = tmp_path / "bench"
     summary = run_benchmark_locally(
-        recipe="tweets-bow",
+        recipe="tests.recipes_fixture:tiny",
         sweep=SweepSpec.from_lists(["32-true", "bf16-mixed"], ["off"], repeats=1, baseline="bf16-mixed"),
         out=out,
         overrides=TINY,
         tolerance=100.0,
-        limit=LIMIT,
+        fail_on_regression=True,
     )
     # the sweep's baseline reaches compare, which reports it first
     assert summary["baseline"] == "bf16-mixed"
@@ -89,21 +96,69 @@ def test_benchmark_pipeline_runs_locally_and_reports(tmp_path, tracking_env, mlf
     runs = _experiment_runs(mlflow_client)
     assert runs, "the steps logged nothing to the MLflow server"
     assert not [r.info.run_id for r in runs if r.info.status == "RUNNING"]
+    assert summary["regressed"] is False
+
+    monkeypatch.setenv("AMPFLOW_TINY_STEP_SLEEP", "0.05")
+    capfd.readouterr()
+    with pytest.raises(RuntimeError, match="FAILURE"):
+        run_benchmark_locally(
+            recipe="tests.recipes_fixture:tiny",
+            sweep=SweepSpec.from_lists(["32-true"], ["off"], repeats=1, baseline="32-true"),
+            out=tmp_path / "bench-slow",
+            overrides=TINY,
+            fail_on_regression=True,
+        )
+    assert "ampflow compare exited 3" in "".join(capfd.readouterr())
+
+    runs = _experiment_runs(mlflow_client)
+    sweeps = sorted(
+        (r for r in runs if r.data.tags.get(schema.TAG_KIND) == "sweep"), key=lambda r: r.info.start_time
+    )
+    trained = [r for r in runs if r.data.tags.get(schema.TAG_KIND) == "train"]
+    assert len(sweeps) == 2 and len(trained) == 3
+    for sweep, size in zip(sweeps, (2, 1), strict=True):  # the parent `ampflow bench` creates
+        assert sweep.info.status == "FINISHED" and sweep.data.tags.get(schema.TAG_PIPELINE_RUN_ID)
+        assert sweep.data.params["max_steps"] == "8"
+        children = [r for r in trained if r.data.tags.get(schema.TAG_PARENT) == sweep.info.run_id]
+        assert len(children) == size and {c.data.tags[schema.TAG_SWEEP] for c in children} == {
+            sweep.info.run_id
+        }
+    assert sweeps[1].data.tags["ampflow.regressed"] == "true"
+    logged = {f.path for f in mlflow_client.list_artifacts(sweeps[1].info.run_id, "compare")}
+    assert {"compare/table.json", "compare/summary.json"} <= logged
 
 
-def test_retrain_pipeline_registers_a_passing_candidate(kfp_local, tracking_env, mlflow_client):
+def test_retrain_pipeline_registers_a_passing_candidate(kfp_local, tracking_env, mlflow_client, capfd):
+    """In the experiment its `experiment` parameter names; the first run of the recipe on this
+    hardware has nothing earlier to regress against, and the gate says so."""
+    from ampflow.tracking import schema
     from pipelines.retrain import build_retrain
 
     retrain = build_retrain(train_retries=0)
+    experiment = os.environ["AMPFLOW_EXPERIMENT"] + "-retrain"
 
-    retrain(recipe="tweets-bow", precision="32-true", settings=TINY, limit=LIMIT, tolerance=100.0)
+    retrain(
+        recipe="tweets-bow",
+        precision="32-true",
+        settings=TINY,
+        limit=LIMIT,
+        tolerance=100.0,
+        experiment=experiment,
+        fail_on_regression=True,
+    )
     run_dir = _only_run_dir(kfp_local)
     tasks = _task_names(run_dir)
     assert "train" in tasks and "train-distributed" not in tasks, tasks
     assert "register" in tasks, "a passing candidate reaches register"
+    assert "champion gate: pass: 32-true: first run" in "".join(capfd.readouterr())
     versions = mlflow_client.search_model_versions("name = 'ampflow-tweets-bow'")
     assert versions, "register created no model version"
-    assert not [r.info.run_id for r in _experiment_runs(mlflow_client) if r.info.status == "RUNNING"]
+    assert not _experiment_runs(mlflow_client), "the runs belong in the `experiment` parameter's experiment"
+    exp = mlflow_client.get_experiment_by_name(experiment)
+    runs = mlflow_client.search_runs([exp.experiment_id])
+    kinds = sorted(r.data.tags.get(schema.TAG_KIND) for r in runs)
+    assert kinds == ["sweep", "train"], kinds
+    assert not [r.info.run_id for r in runs if r.info.status == "RUNNING"]
 
 
 def test_failing_step_fails_the_pipeline_and_leaves_no_run_running(kfp_local, tracking_env, mlflow_client):

@@ -71,6 +71,15 @@ def log_figures(metrics: Any, figures: Mapping[str, Any], prefix: str = "") -> i
     return logged
 
 
+class StepFailed(RuntimeError):
+    """``ampflow <step>`` exited non-zero; ``returncode`` is its exit code (README: exit codes)."""
+
+    def __init__(self, step: str, returncode: int):
+        super().__init__(f"ampflow {step} exited {returncode}")
+        self.step = step
+        self.returncode = returncode
+
+
 def _given(value: Any) -> bool:
     # a KFP parameter cannot be None: "" and [] / {} are how a pipeline says "not given"
     return value is not None and not (isinstance(value, str | list | tuple | dict) and not value)
@@ -80,6 +89,7 @@ def run_step(
     step: str,
     *,
     pipeline_run_id: str = "",
+    mlflow_experiment: str = "",
     cache_dir: str = "",
     settings: Iterable[str] | None = None,
     metrics: Any = None,
@@ -91,12 +101,14 @@ def run_step(
     """Run ``ampflow <step>`` in this process as a KFP task; return ``result_file``'s JSON ({} if none).
 
     - ``pipeline_run_id`` tags every MLflow run the step starts with :data:`PIPELINE_RUN_TAG`;
-      ``cache_dir`` is handed to :func:`use_cache_dir`.
+      ``mlflow_experiment`` (a pipeline's ``experiment`` parameter) is the MLflow experiment they go to
+      (``AMPFLOW_EXPERIMENT``; "" keeps ``ampflow/<recipe>``); ``cache_dir`` is handed to
+      :func:`use_cache_dir`.
     - ``options`` are the step's options by keyword name; ``""`` and empty lists are left out, so a
       pipeline's defaults leave the step's own defaults alone. ``settings`` become ``--set`` overrides.
       ``distributed`` and ``launch`` go to :func:`ampflow.commands.plan_step` (``train`` becomes
       ``launch``, a Kubeflow job).
-    - A non-zero exit raises RuntimeError, which fails the KFP task.
+    - A non-zero exit raises :class:`StepFailed` (a RuntimeError), which fails the KFP task.
     - ``result_file`` (result.json, eval.json, summary.json) is read after the step; with ``metrics``
       its figures (its ``metrics`` block when it has one) are logged there.
     """
@@ -105,6 +117,8 @@ def run_step(
 
     if pipeline_run_id:
         os.environ["MLFLOW_RUN_CONTEXT"] = json.dumps({PIPELINE_RUN_TAG: pipeline_run_id})
+    if mlflow_experiment:
+        os.environ["AMPFLOW_EXPERIMENT"] = mlflow_experiment
     use_cache_dir(cache_dir)
     plan = plan_step(
         step,
@@ -118,7 +132,7 @@ def run_step(
     # looked up on the module at call time, so that a test can stand in for the CLI
     rc = cli.main(argv[1:])
     if rc != 0:
-        raise RuntimeError(f"ampflow {plan.step} exited {rc}")
+        raise StepFailed(plan.step, rc)
     if not result_file:
         return {}
     with open(result_file, encoding="utf-8") as fh:
@@ -161,3 +175,16 @@ def publish_comparison(out: str, *, summary: Any, report_md: Any, report_html: A
         log_figures(metrics, {k: row.get(k) for k in keys}, prefix=f"{row['config_id']}/")
     summary.metadata["recommended"] = result.get("recommended") or ""
     summary.metadata["regressed"] = bool(result.get("regressed"))
+
+
+def log_confusion(confusion: Any, result: Mapping[str, Any]) -> bool:
+    """eval.json's confusion matrix (rows true labels, columns predictions, in ``labels`` order) into a
+    KFP ``ClassificationMetrics`` artifact, which the KFP UI draws; False when eval.json has none."""
+    matrix = result.get("confusion_matrix")
+    if not matrix:
+        return False
+    labels = [str(x) for x in (result.get("labels") or range(len(matrix)))]
+    if len(labels) != len(matrix) or any(len(row) != len(matrix) for row in matrix):
+        raise ValueError(f"eval.json: a {len(matrix)}-row confusion matrix for {len(labels)} labels")
+    confusion.log_confusion_matrix(labels, [[int(v) for v in row] for row in matrix])
+    return True

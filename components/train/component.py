@@ -27,11 +27,13 @@ def train(
     parent_run_id: str = "",
     require_tracking: bool = False,
     cache_dir: str = "",
+    experiment: str = "",
     pipeline_run_id: str = "",
 ) -> str:
     """Train one configuration; the run directory (result.json, checkpoint.pt) is the `model` artifact.
 
-    settings: ``key=value`` configuration overrides, as ``ampflow train --set``.
+    settings: ``key=value`` configuration overrides, as ``ampflow train --set``;
+    experiment: the MLflow experiment ("" = ``ampflow/<recipe>``).
     Returns the configuration id (e.g. ``bf16-mixed-compiled``).
     """
     import os
@@ -51,6 +53,7 @@ def train(
         require_tracking=require_tracking,
         settings=settings,
         cache_dir=cache_dir,
+        mlflow_experiment=experiment,
         pipeline_run_id=pipeline_run_id,
         metrics=metrics,
         result_file=os.path.join(model.path, "result.json"),

@@ -143,15 +143,53 @@ def test_benchmark_precision_params_take_only_ampflow_precisions(dagbag):
             validated(bad)
 
 
-def test_the_champion_gate_stops_on_a_regression_or_without_a_recommendation():
-    from ampflow.compare.gate import champion_gate
+def test_the_champion_gate_counts_only_real_evidence_and_says_what_it_checked():
+    from ampflow.compare.gate import gate_decision
 
-    assert champion_gate({"recommended": "bf16-mixed", "regressions": []})[0] is True
-    assert (
-        champion_gate({"recommended": "bf16-mixed", "regressions": [{"config_id": "bf16-mixed"}]})[0] is False
+    one = {"configs": [{"config_id": "bf16-mixed"}], "recommended": "bf16-mixed", "regressions": []}
+    # a single run "compared" with itself is never the reason: it passes on the regression check...
+    checked = gate_decision(
+        {**one, "regression_baseline": ["s1", "s2"], "regression_checked": ["bf16-mixed"]}
     )
-    assert champion_gate({"recommended": None, "regressions": []})[0] is False
-    assert champion_gate(None)[0] is False
+    assert checked.passes and "none for bf16-mixed against 2 earlier sweep(s)" in checked.why
+    assert "not evidence" in checked.checks[0]
+    # ...stops when earlier sweeps exist but none of this configuration, and says so on a first run
+    assert not gate_decision({**one, "regression_baseline": ["s1"], "regression_checked": []}).passes
+    first = gate_decision({**one, "regression_baseline": []})
+    assert first.passes and "first run" in first.why and "register" in first.why
+    two = {**one, "configs": [{"config_id": "32-true"}, {"config_id": "bf16-mixed"}], "baseline": "32-true"}
+    assert gate_decision(two).passes and "against the baseline 32-true" in gate_decision(two).why
+    assert not gate_decision(
+        {**two, "regressions": [{"config_id": "bf16-mixed", "message": "slower"}]}
+    ).passes
+    assert not gate_decision({**two, "recommended": None}).passes
+    assert not gate_decision(None).passes
+
+
+def test_the_register_task_announces_only_a_promotion():
+    from airflow.sdk import AssetAlias
+
+    from airflow_ampflow.assets import CHAMPION, announce_champion, champion_asset
+    from airflow_ampflow.operator import AmpflowStepOperator
+
+    assert AmpflowStepOperator(task_id="register", step="register").outlets == [CHAMPION]
+    assert AmpflowStepOperator(task_id="compare", step="compare").outlets == []
+
+    class Events(dict):
+        def __missing__(self, key):
+            self[key] = Added()
+            return self[key]
+
+    class Added(list):
+        def add(self, asset, extra=None):
+            self.append((asset, extra))
+
+    events = Events()
+    assert not announce_champion({"outlet_events": events}, {"promoted": False, "model_name": "m"})
+    assert announce_champion({"outlet_events": events}, {"promoted": True, "model_name": "m", "version": "3"})
+    assert events[AssetAlias("ampflow_champion")] == [
+        (champion_asset("m"), {"model_name": "m", "version": "3"})
+    ]
 
 
 def test_benchmark_plan_parses_the_sweep_once_and_refuses_a_baseline_outside_the_precisions(monkeypatch):

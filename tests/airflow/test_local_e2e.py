@@ -111,6 +111,7 @@ def test_retrain_runs_end_to_end_and_registers_the_candidate(airflow_db, trackin
     assert "| " in summary["markdown"]  # the comparison table travels with the run
     register = xcoms(dr, "register")[-1]
     assert register["promoted"] is True  # no champion yet: the first candidate becomes it
+    assert champion_events("ampflow-airflow-test") == [register["version"]]  # a deployment DAG's trigger
 
     runs = runs_of(tracking, dr)
     assert runs, "the steps' MLflow runs carry the Airflow run id"
@@ -122,11 +123,69 @@ def test_retrain_runs_end_to_end_and_registers_the_candidate(airflow_db, trackin
     assert {"samples_per_s", "accuracy", "macro_f1"} <= set(_metrics(run))
 
 
+def champion_events(model_name):
+    """The versions the champion asset events of ``model_name`` announced, oldest first."""
+    from airflow.models.asset import AssetEvent, AssetModel
+    from airflow.utils.session import create_session
+    from sqlalchemy import select
+
+    from airflow_ampflow.assets import champion_asset
+
+    with create_session() as session:
+        query = (
+            select(AssetEvent)
+            .join(AssetModel, AssetEvent.asset_id == AssetModel.id)
+            .where(AssetModel.name == champion_asset(model_name).name)
+            .order_by(AssetEvent.timestamp)
+        )
+        return [event.extra.get("version") for event in session.scalars(query)]
+
+
+def test_benchmark_runs_are_checked_against_earlier_runs_and_a_regression_fails_the_run(
+    airflow_db, tracking, monkeypatch
+):
+    """Two benchmark DAG runs of one configuration, the second slower (the tiny recipe sleeps in every
+    forward pass; its settings stay equal): the first is recorded as a sweep, the second is checked
+    against it and, with fail_on_regression, its compare step exits 3 and fails the run at once."""
+    monkeypatch.setenv("PYTHONPATH", str(Path(__file__).resolve().parents[2]))  # the tiny recipe
+    monkeypatch.setenv("AMPFLOW_EXPERIMENT", "airflow/regression")  # no other test's runs as history
+    conf = {
+        "recipe": "tests.recipes_fixture:tiny",
+        "overrides": TINY["overrides"],
+        "execution_mode": "local",
+        "precisions": ["32-true"],
+        "fail_on_regression": True,
+    }
+    first = fresh_dag("ampflow_benchmark").test(run_conf=conf)
+    assert first.state == "success", states(first)
+    assert xcoms(first, "compare")[-1]["regressed"] is False
+    monkeypatch.setenv("AMPFLOW_TINY_STEP_SLEEP", "0.05")
+    second = fresh_dag("ampflow_benchmark").test(run_conf=conf)
+    assert second.state == "failed"
+    compare = second.get_task_instance("compare")
+    assert compare.state == "failed" and compare.try_number == 1  # a regression is not retried
+    status = run_root(second) / ".steps" / "compare.try1" / "status.json"
+    assert json.loads(status.read_text())["returncode"] == 3
+
+    sweeps = [r for r in all_runs(tracking) if _tags(r).get("ampflow.kind") == "sweep"]
+    mine = {_tags(r).get("ampflow.airflow_run_id"): r for r in sweeps}
+    assert {first.run_id, second.run_id} <= set(mine)  # the parent bench creates, tagged with the DAG run
+    assert _tags(mine[second.run_id])["ampflow.regressed"] == "true"
+    assert _params(mine[second.run_id])["precisions"] == "32-true"
+
+
 def test_step_runs_carry_the_airflow_run_id(benchmark_run, tracking):
     """Every run a step creates is tagged (MLFLOW_RUN_CONTEXT) with the Airflow run: the teardown finds it."""
     dr = benchmark_run
     tagged = [r for r in all_runs(tracking) if _tags(r).get("ampflow.airflow_run_id") == dr.run_id]
-    assert {r["info"]["run_id"] for r in tagged} == {r["info"]["run_id"] for r in runs_of(tracking, dr)}
+    sweeps = [r for r in tagged if _tags(r).get("ampflow.kind") == "sweep"]
+    steps = {r["info"]["run_id"] for r in tagged} - {r["info"]["run_id"] for r in sweeps}
+    assert steps == {r["info"]["run_id"] for r in runs_of(tracking, dr)}
+    # compare recorded the configurations as one sweep, the parent `ampflow bench` creates
+    assert len(sweeps) == 1 and sweeps[0]["info"]["status"] == "FINISHED"
+    assert {_tags(r).get("mlflow.parentRunId") for r in runs_of(tracking, dr)} == {
+        sweeps[0]["info"]["run_id"]
+    }
     assert {_tags(r)["ampflow.airflow_task_id"] for r in tagged} >= {"train"}
 
 
