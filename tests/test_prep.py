@@ -19,7 +19,7 @@ from ampflow.config import ConfigError, RunConfig
 from ampflow.data.manifest import hash_arrays, read_manifest
 from ampflow.data.splits import load_split
 from ampflow.recipes import get_recipe
-from ampflow.recipes._io import redact_uri
+from ampflow.redact import redact_uri
 from ampflow.steps import Paths, prep
 
 # -- helpers ----------------------------------------------------------------------------------------

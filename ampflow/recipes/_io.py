@@ -7,11 +7,11 @@ Torch-free; pandas and fsspec load inside the functions.
 from __future__ import annotations
 
 import importlib.metadata
-import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ampflow.config import ConfigError
+from ampflow.redact import redact_uri
 
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
@@ -26,16 +26,6 @@ FORMATS = {
     ".pq": "parquet",
 }
 _COMPRESSION = (".gz", ".bz2", ".xz", ".zst")
-_USERINFO = re.compile(r"^([a-zA-Z][a-zA-Z0-9+.\-]*://)[^/@]*@")
-
-
-def redact_uri(uri: str) -> str:
-    """The URI without credentials: ``s3://key:secret@bucket/x?token=..`` -> ``s3://bucket/x``.
-
-    Manifests and log lines must never carry a secret, and fsspec URIs can embed one.
-    """
-    uri = _USERINFO.sub(r"\1", uri)
-    return uri.split("?", 1)[0].split("#", 1)[0]
 
 
 def file_format(source: str) -> str:

@@ -165,7 +165,8 @@ def build_splits(recipe: Any, source: str | None, seed: int, limit: int | None =
     """Load, drop unlabeled rows, dedupe, optionally subset, encode labels, split 80/10/10 stratified."""
     import numpy as np
 
-    from ampflow.recipes._io import jsonable, redact_uri
+    from ampflow.recipes._io import jsonable
+    from ampflow.redact import redact_uri
 
     df = recipe.load_source(source)
     shown_source = redact_uri(source) if source else (getattr(recipe, "builtin_source", "") or "builtin")

@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from ampflow.config import ConfigError
+from ampflow.redact import with_credentials
 
 HELP = "register the recommended model; promote it to alias 'champion' only when it holds up on the current test split"
 ALIAS = "champion"
@@ -204,7 +205,7 @@ def run(
 
     apply_http_defaults()
     uri = tracking_uri or summary.get("tracking_uri") or default_uri()
-    client = MlflowClient(uri)
+    client = MlflowClient(with_credentials(uri))
     source, stored = _candidate_run(client, run_ids, rec_id, schema)
     model_uri = source.data.tags[schema.TAG_MODEL_URI]
     p, t = source.data.params, source.data.tags

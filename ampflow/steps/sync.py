@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from ampflow.config import ConfigError
+from ampflow.redact import with_credentials
 
 HELP = "replay metrics spooled while the MLflow server was unreachable (exactly once)"
 
@@ -54,7 +55,10 @@ def run(run_dir: str | Path, *, uri: str | None = None) -> dict[str, Any]:
     report = []
     for folder in folders:
         spool = Spool(folder)
-        target = uri or os.environ.get("MLFLOW_TRACKING_URI") or spool.state.get("tracking_uri")
+        # the state holds the redacted URI; its credentials come from the environment now
+        target = (
+            uri or os.environ.get("MLFLOW_TRACKING_URI") or with_credentials(spool.state.get("tracking_uri"))
+        )
         if not target:
             raise ConfigError(f"{folder}: no tracking URI recorded; pass --tracking-uri")
         sender = Sender(MlflowClient(target), spool)

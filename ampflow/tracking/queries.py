@@ -21,6 +21,7 @@ from ampflow.compare.comparable import settings_of
 from ampflow.compare.records import record_from_tracked
 from ampflow.compare.regression import PREVIOUS_SWEEPS, previous_from_runs
 from ampflow.config import ConfigError, config_id
+from ampflow.redact import with_credentials
 from ampflow.tracking import schema
 
 MAX_CHILD_RUNS = 1000  # one sweep's training runs
@@ -36,7 +37,8 @@ def _client(uri: str | None) -> tuple[Any, str]:
         from ampflow.tracking import tracking_uri  # public name, loaded lazily by the package
 
         uri = tracking_uri()
-    return MlflowClient(uri), uri
+    # a URI read back from a run's state is redacted: the configured one carries the credentials
+    return MlflowClient(with_credentials(uri)), uri
 
 
 def records_from_sweep(sweep_run_id: str | None, *, uri: str | None = None) -> list[dict[str, Any]]:

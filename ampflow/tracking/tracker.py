@@ -22,10 +22,11 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from ampflow.redact import redact_uri
 from ampflow.tracking import lifecycle, schema
 from ampflow.tracking import model as model_export
 from ampflow.tracking.spool import FOLDER, Spool
-from ampflow.tracking.writer import Sender, Writer, apply_http_defaults, is_transient, redact_uri, short_error
+from ampflow.tracking.writer import Sender, Writer, apply_http_defaults, is_transient, short_error
 
 log = logging.getLogger("ampflow.tracking")
 
@@ -118,7 +119,7 @@ class MlflowTracker:
             self.spool.save_state(
                 run_id=attach_state["run_id"],
                 experiment_id=attach_state.get("experiment_id"),
-                tracking_uri=self.uri,
+                tracking_uri=redact_uri(self.uri),  # credentials come from the environment on replay
                 kind=kind,
                 attached=True,
             )
@@ -156,7 +157,7 @@ class MlflowTracker:
             "start_time": int(time.time() * 1000),
         }
         self.spool.save_state(
-            tracking_uri=self.uri,
+            tracking_uri=redact_uri(self.uri),  # credentials come from the environment on replay
             kind=kind,
             run_id=None,
             parent_run_id=tags.get(schema.TAG_PARENT),

@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from ampflow.redact import redact_text, redact_uri
 from ampflow.tracking import schema
 from ampflow.tracking.spool import MAX_METRICS, MAX_PARAMS, Spool
 
@@ -59,20 +60,8 @@ def is_transient(exc: BaseException) -> bool:
 def short_error(exc: BaseException) -> str:
     """The first line of ``exc``'s message, at most 200 characters: MLflow errors carry whole pages."""
     text = str(exc).splitlines()[0] if str(exc) else ""
-    return text[:200]
-
-
-def redact_uri(uri: str) -> str:
-    """``uri`` without the user name and password it may embed; never print credentials."""
-    from urllib.parse import urlsplit, urlunsplit
-
-    parts = urlsplit(uri)
-    if parts.password or parts.username:
-        host = parts.hostname or ""
-        if parts.port:
-            host += f":{parts.port}"
-        return urlunsplit((parts.scheme, host, parts.path, "", ""))
-    return uri
+    # MLflow's messages quote the full URI, credentials included
+    return redact_text(text)[:200]
 
 
 class Sender:
