@@ -19,17 +19,33 @@ from pathlib import Path
 from typing import IO, Any
 
 
+def umask() -> int:
+    """The process's file-mode creation mask, read without changing it (``/proc/self/status`` on
+    Linux; elsewhere set and restored at once, which another thread could observe)."""
+    with contextlib.suppress(OSError, ValueError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 @contextlib.contextmanager
 def atomic_open(path: str | Path, mode: str = "w") -> Iterator[IO[Any]]:
     """Open a temp file beside ``path``; on a clean exit fsync it and rename it over ``path``.
 
-    ``mode`` is ``"w"`` (UTF-8 text) or ``"wb"``. Missing parent folders are created. On an exception
+    ``mode`` is ``"w"`` (UTF-8 text) or ``"wb"``. Missing parent folders are created; the file's
+    permissions follow the umask, like a plain ``open``. On an exception
     the temp file is removed and ``path`` is left as it was; the exception propagates.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        # mkstemp makes 0600; the file is shared like any other (a prep pod writes, the training
+        # image's user and the Airflow worker read), so it follows the umask as open() would
+        os.fchmod(fd, 0o666 & ~umask())
         with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as fh:
             yield fh
             fh.flush()

@@ -73,7 +73,7 @@ def run(config: RunConfig, paths: Paths, limit: int | None = None) -> dict[str, 
 
     from ampflow import __version__
     from ampflow.data.manifest import MANIFEST, SCHEMA, hash_arrays
-    from ampflow.io import atomic_write_json
+    from ampflow.io import atomic_write_json, umask
     from ampflow.recipes import get_recipe
 
     if paths.out is None:
@@ -91,9 +91,7 @@ def run(config: RunConfig, paths: Paths, limit: int | None = None) -> dict[str, 
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.prep-"))
     try:
         # mkdtemp makes 0700; a dataset is read by other users (pods, the Airflow worker) like any folder
-        umask = os.umask(0)
-        os.umask(umask)
-        tmp.chmod(0o777 & ~umask)
+        tmp.chmod(0o777 & ~umask())
         arrays, info = recipe.featurize(splits, tmp)
         _check_arrays(arrays, split_labels, recipe.name)
         _check_finite(arrays, splits, prepared.source)
