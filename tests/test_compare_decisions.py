@@ -388,3 +388,106 @@ def test_fail_on_regression_exits_3(monkeypatch, capsys):
     summary["regressed"] = False
     args.fail_on_regression = True
     assert compare_step.cli(args) == 0
+
+
+# -- whole rows pinned: every key and sentence a reader or a later step relies on -------------------
+
+
+def test_a_row_and_the_recommendation_in_full(tmp_path):
+    ref, cand = paired(1000, only_ref=2, only_cand=1)
+    runs = [write_run(tmp_path, "b0", thr=100.0, acc=0.9, predictions=ref),
+            write_run(tmp_path, "c0", precision="bf16-mixed", thr=150.0, acc=0.899, predictions=cand),
+            write_run(tmp_path, "c1", precision="bf16-mixed", thr=160.0, acc=0.899, seed=1)]  # fmt: skip
+    s = compare_runs(runs, previous=[])
+    row = {k: v for k, v in by_id(s)["bf16-mixed"].items() if k not in ("figures", "run_dirs", "loss_curve")}
+    assert row == {
+        "config_id": "bf16-mixed", "precision": "bf16-mixed", "compile": False, "strategy": "single",
+        "repeats": 2, "is_baseline": False, "run_ids": [None, None], "bf16_emulated": False,
+        "batch_sizes": None, "timed_steps": 100, "speedup": 1.55, "speedup_range": [1.5, 1.6],
+        "throughput_within_noise": False, "memory_ratio": 1.0, "accuracy_delta_pp": -0.1,
+        "accuracy_within_noise": False,
+        "accuracy_test": {"test": "mcnemar-exact", "n": 1000, "only_reference": 2, "only_candidate": 1,
+                          "p_value": 1.0, "alpha": 0.05, "min_detectable_pp": 0.6, "significantly_worse": False},
+        "macro_f1_delta_pp": -0.1, "ece_delta": 0.0, "verdict": "pass",
+        "reason": "accuracy -0.10 pp, within 0.5 pp and not significantly worse (McNemar p=1 on 1000 examples, "
+                  "detectable >= 0.60 pp)",
+        "speed_verdict": "faster", "speed_reason": "1.55x the baseline's samples/s",
+    }  # fmt: skip
+    assert s["recommendation"] == "bf16-mixed: fastest configuration that keeps accuracy (1.55x the baseline)"
+    assert s["recommended_run_id"] is None and s["baseline"] == "32-true"
+    base = by_id(s)["32-true"]
+    assert (base["verdict"], base["reason"], base["speed_verdict"], base["accuracy_delta_pp"]) == (
+        "baseline", "the reference configuration", "baseline", 0.0)  # fmt: skip
+
+
+def test_equal_speed_is_not_faster_and_missing_speed_is_unknown(tmp_path):
+    base = write_run(tmp_path, "32-true", thr=100.0)
+    same = write_run(tmp_path, "bf16-mixed", precision="bf16-mixed", thr=100.0)
+    s = compare_runs([base, same], previous=[])
+    row = by_id(s)["bf16-mixed"]
+    assert (row["speed_verdict"], row["speed_reason"]) == ("not_faster", "1.00x the baseline's samples/s")
+    assert s["recommendation"] == (
+        "32-true: the baseline itself (no other configuration both keeps accuracy and is faster: "
+        "bf16-mixed pass, speed not_faster: 1.00x the baseline's samples/s)"
+    )
+    none = write_run(tmp_path, "16-mixed", precision="16-mixed", thr=None, acc=0.5)
+    s = compare_runs([base, none], previous=[])
+    assert (by_id(s)["16-mixed"]["speed_verdict"], by_id(s)["16-mixed"]["speed_reason"]) == (
+        "unknown", "16-mixed has no throughput figure")  # fmt: skip
+    assert (
+        s["recommendation"]
+        == "32-true: the baseline itself (no other configuration both keeps accuracy and is faster: 16-mixed fail)"
+    )
+    slow_base = write_run(tmp_path, "b-none", thr=None)
+    s = compare_runs([slow_base, same], previous=[])
+    assert by_id(s)["bf16-mixed"]["speed_reason"] == "the baseline 32-true has no throughput figure"
+    nobase = write_run(tmp_path, "b-noeval", evaluated=False)
+    s = compare_runs([nobase], previous=[])
+    assert s["recommendation"] == (
+        f"no recommendation: the baseline 32-true has no accuracy figure (not evaluated: {nobase}); "
+        "no configuration can be judged against it"
+    )
+
+
+def test_noise_needs_repeats_on_one_side_and_both_medians():
+    def group(lo, hi, n):
+        return {"repeats": n, "figures": {"x": {"median": (lo + hi) / 2, "min": lo, "max": hi, "n": n}}}
+
+    assert within_noise(group(100, 100, 2), group(95, 95, 1), "x") is False  # repeats on one side suffice
+    assert within_noise(group(100, 100, 1), group(95, 95, 2), "x") is False
+    assert within_noise(group(100, 100, 2), {"repeats": 2, "figures": {"x": None}}, "x") is None
+    assert within_noise({"repeats": 2, "figures": {"x": None}}, group(100, 100, 2), "x") is None
+
+
+def test_regressions_in_full():
+    def row(thr, acc):
+        return {
+            "config_id": "x",
+            "figures": {"samples_per_s": thr and {"median": thr}, "accuracy": acc and {"median": acc}},
+        }
+
+    prev = [{"sweep_run_id": "a", "configs": {"x": {"samples_per_s": 100.0, "accuracy": 0.80}}}]
+    assert find_regressions([row(74.0, 0.78)], prev, throughput_drop=0.25, accuracy_drop=1.0) == [
+        {"config_id": "x", "metric": "samples_per_s", "previous": 100.0, "current": 74.0, "change": -0.26,
+         "threshold": 0.25, "message": "throughput 26.0% below the previous sweeps (100.0 -> 74.0/s)"},
+        {"config_id": "x", "metric": "accuracy", "previous": 0.8, "current": 0.78, "change": -2.0,
+         "threshold": 1.0, "message": "accuracy 2.00 pp below the previous sweeps (0.8000 -> 0.7800)"},
+    ]  # fmt: skip
+    # no current figure, or a previous figure of 0: nothing to compare, nothing flagged
+    assert find_regressions([row(None, None)], prev, throughput_drop=0.25, accuracy_drop=1.0) == []
+    zero = [{"sweep_run_id": "a", "configs": {"x": {"samples_per_s": 0.0, "accuracy": None}}}]
+    assert find_regressions([row(50.0, 0.8)], zero, throughput_drop=0.25, accuracy_drop=1.0) == []
+    assert find_regressions([row(50.0, 0.8)], [], throughput_drop=0.25, accuracy_drop=1.0) == []
+
+
+def test_setting_values_as_both_sources_spell_them():
+    sv = comparable.setting_value
+    assert [sv(None), sv("auto"), sv(True), sv(False), sv(0.002), sv(64), sv({"b": 1, "a": [2]}), sv([1, 2])] == [
+        None, None, "true", "false", "0.002", "64", '{"a": [2], "b": 1}', "[1, 2]"]  # fmt: skip
+    assert comparable.settings_of({"seed": 3, "device": "auto", "batch_size": None, "not_a_field": 1}) == {
+        "seed": "3"
+    }
+    assert comparable.settings_of({"device": "auto"}, device="cuda") == {"device": "cuda"}
+    assert comparable.split_key({"settings": {"lr": None}, "dataset_hash": "abcdefabcdefabcdef"}, ["dataset_hash", "lr"]) == (
+        "[dataset_hash=abcdefabcdef,lr=none]")  # fmt: skip
+    assert comparable.split_key({}, []) == ""
