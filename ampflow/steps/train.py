@@ -257,8 +257,12 @@ def _train(
             parent_run_id=parent_run_id,
             require=require_tracking,
             rank=dist_info.rank,
+            resume=state is not None,
         )
         with tracking.tracked(tracker):
+            if dist_info.is_main and state is not None:
+                run = f" (MLflow run {tracker.run_id})" if tracker.run_id else ""
+                print(f"ampflow train: resuming {out} from step {state['step']}{run}", flush=True)
             if dist_info.is_main:
                 out.mkdir(parents=True, exist_ok=True)
                 tracker.log_dataset(data_dir)

@@ -114,6 +114,7 @@ def start_run(
     rank: int = 0,
     tags: dict[str, str] | None = None,
     attach_to: str | Path | None = None,
+    resume: bool = False,
 ) -> Tracker:
     """Open a tracked run of ``kind`` (train, evaluate, sweep). Rank != 0 gets a NullTracker.
 
@@ -121,8 +122,9 @@ def start_run(
     ``ampflow/<recipe>`` unless ``AMPFLOW_EXPERIMENT`` names one. ``parent_run_id`` makes this run a
     child of a sweep run created by another process. ``attach_to`` (a train run directory) makes
     this run continue that directory's MLflow run instead of creating one; ``evaluate`` does so by
-    itself when its output directory lies inside the train run directory. ``AMPFLOW_TRACKING=off``
-    switches tracking off. With ``require=True`` an unreachable server raises
+    itself when its output directory lies inside the train run directory. ``resume`` (a train
+    run continuing from its checkpoint) continues the MLflow run its directory records, so one
+    training is one run however often it was stopped. ``AMPFLOW_TRACKING=off`` switches tracking off. With ``require=True`` an unreachable server raises
     :class:`TrackingUnavailable` here, before any training.
     """
     import os
@@ -143,6 +145,7 @@ def start_run(
         require=require,
         tags=tags,
         attach_to=attach_to,
+        resume=resume,
     )
 
 

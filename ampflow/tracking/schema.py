@@ -37,6 +37,8 @@ TAG_RUN_UID = "ampflow.run_uid"
 TAG_MODEL_URI = "ampflow.model_uri"
 TAG_MODEL_INPUTS = "ampflow.model_inputs"
 TAG_DATASET_HASH = "ampflow.dataset_hash"
+# set on a training run that a --resume continued (after a kill, a stop or an extension)
+TAG_RESUMED = "ampflow.resumed"
 # a model saved while the server was away carries this uid, so its replay makes one logged model
 TAG_MODEL_UID = "ampflow.model_uid"
 # every ampflow experiment is a model-training one: MLflow 3.17's UI opens an experiment without this

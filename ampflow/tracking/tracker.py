@@ -82,6 +82,7 @@ class MlflowTracker:
         attach_to: str | Path | None = None,
         uri: str | None = None,
         flush_interval: float | None = None,
+        resume: bool = False,
     ):
         apply_http_defaults()
         from mlflow.tracking import MlflowClient
@@ -97,7 +98,10 @@ class MlflowTracker:
 
             raise ConfigError(f"MLFLOW_TRACKING_URI {redact_uri(self.uri)}: {short_error(exc)}") from None
         self.run_dir = Path(run_dir) if run_dir is not None else Path(tempfile.mkdtemp(prefix="ampflow-run-"))
-        _set_aside_stale_spool(self.run_dir)
+        # a resumed training is the same training: it continues its own MLflow run (and its spool)
+        continued = resume and kind == "train" and _started_here(self.run_dir)
+        if not continued:
+            _set_aside_stale_spool(self.run_dir)
         self.spool = Spool(self.run_dir / FOLDER)
         self.sender = Sender(self.client, self.spool)
         self.writer = Writer(
@@ -114,7 +118,19 @@ class MlflowTracker:
         attach_state = _attached_state(attach_to, kind, self.run_dir) or {}
         attached = bool(attach_state.get("run_id"))
         run_tags = _run_tags(kind, config, parent_run_id, tags)
-        if attached:
+        if continued:
+            self.writer.put_dict("tags", {schema.TAG_RESUMED: "true"})
+            self.spool.append([{"op": "reopen"}])
+            try:
+                self.writer.replay_now()
+            except Exception as exc:
+                if require:
+                    raise TrackingUnavailable(
+                        f"tracking server {redact_uri(self.uri)} unreachable and --require-tracking is set: "
+                        f"{type(exc).__name__}: {short_error(exc)}"
+                    ) from None
+                self.writer.mark_down(exc)
+        elif attached:
             # evaluate continues the train run of its checkpoint: one row per configuration in MLflow
             self.spool.save_state(
                 run_id=attach_state["run_id"],
@@ -130,7 +146,8 @@ class MlflowTracker:
             self._create(kind, run_tags, require)
         if self.run_id and kind == "sweep":
             self.writer.put_dict("tags", {schema.TAG_SWEEP: self.run_id})
-        if config is not None and not attached:
+        # params are immutable in MLflow: a continued run keeps the ones its first process logged
+        if config is not None and not attached and not continued:
             self.log_params(schema.config_params(config))
 
         self.writer.start()
@@ -455,6 +472,17 @@ def _start_system_metrics(run_id: str, uri: str) -> Any:
     except Exception as exc:
         log.warning("tracking: system metrics off (%s)", exc)
         return None
+
+
+def _started_here(run_dir: Path) -> bool:
+    """Whether ``run_dir`` already holds a train run's tracking state (an MLflow run, or its spooled
+    creation), which a ``--resume`` continues."""
+    state = run_dir / FOLDER / "state.json"
+    try:
+        saved = json.loads(state.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return saved.get("kind") == "train" and not saved.get("attached")
 
 
 def _set_aside_stale_spool(run_dir: Path) -> None:

@@ -114,6 +114,10 @@ class Sender:
             self._log_model(run_id, op)
         elif kind == "terminate":
             self.client.set_terminated(run_id, op["status"], end_time=op.get("end_time"))
+        elif kind == "reopen":
+            # a resumed training continues its run: a killed process left it RUNNING, a stopped one
+            # KILLED or FAILED; it is RUNNING again until this process closes it
+            self.client.update_run(run_id, status="RUNNING")
         else:
             log.warning("tracking: unknown spooled operation %r skipped", kind)
 

@@ -1,0 +1,138 @@
+"""What the MLflow run says when its training is stopped (issue 12, parts 7 and 8), against a real
+``mlflow server`` on 127.0.0.1 and real ``ampflow train`` processes:
+
+- SIGTERM (a pod eviction) -> exit 130, run KILLED; an exception -> FAILED; a process that exits
+  without closing its run -> FAILED; the SIGTERM handler a program had is back afterwards;
+- ``kill -9`` then ``--resume`` -> the resumed process continues the same MLflow run (one training is
+  one row), says "resuming ... from step N", and leaves nothing RUNNING.
+
+The fixture model sleeps ``AMPFLOW_TINY_STEP_SLEEP`` seconds a step so a signal lands mid-run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from ampflow import tracking
+from ampflow.config import RunConfig
+from tests.recipes_fixture import NAME, write_dataset
+
+pytestmark = pytest.mark.slow
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _train(data: Path, out: Path, *extra: str, sleep: str = "0", **popen) -> subprocess.Popen:
+    argv = [
+        sys.executable,
+        "-m",
+        "ampflow",
+        "train",
+        "--recipe",
+        NAME,
+        "--data",
+        str(data),
+        "--out",
+        str(out),
+    ]
+    argv += ["--set", "max_steps=40", "--set", "checkpoint_every=5", "--set", "batch_size=48", *extra]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "AMPFLOW_TINY_STEP_SLEEP": sleep, "PYTHONPATH": str(ROOT)}
+    return subprocess.Popen(argv, env=env, cwd=ROOT, text=True, **popen)  # noqa: S603 - fixed argv
+
+
+def _wait_for_checkpoint(proc: subprocess.Popen, run: Path) -> None:
+    deadline = time.monotonic() + 120
+    while not (run / "checkpoint.pt").exists():
+        assert proc.poll() is None and time.monotonic() < deadline, "no checkpoint appeared"
+        time.sleep(0.01)
+
+
+def _run_ids(client, run: Path) -> list:
+    exp = client.get_experiment_by_name(os.environ["AMPFLOW_EXPERIMENT"])
+    return client.search_runs([exp.experiment_id]) if exp else []
+
+
+def test_kill_9_then_resume_continues_the_same_mlflow_run(tracking_env, mlflow_client, tmp_path):
+    data = write_dataset(tmp_path / "data")
+    run = tmp_path / "run"
+    proc = _train(data, run, sleep="0.05", stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    _wait_for_checkpoint(proc, run)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    run_id = json.loads((run / "tracking" / "state.json").read_text())["run_id"]
+    assert mlflow_client.get_run(run_id).info.status == "RUNNING"  # what a SIGKILL leaves behind
+
+    resumed = _train(data, run, "--resume", stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    out, err = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0, err
+    assert f"resuming {run} from step " in out and f"(MLflow run {run_id})" in out
+    runs = _run_ids(mlflow_client, run)
+    assert [r.info.run_id for r in runs] == [run_id]  # one training, one run
+    finished = mlflow_client.get_run(run_id)
+    assert finished.info.status == "FINISHED"
+    assert finished.data.tags["ampflow.resumed"] == "true"
+    assert finished.data.metrics["steps"] == 40
+
+
+def test_sigterm_ends_the_run_killed(tracking_env, mlflow_client, tmp_path):
+    data = write_dataset(tmp_path / "data")
+    run = tmp_path / "run"
+    proc = _train(data, run, sleep="0.05", stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    _wait_for_checkpoint(proc, run)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    run_id = json.loads((run / "tracking" / "state.json").read_text())["run_id"]
+    assert mlflow_client.get_run(run_id).info.status == "KILLED"
+
+
+def test_an_exception_ends_the_run_failed(tracking_env, mlflow_client, tmp_path):
+    data = write_dataset(tmp_path / "data", recipe=None)
+    nan = subprocess.run(  # noqa: S603 - fixed argv
+        [sys.executable, "-m", "ampflow", "train", "--recipe", "tests.recipes_fixture:tiny_nan"]
+        + ["--data", str(data), "--out", str(tmp_path / "failed"), "--set", "max_nonfinite_steps=2"],
+        env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT), "AMPFLOW_QUIET_ERRORS": "1"},
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
+    assert nan.returncode == 1, nan.stderr
+    run_id = json.loads((tmp_path / "failed" / "tracking" / "state.json").read_text())["run_id"]
+    assert mlflow_client.get_run(run_id).info.status == "FAILED"
+
+
+def test_exit_without_close_ends_the_run_failed(tracking_env, mlflow_client, tmp_path):
+    script = textwrap.dedent(f"""
+        from ampflow import tracking
+        from ampflow.config import RunConfig
+        t = tracking.start_run("train", config=RunConfig(), run_dir={str(tmp_path / "r")!r})
+        t.log_metrics({{"loss": 1.0}}, step=0)
+        print(t.run_id, flush=True)
+    """)
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT)  # noqa: S603
+    assert proc.returncode == 0, proc.stderr
+    run_id = proc.stdout.splitlines()[0].strip()  # MLflow prints its "View run" links after it
+    assert mlflow_client.get_run(run_id).info.status == "FAILED"
+
+
+def test_the_previous_sigterm_handler_is_back_after_the_run(tracking_env, tmp_path):
+    def mine(signum, frame):  # pragma: no cover - never delivered
+        pass
+
+    before = signal.signal(signal.SIGTERM, mine)
+    try:
+        t = tracking.start_run("train", config=RunConfig(), run_dir=tmp_path / "r")
+        with tracking.tracked(t):
+            assert signal.getsignal(signal.SIGTERM) is not mine
+        t.close("FINISHED")
+        assert signal.getsignal(signal.SIGTERM) is mine
+    finally:
+        signal.signal(signal.SIGTERM, before)
