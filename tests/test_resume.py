@@ -26,11 +26,12 @@ EVERY = 10
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _env(sleep: str = "0") -> dict[str, str]:
+def _env(sleep: str = "0", tracked: bool = False) -> dict[str, str]:
+    """The child's environment: tracking off, unless ``tracked`` (then the test's MLflow server)."""
     env = dict(os.environ)
     env.update(
         {
-            "AMPFLOW_TRACKING": "off",
+            "AMPFLOW_TRACKING": "on" if tracked else "off",
             "OMP_NUM_THREADS": "1",
             "AMPFLOW_TINY_STEP_SLEEP": sleep,
             "PYTHONPATH": str(ROOT),
@@ -66,7 +67,9 @@ def _load(run: Path) -> dict:
 
 
 @pytest.mark.slow
-def test_sigkill_then_resume_matches_uninterrupted_run(tmp_path):
+def test_sigkill_then_resume_matches_uninterrupted_run(tracking_env, mlflow_client, tmp_path):
+    """Bit-identical weights, and (tracked, real server) one MLflow run: the resumed process continues
+    the run the killed one left RUNNING and closes it (issue 12, part 8)."""
     # 512 samples / 48 per step: epochs roll over mid-run, so the data position must resume right
     data = write_dataset(tmp_path / "data")
     full, killed = tmp_path / "full", tmp_path / "killed"
@@ -74,7 +77,7 @@ def test_sigkill_then_resume_matches_uninterrupted_run(tmp_path):
 
     proc = subprocess.Popen(  # noqa: S603 - fixed argv, no shell
         _argv(data, killed),
-        env=_env("0.05"),
+        env=_env("0.05", tracked=True),
         cwd=ROOT,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
@@ -91,11 +94,19 @@ def test_sigkill_then_resume_matches_uninterrupted_run(tmp_path):
     state = _load(killed)
     assert 0 < state["step"] < STEPS and not state["finished"]
     assert not (killed / "result.json").exists()
+    run_id = json.loads((killed / "tracking" / "state.json").read_text())["run_id"]
+    assert mlflow_client.get_run(run_id).info.status == "RUNNING"  # what a SIGKILL leaves behind
 
     resumed = subprocess.run(  # noqa: S603 - fixed argv, no shell
-        _argv(data, killed, "--resume"), env=_env(), cwd=ROOT, capture_output=True, text=True
+        _argv(data, killed, "--resume"), env=_env(tracked=True), cwd=ROOT, capture_output=True, text=True
     )
     assert resumed.returncode == 0, resumed.stderr
+    assert f"resuming {killed} from step {state['step']} (MLflow run {run_id})" in resumed.stdout
+    exp = mlflow_client.get_experiment_by_name(os.environ["AMPFLOW_EXPERIMENT"])
+    assert [r.info.run_id for r in mlflow_client.search_runs([exp.experiment_id])] == [run_id]
+    tracked = mlflow_client.get_run(run_id)
+    assert tracked.info.status == "FINISHED" and tracked.data.tags["ampflow.resumed"] == "true"
+    assert tracked.data.metrics["steps"] == STEPS
     a, b = _load(full), _load(killed)
     assert b["step"] == STEPS and b["finished"]
     assert (a["epoch"], a["index"]) == (b["epoch"], b["index"])
@@ -159,13 +170,17 @@ def test_resume_extends_a_finished_run(tmp_path, monkeypatch):
 
 
 @pytest.mark.slow
-def test_sigterm_stops_cleanly_and_resume_continues(tmp_path):
-    """SIGTERM (a pod eviction) ends the run as interrupted (exit 130, tracker KILLED), leaves the last
-    checkpoint intact and no result.json; --resume then finishes the run."""
+def test_sigterm_stops_cleanly_and_resume_continues(tracking_env, mlflow_client, tmp_path):
+    """SIGTERM (a pod eviction) ends the run as interrupted (exit 130, the MLflow run KILLED on a real
+    server), leaves the last checkpoint intact and no result.json; --resume then finishes the run."""
     data = write_dataset(tmp_path / "data")
     run = tmp_path / "run"
     proc = subprocess.Popen(  # noqa: S603 - fixed argv, no shell
-        _argv(data, run), env=_env("0.05"), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+        _argv(data, run),
+        env=_env("0.05", tracked=True),
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
     )
     deadline = time.monotonic() + 120
     while not (run / "checkpoint.pt").exists():
@@ -177,6 +192,8 @@ def test_sigterm_stops_cleanly_and_resume_continues(tmp_path):
     assert "interrupted" in err.decode()
     assert not (run / "result.json").exists()
     assert 0 < _load(run)["step"] < STEPS
+    run_id = json.loads((run / "tracking" / "state.json").read_text())["run_id"]
+    assert mlflow_client.get_run(run_id).info.status == "KILLED"
     resumed = subprocess.run(  # noqa: S603 - fixed argv, no shell
         _argv(data, run, "--resume"), env=_env(), cwd=ROOT, capture_output=True, text=True
     )

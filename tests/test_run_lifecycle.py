@@ -1,12 +1,9 @@
 """What the MLflow run says when its training is stopped (issue 12, parts 7 and 8), against a real
 ``mlflow server`` on 127.0.0.1 and real ``ampflow train`` processes:
 
-- SIGTERM (a pod eviction) -> exit 130, run KILLED; an exception -> FAILED; a process that exits
-  without closing its run -> FAILED; the SIGTERM handler a program had is back afterwards;
-- ``kill -9`` then ``--resume`` -> the resumed process continues the same MLflow run (one training is
-  one row), says "resuming ... from step N", and leaves nothing RUNNING.
-
-The fixture model sleeps ``AMPFLOW_TINY_STEP_SLEEP`` seconds a step so a signal lands mid-run.
+an exception -> FAILED; a process that exits without closing its run -> FAILED; the SIGTERM handler
+a program had is back afterwards. SIGTERM -> KILLED and ``kill -9`` then ``--resume`` -> one MLflow
+run, FINISHED, are checked on the kill-and-resume runs of ``tests/test_resume.py``.
 """
 
 from __future__ import annotations
@@ -58,40 +55,6 @@ def _wait_for_checkpoint(proc: subprocess.Popen, run: Path) -> None:
 def _run_ids(client, run: Path) -> list:
     exp = client.get_experiment_by_name(os.environ["AMPFLOW_EXPERIMENT"])
     return client.search_runs([exp.experiment_id]) if exp else []
-
-
-def test_kill_9_then_resume_continues_the_same_mlflow_run(tracking_env, mlflow_client, tmp_path):
-    data = write_dataset(tmp_path / "data")
-    run = tmp_path / "run"
-    proc = _train(data, run, sleep="0.05", stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    _wait_for_checkpoint(proc, run)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
-    run_id = json.loads((run / "tracking" / "state.json").read_text())["run_id"]
-    assert mlflow_client.get_run(run_id).info.status == "RUNNING"  # what a SIGKILL leaves behind
-
-    resumed = _train(data, run, "--resume", stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    out, err = resumed.communicate(timeout=300)
-    assert resumed.returncode == 0, err
-    assert f"resuming {run} from step " in out and f"(MLflow run {run_id})" in out
-    runs = _run_ids(mlflow_client, run)
-    assert [r.info.run_id for r in runs] == [run_id]  # one training, one run
-    finished = mlflow_client.get_run(run_id)
-    assert finished.info.status == "FINISHED"
-    assert finished.data.tags["ampflow.resumed"] == "true"
-    assert finished.data.metrics["steps"] == 40
-
-
-def test_sigterm_ends_the_run_killed(tracking_env, mlflow_client, tmp_path):
-    data = write_dataset(tmp_path / "data")
-    run = tmp_path / "run"
-    proc = _train(data, run, sleep="0.05", stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    _wait_for_checkpoint(proc, run)
-    proc.send_signal(signal.SIGTERM)
-    _, err = proc.communicate(timeout=60)
-    assert proc.returncode == 130, err
-    run_id = json.loads((run / "tracking" / "state.json").read_text())["run_id"]
-    assert mlflow_client.get_run(run_id).info.status == "KILLED"
 
 
 def test_an_exception_ends_the_run_failed(tracking_env, mlflow_client, tmp_path):

@@ -124,7 +124,8 @@ def start_run(
     this run continue that directory's MLflow run instead of creating one; ``evaluate`` does so by
     itself when its output directory lies inside the train run directory. ``resume`` (a train
     run continuing from its checkpoint) continues the MLflow run its directory records, so one
-    training is one run however often it was stopped. ``AMPFLOW_TRACKING=off`` switches tracking off. With ``require=True`` an unreachable server raises
+    training is one run however often it was stopped. ``AMPFLOW_TRACKING=off`` switches tracking off.
+    With ``require=True`` an unreachable server raises
     :class:`TrackingUnavailable` here, before any training.
     """
     import os
