@@ -189,3 +189,26 @@ def test_system_metrics_are_logged_by_default(tracking_env, mlflow_client, monke
     t.close("FINISHED")
     keys = mlflow_client.get_run(t.run_id).data.metrics
     assert any(k.startswith("system/cpu_utilization") for k in keys), sorted(keys)
+
+
+def test_a_deleted_experiment_is_a_refusal_not_an_outage(tracking_env, mlflow_client, tmp_path, capsys):
+    """Issue 12, part 3: one line naming the cause and the way out; exit 2 under --require-tracking;
+    nothing spooled that `ampflow sync` could never deliver."""
+    from ampflow.cli import main
+    from tests.recipes_fixture import NAME, write_dataset
+
+    name = os.environ["AMPFLOW_EXPERIMENT"]
+    exp_id = mlflow_client.create_experiment(name)
+    mlflow_client.delete_experiment(exp_id)
+    data = write_dataset(tmp_path / "data")
+    argv = ["train", "--recipe", NAME, "--data", str(data), "--set", "max_steps=2"]
+    assert main([*argv, "--out", str(tmp_path / "strict"), "--require-tracking"]) == 2
+    err = capsys.readouterr().err
+    assert f"MLflow experiment {name!r} (id {exp_id}) is deleted; restore it" in err
+    assert "Traceback" not in err and "unreachable" not in err
+    assert not (tmp_path / "strict" / "checkpoint.pt").exists()
+    # without --require-tracking: the same line, training goes on untracked, no spool left behind
+    assert main([*argv, "--out", str(tmp_path / "loose")]) == 0
+    err = capsys.readouterr().err
+    assert "is deleted; restore it" in err and "this run is not tracked" in err
+    assert not (tmp_path / "loose" / "tracking").exists()

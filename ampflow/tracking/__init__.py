@@ -30,6 +30,7 @@ metric names), ``queries`` (MLflow reads), ``server`` (a local MLflow server).
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -138,16 +139,25 @@ def start_run(
         if require:
             raise RuntimeError(f"--require-tracking: mlflow is not installed ({exc})") from None
         return NullTracker()
-    return MlflowTracker(
-        kind,
-        config=config,
-        run_dir=run_dir,
-        parent_run_id=parent_run_id,
-        require=require,
-        tags=tags,
-        attach_to=attach_to,
-        resume=resume,
-    )
+    from ampflow.tracking.writer import TrackingRefused
+
+    try:
+        return MlflowTracker(
+            kind,
+            config=config,
+            run_dir=run_dir,
+            parent_run_id=parent_run_id,
+            require=require,
+            tags=tags,
+            attach_to=attach_to,
+            resume=resume,
+        )
+    except TrackingRefused as exc:
+        if require:
+            raise  # a ConfigError: exit 2, before any training
+        # a refusal is not an outage: say why once, train untracked, spool nothing that cannot replay
+        print(f"ampflow tracking: {exc}; this run is not tracked", file=sys.stderr, flush=True)
+        return NullTracker()
 
 
 def __getattr__(name: str) -> Any:

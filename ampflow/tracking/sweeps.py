@@ -181,11 +181,13 @@ def comparison_table(summary: dict[str, Any]) -> dict[str, list[Any]]:
     """The summary's configurations as columns (``log_table``'s dict form), one row per configuration."""
     cols = (
         "config_id",
+        "verdict",
+        "speed_verdict",
         "speedup",
         "memory_ratio",
         "accuracy_delta_pp",
         "macro_f1_delta_pp",
-        "passes",
+        "reason",
     )
     table: dict[str, list[Any]] = {c: [] for c in (*cols, "samples_per_s", "accuracy", "recommended")}
     for c in summary.get("configs") or []:
@@ -199,18 +201,19 @@ def comparison_table(summary: dict[str, Any]) -> dict[str, list[Any]]:
 
 
 def _figures(summary: dict[str, Any]) -> dict[str, Any]:
-    """Throughput and accuracy per configuration as matplotlib figures; {} without matplotlib."""
-    try:
-        import matplotlib
+    """Throughput and accuracy per configuration as matplotlib figures; {} without matplotlib.
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+    ``Figure`` objects, not pyplot's: no global figure registry to fill in a long-lived process.
+    """
+    try:
+        from matplotlib.figure import Figure
     except ImportError:
         return {}
     table = comparison_table(summary)
     figures = {}
     for key, label in (("samples_per_s", "samples/s (median)"), ("accuracy", "accuracy (median)")):
-        fig, ax = plt.subplots(figsize=(6, 3))
+        fig = Figure(figsize=(6, 3))
+        ax = fig.subplots()
         ax.bar(table["config_id"], [v or 0.0 for v in table[key]], color="#4c72b0")
         ax.set_ylabel(label)
         ax.tick_params(axis="x", rotation=20)

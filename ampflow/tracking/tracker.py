@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -26,7 +27,14 @@ from ampflow.redact import redact_uri
 from ampflow.tracking import lifecycle, schema
 from ampflow.tracking import model as model_export
 from ampflow.tracking.spool import FOLDER, Spool
-from ampflow.tracking.writer import Sender, Writer, apply_http_defaults, is_transient, short_error
+from ampflow.tracking.writer import (
+    Sender,
+    TrackingRefused,
+    Writer,
+    apply_http_defaults,
+    is_transient,
+    short_error,
+)
 
 log = logging.getLogger("ampflow.tracking")
 
@@ -184,6 +192,15 @@ class MlflowTracker:
         try:
             self.writer.replay_now()
         except Exception as exc:
+            if not is_transient(exc):
+                # nothing to replay later: the run was never created, and never will be as asked
+                shutil.rmtree(self.spool.folder, ignore_errors=True)
+                if isinstance(exc, TrackingRefused):
+                    raise
+                raise TrackingRefused(
+                    f"tracking server {redact_uri(self.uri)} refused the run ({short_error(exc)}); check "
+                    "the credentials (MLFLOW_TRACKING_USERNAME/PASSWORD/TOKEN) and the experiment name"
+                ) from None
             if require:
                 raise TrackingUnavailable(
                     f"tracking server {redact_uri(self.uri)} unreachable and --require-tracking is set: "

@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from ampflow.config import ConfigError
 from ampflow.redact import redact_text, redact_uri
 from ampflow.tracking import schema
 from ampflow.tracking.spool import MAX_METRICS, MAX_PARAMS, Spool
@@ -42,8 +43,15 @@ def apply_http_defaults() -> None:
         os.environ.setdefault(key, value)
 
 
+class TrackingRefused(ConfigError):
+    """The tracking server answered and refused, for good (a deleted experiment, 401/403, a name it
+    rejects): retrying or spooling cannot help. The message names the cause and the way out."""
+
+
 def is_transient(exc: BaseException) -> bool:
     """True when the server may answer later (unreachable, 5xx, 429); False for a refusal (4xx)."""
+    if isinstance(exc, ConfigError):
+        return False
     try:
         from mlflow.exceptions import MlflowException
     except ImportError:  # pragma: no cover
@@ -124,6 +132,12 @@ class Sender:
     def _create_run(self, op: dict[str, Any]) -> None:
         client = self.client
         exp = client.get_experiment_by_name(op["experiment"])
+        if exp is not None and exp.lifecycle_stage == "deleted":
+            raise TrackingRefused(
+                f"MLflow experiment {op['experiment']!r} (id {exp.experiment_id}) is deleted; restore it "
+                f"(`mlflow experiments restore --experiment-id {exp.experiment_id}`), or log elsewhere "
+                "with AMPFLOW_EXPERIMENT=<name>"
+            )
         if exp is None:
             exp_id = client.create_experiment(op["experiment"], tags=dict(schema.EXPERIMENT_TAGS))
         else:
