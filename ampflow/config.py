@@ -179,6 +179,42 @@ class RunConfig:
         return json.dumps(self.to_dict(), sort_keys=True)
 
 
+def overrides_schema() -> dict[str, Any]:
+    """A JSON Schema (draft 7) for an object of ``--set`` overrides, generated from :class:`RunConfig`.
+
+    Every field is a property with its type (``int``, ``number``, ``boolean``, ``string`` enums for
+    the Literal fields, ``null`` where the field may be unset) and unknown keys are refused, so an
+    Airflow trigger form or a KFP parameter check refuses ``{"max_stepz": 5}`` before any task runs.
+    ``recipe`` is left out: a sweep or DAG names it on its own. Value ranges stay
+    :func:`_validate`'s, run when the config is built.
+    """
+    import typing
+
+    hints = typing.get_type_hints(RunConfig)
+    props: dict[str, Any] = {}
+    for name in RunConfig.field_names():
+        if name == "recipe":
+            continue
+        props[name] = _json_type(hints[name])
+    return {"type": "object", "properties": props, "additionalProperties": False}
+
+
+def _json_type(tp: Any) -> dict[str, Any]:
+    """The JSON Schema of one annotation: unions become ``anyOf``, Literals ``enum``."""
+    import types
+    import typing
+
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        return {"anyOf": [_json_type(arg) for arg in typing.get_args(tp)]}
+    if origin is Literal:
+        return {"enum": list(typing.get_args(tp))}
+    simple = {bool: "boolean", int: "integer", float: "number", str: "string", type(None): "null"}
+    if tp in simple:
+        return {"type": simple[tp]}
+    raise TypeError(f"no JSON Schema for {tp!r}")
+
+
 def parse_overrides(pairs: list[str] | None) -> dict[str, Any]:
     out: dict[str, Any] = {}
     names = RunConfig.field_names()

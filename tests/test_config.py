@@ -120,3 +120,20 @@ def test_config_id_is_one_spelling():
     assert config_id("32-true", True, "fsdp") == "32-true-compiled-fsdp"
     entry = SweepSpec.from_lists(["32-true"], [True], 3).entries()[2]
     assert (entry.config_id, entry.id) == ("32-true-compiled", "32-true-compiled-r2")
+
+
+def test_overrides_schema_is_generated_from_the_run_configuration():
+    """The Airflow trigger form refuses a typo'd key or a wrong type before any task runs (issue 12)."""
+    import jsonschema
+
+    from ampflow.config import overrides_schema
+
+    schema = overrides_schema()
+    assert set(schema["properties"]) == set(RunConfig.field_names()) - {"recipe"}
+    check = jsonschema.Draft7Validator(schema)
+    assert not list(check.iter_errors({"max_steps": 5, "batch_size": "auto", "learning_rate": None}))
+    errors = {
+        next(iter(check.iter_errors(bad))).validator for bad in ({"max_stepz": 5}, {"max_steps": "five"})
+    }
+    assert errors == {"additionalProperties", "anyOf"}
+    assert not check.is_valid({"precision": "fp4"}) and not check.is_valid({"compile": "yes"})
