@@ -18,6 +18,7 @@ import importlib
 import os
 import sys
 import traceback
+from typing import Any
 
 from ampflow import __version__
 from ampflow.config import ConfigError
@@ -29,6 +30,37 @@ class _Parser(argparse.ArgumentParser):
 
     def error(self, message: str) -> None:  # type: ignore[override]
         self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Examples keep their line breaks; every option with a real default shows it (once)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        default = action.default
+        if default in (None, False, [], argparse.SUPPRESS) or "default" in text or not action.option_strings:
+            return text
+        return f"{text} (default: {default})"
+
+
+def _epilog(module: Any) -> str | None:
+    """A step's ``--help`` ending: the example commands of its module docstring (the ones its entry
+    module shows, so they cannot drift apart), and the ``--set`` keys where the step takes them all."""
+    lines = (module.__doc__ or "").splitlines()
+    examples, keep = [], False
+    for line in lines:
+        command = line.strip().startswith(("ampflow ", "torchrun ", "python -m ampflow", "PYTHONPATH="))
+        if line.startswith("    ") and (command or (keep and line.startswith("        "))):
+            examples.append(line.rstrip())
+            keep = True
+        else:
+            keep = False
+    parts = ["examples:\n" + "\n".join(examples)] if examples else []
+    if getattr(module, "TAKES_ALL_SET_KEYS", False):
+        from ampflow.config import set_keys_help
+
+        parts.append(set_keys_help())
+    return "\n\n".join(parts) or None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -43,7 +75,13 @@ def build_parser() -> argparse.ArgumentParser:
     for name, module_name in STEP_MODULES.items():
         # a step that fails to import is a broken installation: say so, never drop the command
         module = importlib.import_module(module_name)
-        p = sub.add_parser(name, help=module.HELP, description=module.HELP)
+        p = sub.add_parser(
+            name,
+            help=module.HELP,
+            description=module.HELP,
+            epilog=_epilog(module),
+            formatter_class=_HelpFormatter,
+        )
         module.add_arguments(p)
         p.set_defaults(_module=module)
     return parser

@@ -199,6 +199,39 @@ def overrides_schema() -> dict[str, Any]:
     return {"type": "object", "properties": props, "additionalProperties": False}
 
 
+def set_keys_help() -> str:
+    """The ``--set`` keys as a help table: name, type, default (``recipe`` when the recipe decides).
+
+    Generated from :class:`RunConfig`, so ``ampflow train --help`` cannot drift from what is accepted.
+    """
+    import typing
+
+    hints = typing.get_type_hints(RunConfig)
+    rows = []
+    for f in dataclasses.fields(RunConfig):
+        if f.name == "recipe":
+            continue
+        default = (
+            "recipe"
+            if f.default is None
+            else f.default
+            if isinstance(f.default, str)
+            else json.dumps(f.default)
+        )
+        rows.append((f.name, _type_words(hints[f.name]), default))
+    width = max(len(r[0]) for r in rows)
+    kind_width = max(len(r[1]) for r in rows)
+    lines = [f"  {n:<{width}}  {k:<{kind_width}}  {d}" for n, k, d in rows]
+    return "--set keys (KEY=VALUE; `none` unsets), type, default:\n" + "\n".join(lines)
+
+
+def _type_words(tp: Any) -> str:
+    schema = _json_type(tp)
+    parts = schema.get("anyOf", [schema])
+    words = [("|".join(map(str, p["enum"])) if "enum" in p else p["type"]) for p in parts]
+    return " or ".join(w.replace("null", "none") for w in words)
+
+
 def _json_type(tp: Any) -> dict[str, Any]:
     """The JSON Schema of one annotation: unions become ``anyOf``, Literals ``enum``."""
     import types

@@ -92,3 +92,42 @@ def test_a_step_that_fails_to_import_is_an_error_not_a_missing_command(monkeypat
     monkeypatch.setitem(cli.STEP_MODULES, "ghost", "ampflow.steps.no_such_step")
     with pytest.raises(ModuleNotFoundError, match="ampflow.steps.no_such_step"):
         cli.build_parser()
+
+
+def test_every_step_help_ends_with_real_examples_and_defaults(capsys):
+    """`--help` answers: two or three commands that run, taken from each entry module's docstring."""
+    from ampflow.steps import STEP_MODULES
+
+    for step in STEP_MODULES:
+        with pytest.raises(SystemExit) as exit_:
+            build_parser().parse_args([step, "--help"])
+        assert exit_.value.code == 0
+        text = capsys.readouterr().out
+        examples = text.split("examples:\n", 1)[1].split("\n\n", 1)[0].splitlines()
+        commands = [e for e in examples if e.startswith("    ") and not e.startswith("        ")]
+        assert len(commands) >= 2 or step in ("evaluate",), (step, commands)
+        assert all(f"ampflow {step}" in c or "torchrun" in c for c in commands), (step, commands)
+
+
+def test_train_help_lists_every_set_key_with_type_and_default(capsys):
+    from ampflow.config import RunConfig
+
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["train", "--help"])
+    text = capsys.readouterr().out
+    table = text.split("--set keys", 1)[1]
+    for name in set(RunConfig.field_names()) - {"recipe"}:
+        assert f"\n  {name} " in table, name
+    assert "max_steps " in table and "integer or none" in table
+
+
+def test_bench_help_shows_its_defaults(capsys):
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["bench", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    for shown in (
+        "(medians, spread) (default: 1)",
+        "compared with (default: 32-true)",
+        "points (default: 0.5)",
+    ):
+        assert shown in text, shown

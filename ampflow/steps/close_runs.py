@@ -1,6 +1,7 @@
 """``ampflow close-runs``: mark FAILED the MLflow runs a killed step left RUNNING.
 
     ampflow close-runs --tag ampflow.airflow_run_id=manual__2026-11-23T10:00:00+00:00 --run-root /work/r
+    ampflow close-runs --tag ampflow.pipeline_run_id=5f0c2d1e --tracking-uri http://mlflow:5000
 
 A step killed by SIGKILL (the OOM killer, a lost node or pod) cannot close its own run. A pipeline's
 clean-up task runs this step: it closes every RUNNING run tagged ``KEY=VALUE`` and every RUNNING run

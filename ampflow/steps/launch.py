@@ -33,6 +33,8 @@ from ampflow.kube.manifests import (
 from ampflow.steps import add_set_argument
 
 HELP = "launch training on Kubernetes as a Kubeflow PyTorchJob or TrainJob and wait for its outcome"
+# `--help` lists every RunConfig key: this step passes them all on
+TAKES_ALL_SET_KEYS = True
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

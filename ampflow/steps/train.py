@@ -24,6 +24,8 @@ from ampflow.config import PRECISIONS, STRATEGIES, ConfigError, RunConfig, parse
 from ampflow.steps import Paths, add_set_argument
 
 HELP = "train a recipe under one precision mode; write checkpoints and result.json"
+# `--help` lists every RunConfig key: this step passes them all on
+TAKES_ALL_SET_KEYS = True
 RESULT_FILE = "result.json"
 
 # On --resume these come from this invocation; everything else from the checkpoint's resolved config
