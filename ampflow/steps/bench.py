@@ -180,26 +180,26 @@ def _sweep(
     """Prep once, then train and evaluate each entry under the sweep's parent run, then compare."""
     from ampflow import tracking
     from ampflow.steps import prep
+    from ampflow.tracking.sweeps import TAG_SWEEP_SIZE, sweep_params
 
     data_dir = out / "data"
     _set_aside_previous_runs(out)
     print(f"[prep] {config.recipe} -> {data_dir}", flush=True)
     prep.run(config, Paths.of(out=data_dir, source=paths.source), limit=limit)
 
-    parent = tracking.start_run(
-        "sweep", config=config, run_dir=out, tags={"ampflow.sweep_size": str(len(entries))}
-    )
+    parent = tracking.start_run("sweep", config=config, run_dir=out, tags={TAG_SWEEP_SIZE: str(len(entries))})
     status = "FAILED"
     try:
+        # the params every sweep parent carries, a pipeline's recorded one too (ampflow.tracking.sweeps)
         parent.log_params(
-            {
-                "recipe": config.recipe,
-                "precisions": ",".join(sweep.precisions),
-                "compile_modes": ",".join(sweep.compile_words),
-                "repeats": sweep.repeats,
-                "baseline": sweep.baseline,
-                "tolerance_pp": tolerance,
-            }
+            sweep_params(
+                recipe=config.recipe,
+                precisions=list(sweep.precisions),
+                compile_modes=list(sweep.compile_words),
+                repeats=sweep.repeats,
+                baseline=sweep.baseline,
+                tolerance=tolerance,
+            )
         )
         settings = dict(o.split("=", 1) for o in overrides or [])
         records = []
