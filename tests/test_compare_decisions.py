@@ -491,3 +491,27 @@ def test_setting_values_as_both_sources_spell_them():
     assert comparable.split_key({"settings": {"lr": None}, "dataset_hash": "abcdefabcdefabcdef"}, ["dataset_hash", "lr"]) == (
         "[dataset_hash=abcdefabcdef,lr=none]")  # fmt: skip
     assert comparable.split_key({}, []) == ""
+
+
+def test_tolerance_only_reason_in_full_and_the_uncompiled_baseline(tmp_path):
+    base = write_run(tmp_path, "32-true", acc=0.800)
+    cand = write_run(tmp_path, "bf16-mixed", precision="bf16-mixed", thr=150.0, acc=0.795)
+    row = by_id(compare_runs([base, cand], tolerance=0.5, previous=[]))["bf16-mixed"]
+    assert row["reason"] == (
+        "accuracy -0.50 pp, within 0.5 pp (no paired test: bf16-mixed and the baseline 32-true have no "
+        "per-example results (predictions.jsonl); tolerance only)"
+    )
+    # --baseline 32-true picks the uncompiled group even when a compiled one is seen first
+    from ampflow.compare.verdict import pick_baseline
+
+    groups = {"32-true-compiled": {"precision": "32-true", "compile": True},
+              "32-true": {"precision": "32-true", "compile": False}}  # fmt: skip
+    assert pick_baseline(groups, "32-true-compiled") == "32-true-compiled"
+    assert pick_baseline({k: groups[k] for k in ["32-true-compiled"]}, "32-true") == "32-true-compiled"
+    assert (
+        pick_baseline(
+            {"a": {"precision": "32-true", "compile": True}, "b": {"precision": "32-true", "compile": False}},
+            "32-true",
+        )
+        == "b"
+    )
