@@ -212,3 +212,32 @@ def test_a_deleted_experiment_is_a_refusal_not_an_outage(tracking_env, mlflow_cl
     err = capsys.readouterr().err
     assert "is deleted; restore it" in err and "this run is not tracked" in err
     assert not (tmp_path / "loose" / "tracking").exists()
+
+
+def test_train_names_its_mlflow_run_and_ui_link_last(tracking_env, mlflow_client, tmp_path, capsys):
+    """Issue 11: the last line says where the run went, with a link a person can open."""
+    from ampflow.cli import main
+    from tests.recipes_fixture import NAME, write_dataset
+
+    data = write_dataset(tmp_path / "data")
+    assert (
+        main(
+            [
+                "train",
+                "--recipe",
+                NAME,
+                "--data",
+                str(data),
+                "--out",
+                str(tmp_path / "r"),
+                "--set",
+                "max_steps=2",
+            ]
+        )
+        == 0
+    )
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    run_id = json.loads((tmp_path / "r" / "tracking" / "state.json").read_text())["run_id"]
+    exp_id = mlflow_client.get_run(run_id).info.experiment_id
+    assert last.startswith(f"MLflow run {run_id} (experiment ")
+    assert last.endswith(f"{tracking_env.uri}/#/experiments/{exp_id}/runs/{run_id}")

@@ -89,6 +89,8 @@ def cli(args: argparse.Namespace) -> int:
     )
     if int(os.environ.get("RANK", "0")) == 0:  # under torchrun only rank 0 speaks
         print(summary_line(result))
+        if result.get("mlflow"):
+            print(result["mlflow"])
     return 0
 
 
@@ -285,6 +287,8 @@ def _train(
                 atomic_write_json(out / RESULT_FILE, result)
                 tracker.log_train_result(result, out)
                 tracker.log_model(trained["model"], input_example=trained["example"])
+                # for the last lines a person reads (not in result.json, written above)
+                result = {**result, "mlflow": tracker.where()}
         return result
     finally:
         parallel.shutdown(dist_info)

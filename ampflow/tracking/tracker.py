@@ -217,6 +217,17 @@ class MlflowTracker:
     def experiment_id(self) -> str | None:
         return self.spool.state.get("experiment_id")
 
+    def where(self) -> str | None:
+        """One line naming the MLflow run: its id, the store, and the UI link when the store is a
+        server (credentials removed); None while the run is only spooled."""
+        if not self.run_id:
+            return None
+        shown = redact_uri(self.uri)
+        text = f"MLflow run {self.run_id} (experiment {self.experiment!r}) in {shown}"
+        if shown.startswith(("http://", "https://")) and self.experiment_id:
+            text += f": {shown.rstrip('/')}/#/experiments/{self.experiment_id}/runs/{self.run_id}"
+        return text
+
     @property
     def writer_cpu_s(self) -> float:
         """CPU seconds the writer thread used (benchmarks/bench_tracking.py reports it)."""
@@ -481,6 +492,9 @@ def _start_system_metrics(run_id: str, uri: str) -> Any:
     """MLflow's system metrics monitor on ``run_id``, started; None when it cannot run."""
     try:
         from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+        # its start/stop INFO lines are noise on every run; its warnings still show
+        logging.getLogger("mlflow.system_metrics").setLevel(logging.WARNING)
 
         interval = float(os.environ.get("AMPFLOW_SYSTEM_METRICS_INTERVAL_S", "10"))
         monitor = SystemMetricsMonitor(run_id, sampling_interval=interval, tracking_uri=uri)
