@@ -526,3 +526,48 @@ def test_confusion_matrix_reaches_the_kfp_ui_in_eval_json_order():
     assert not log_confusion(dsl.ClassificationMetrics(), {"accuracy": 0.5})
     with pytest.raises(ValueError, match="3-row confusion matrix for 2 labels"):
         log_confusion(dsl.ClassificationMetrics(), {**result, "labels": ["a", "b"]})
+
+
+def test_link_sweep_records_a_pipelines_runs_once_and_never_moves_a_run(tmp_path, monkeypatch):
+    """Real MLflow (SQLite): the parent `bench` creates, in the runs' experiment, with their hardware;
+    a second call (a retried compare) reuses it; runs of another parent are left alone."""
+    from mlflow.tracking import MlflowClient
+
+    from ampflow.tracking import schema
+    from ampflow.tracking.sweeps import link_sweep
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_RUN_CONTEXT", json.dumps({components.PIPELINE_RUN_TAG: "job-5"}))
+    client = MlflowClient(uri)
+    exp = client.create_experiment("kfp", artifact_location=str(tmp_path / "artifacts"))
+    tags = {schema.TAG_KIND: "train", schema.TAG_RECIPE: "tweets-bow", schema.TAG_HARDWARE: "hw1"}
+    ids = []
+    for precision in ("32-true", "bf16-mixed"):
+        run = client.create_run(exp, tags=tags)
+        client.log_param(run.info.run_id, "max_steps", "8")
+        client.log_param(run.info.run_id, "precision", precision)
+        client.set_terminated(run.info.run_id, "FINISHED")
+        ids.append(run.info.run_id)
+    records = [
+        {"run_id": rid, "precision": p, "compile": False, "strategy": "single", "tracking_uri": uri}
+        for rid, p in zip(ids, ("32-true", "bf16-mixed"), strict=True)
+    ]
+    parent_id = link_sweep(records, baseline="32-true", tolerance=0.5)
+    parent = client.get_run(parent_id)
+    assert parent.info.experiment_id == exp and parent.info.status == "FINISHED"
+    assert {k: parent.data.tags[k] for k in (schema.TAG_KIND, schema.TAG_SWEEP, schema.TAG_HARDWARE)} == {
+        schema.TAG_KIND: "sweep",
+        schema.TAG_SWEEP: parent_id,
+        schema.TAG_HARDWARE: "hw1",
+    }
+    assert parent.data.tags[components.PIPELINE_RUN_TAG] == "job-5"
+    assert parent.data.params["precisions"] == "32-true,bf16-mixed" and parent.data.params["max_steps"] == "8"
+    assert [r["sweep_run_id"] for r in records] == [parent_id, parent_id]
+    for rid in ids:
+        assert client.get_run(rid).data.tags[schema.TAG_PARENT] == parent_id
+    assert link_sweep([dict(r) for r in records], baseline="32-true", tolerance=0.5) == parent_id
+
+    other = client.create_run(exp, tags=tags).info.run_id
+    mixed = [*records, {"run_id": other, "precision": "tf32", "tracking_uri": uri}]
+    assert link_sweep(mixed, baseline="32-true", tolerance=0.5) is None
+    assert schema.TAG_PARENT not in client.get_run(other).data.tags

@@ -300,6 +300,7 @@ def _compare(
     from ampflow.compare.markdown import render_markdown
     from ampflow.compare.summary import compare_runs, write_reports
     from ampflow.tracking.queries import publish_summary
+    from ampflow.tracking.sweeps import log_comparison_views
 
     summary = compare_runs(ok_dirs, baseline=baseline, tolerance=tolerance)
     summary["runs"] = records
@@ -308,6 +309,7 @@ def _compare(
     files = write_reports(summary, out)
     if sweep_run_id:
         publish_summary(summary, files)
+        log_comparison_views(summary)
     summary["markdown"] = render_markdown(summary) + _busy_note(records)
     return summary
 

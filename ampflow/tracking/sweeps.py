@@ -78,7 +78,7 @@ def link_sweep(
 
     ``records``: compare records (:mod:`ampflow.compare.records`) of the runs; each gets the parent's
     id as ``sweep_run_id``. Runs that already belong to one sweep (a ``bench``, or an earlier try of
-    this step) keep it: linking twice creates nothing. The parent lives in the runs' experiment,
+    this step) keep it: linking twice creates nothing; runs of several parents are left alone. The parent lives in the runs' experiment,
     carries their hardware fingerprint (not the one of the machine compare runs on: a pipeline's
     compare pod is not its GPU node), spans their start and end, and is closed FINISHED at once, so
     a killed pipeline cannot leave it RUNNING. Returns the parent run id, or None when no run is
@@ -111,10 +111,13 @@ def _link(records: list[dict[str, Any]], *, baseline: str, tolerance: float, uri
     client = MlflowClient(uri)
     runs = [client.get_run(r["run_id"]) for r in records]
     parents = {run.data.tags.get(schema.TAG_PARENT) for run in runs}
-    if len(parents) == 1 and None not in parents:
-        (existing,) = parents
-        if client.get_run(existing).data.tags.get(schema.TAG_KIND) == "sweep":
-            return existing  # a bench sweep, or this step's earlier try
+    if parents != {None}:
+        # a run is never taken from the sweep it belongs to: all of one sweep (a bench, or this step's
+        # earlier try) is that sweep; a mix is refused rather than guessed
+        existing = parents.pop() if len(parents) == 1 else None
+        if existing and client.get_run(existing).data.tags.get(schema.TAG_KIND) == "sweep":
+            return existing
+        raise ValueError("the runs already belong to other parent runs; they are left where they are")
     first = runs[0]
     recipe = first.data.tags.get(schema.TAG_RECIPE) or records[0].get("recipe") or ""
     tags = {
