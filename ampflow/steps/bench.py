@@ -42,6 +42,8 @@ from ampflow.config import (
 from ampflow.steps import Paths, add_set_argument
 
 HELP = "prep once, train + evaluate every precision/compile configuration, print the comparison"
+# `--help` lists every RunConfig key: this step passes them all on
+TAKES_ALL_SET_KEYS = True
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
