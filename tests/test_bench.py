@@ -71,6 +71,13 @@ def test_sweep_trains_every_config_and_compares_against_the_baseline(tmp_path):
 
     row = "| bf16-mixed |" if cpu_has_native_bf16() else "| bf16-mixed (bf16 emulated) |"
     assert row in proc.stdout
+    # the closing lines say what to use next: the recommendation, the sweep run, the files
+    tail = proc.stdout.strip().splitlines()[-5:]
+    assert tail[0] == f"recommended: {summary['recommended']}" and tail[1] == "sweep run:   not tracked"
+    assert tail[2:] == [
+        f"{k:<12} {out / n}"
+        for k, n in (("summary:", "summary.json"), ("report:", "report.md"), ("html report:", "report.html"))
+    ]
 
     # a second sweep into the same directory runs, and keeps the first one's runs
     again = _bench(out, "--precisions", "32-true", "--set", "max_steps=6", "--set", "warmup_steps=2")
