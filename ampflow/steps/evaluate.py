@@ -1,6 +1,7 @@
 """``ampflow evaluate``: accuracy, macro-F1, loss, ECE and the confusion matrix of a trained run.
 
     ampflow evaluate --recipe tweets-bow --data data/ --checkpoint runs/bf16 --out runs/bf16/eval
+    ampflow evaluate --recipe tweets-bow --data data/ --checkpoint runs/bf16 --out runs/bf16/eval --set device=cpu
 
 Loads ``--checkpoint`` (a run directory or its ``checkpoint.pt``) with its resolved configuration,
 runs the dataset's test split under the same precision's autocast in batches of ``eval_batch_size``
@@ -66,6 +67,8 @@ def cli(args: argparse.Namespace) -> int:
         f"{result['macro_f1']:.4f}, loss {result['loss']:.4f}, ECE {result['ece']:.4f} on {result['n']} "
         f"{result['split']} examples -> {Path(args.out) / EVAL_FILE}"
     )
+    if result.get("mlflow"):
+        print(result["mlflow"])
     return 0
 
 
@@ -143,4 +146,6 @@ def run(
         result["predictions_file"] = PREDICTIONS_FILE
         atomic_write_json(out / EVAL_FILE, result)
         tracker.log_eval_result(result, out)
+        # for the last lines a person reads (not in eval.json, written above)
+        result = {**result, "mlflow": tracker.where()}
     return result
