@@ -104,14 +104,17 @@ class AmpflowStepOperator(ResumableJobMixin, BaseOperator):
     def plan(self, context: Any, mode: str) -> StepPlan:
         """This try's step, options and overrides, from :func:`plan_step`."""
         distributed = self.step == "train" and mode == "kubernetes" and pods.is_distributed(context["params"])
-        return plan_step(
-            self.step,
-            dict(self.step_options),
-            overrides=dict(self.overrides or {}),
-            distributed=distributed,
-            retry=context["ti"].try_number > 1,
-            launch=pods.launch_options(context, kube_settings(context)) if distributed else None,
-        )
+        try:
+            return plan_step(
+                self.step,
+                dict(self.step_options),
+                overrides=dict(self.overrides or {}),
+                distributed=distributed,
+                retry=context["ti"].try_number > 1,
+                launch=pods.launch_options(context, kube_settings(context)) if distributed else None,
+            )
+        except ValueError as exc:  # an unknown option or --set key: bad input, a retry decides the same
+            raise AirflowFailException(f"{self.step}: {exc}") from None
 
     def argv(self, context: Any, program: tuple[str, ...], mode: str) -> list[str]:
         """The command line this try runs in ``mode``, starting with ``program``."""

@@ -13,7 +13,7 @@ from typing import Any
 
 from airflow.sdk import Param
 
-from ampflow.config import BASELINE_PRECISION, PRECISIONS
+from ampflow.config import BASELINE_PRECISION, PRECISIONS, overrides_schema
 
 MODES = ("local", "kubernetes")
 
@@ -48,8 +48,9 @@ def common_params() -> dict[str, Param]:
         "limit": Param(
             None, type=["null", "integer"], minimum=1, description="prep: keep a stratified subset of N rows"
         ),
+        # the schema comes from RunConfig: the trigger form refuses an unknown key or a wrong type
         "overrides": Param(
-            {}, type="object", description='RunConfig --set overrides, e.g. {"max_steps": 100}'
+            {}, description='RunConfig --set overrides, e.g. {"max_steps": 100}', **overrides_schema()
         ),
         "execution_mode": Param(
             None,

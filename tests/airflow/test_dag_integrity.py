@@ -143,6 +143,40 @@ def test_benchmark_precision_params_take_only_ampflow_precisions(dagbag):
             validated(bad)
 
 
+@pytest.mark.parametrize("dag_id", ["ampflow_benchmark", "ampflow_retrain"])
+def test_overrides_param_refuses_a_typo_or_a_wrong_type_at_trigger_time(dagbag, dag_id):
+    """Issue 12: {"max_stepz": 5} was accepted, then failed on the worker and was retried twice."""
+    from airflow.sdk.exceptions import ParamValidationError
+
+    dag = dagbag.dags[dag_id]
+
+    def validated(overrides):
+        params = copy.deepcopy(dag.params)
+        params["overrides"] = overrides
+        return params.validate()
+
+    assert validated({"max_steps": 5, "batch_size": "auto"})["overrides"] == {
+        "max_steps": 5,
+        "batch_size": "auto",
+    }
+    for bad in ({"max_stepz": 5}, {"max_steps": "five"}, {"precision": "fp4"}):
+        with pytest.raises(ParamValidationError):
+            validated(bad)
+
+
+def test_a_bad_override_on_the_worker_fails_without_retries():
+    """Whatever slips past the form (a DAG author's own overrides) fails the task, not a retry."""
+    from airflow.sdk.exceptions import AirflowFailException
+
+    from airflow_ampflow.operator import AmpflowStepOperator
+
+    op = AmpflowStepOperator(
+        task_id="t", step="train", step_options={"recipe": "r"}, overrides={"max_stepz": 5}
+    )
+    with pytest.raises(AirflowFailException, match="max_stepz"):
+        op.plan({"params": {}, "ti": type("TI", (), {"try_number": 1})()}, "local")
+
+
 def test_the_champion_gate_counts_only_real_evidence_and_says_what_it_checked():
     from ampflow.compare.gate import gate_decision
 
