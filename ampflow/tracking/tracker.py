@@ -129,15 +129,8 @@ class MlflowTracker:
         if continued:
             self.writer.put_dict("tags", {schema.TAG_RESUMED: "true"})
             self.spool.append([{"op": "reopen"}])
-            try:
-                self.writer.replay_now()
-            except Exception as exc:
-                if require:
-                    raise TrackingUnavailable(
-                        f"tracking server {redact_uri(self.uri)} unreachable and --require-tracking is set: "
-                        f"{type(exc).__name__}: {short_error(exc)}"
-                    ) from None
-                self.writer.mark_down(exc)
+            # what the earlier process left unsent belongs to this run: kept, even on a refusal
+            self._send_or_spool(require, drop_on_refusal=False)
         elif attached:
             # evaluate continues the train run of its checkpoint: one row per configuration in MLflow
             self.spool.save_state(
@@ -189,12 +182,18 @@ class MlflowTracker:
             run_dir=str(self.run_dir.resolve()),
         )
         self.spool.append([op])
+        # nothing to replay later when the server refuses: the run was never created as asked
+        self._send_or_spool(require, drop_on_refusal=True)
+
+    def _send_or_spool(self, require: bool, *, drop_on_refusal: bool) -> None:
+        """Send what the spool holds now. An outage spools (or raises TrackingUnavailable under
+        ``require``); a refusal raises :class:`TrackingRefused`, after dropping the spool when asked."""
         try:
             self.writer.replay_now()
         except Exception as exc:
             if not is_transient(exc):
-                # nothing to replay later: the run was never created, and never will be as asked
-                shutil.rmtree(self.spool.folder, ignore_errors=True)
+                if drop_on_refusal:
+                    shutil.rmtree(self.spool.folder, ignore_errors=True)
                 if isinstance(exc, TrackingRefused):
                     raise
                 raise TrackingRefused(
