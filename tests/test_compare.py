@@ -170,3 +170,18 @@ def test_compare_imports_without_mlflow_matplotlib_or_torch():
     probe += "import sys\nprint([m for m in ('mlflow', 'matplotlib', 'torch') if m in sys.modules])"
     out = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, check=True)
     assert out.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_a_run_that_skipped_steps_is_flagged_in_both_reports():
+    """Issue 12: a run that skipped steps (non-finite losses) says so in the report, not only in its log."""
+    from ampflow.compare.html import render_html
+    from ampflow.compare.markdown import render_markdown
+
+    skipping = rec("bf16-mixed", 150, 0.80)
+    skipping["metrics"]["skipped_steps"] = 16
+    s = compare_runs([rec("32-true", 100, 0.80), skipping], baseline="32-true", tolerance=0.5, previous=[])
+    warning = "WARNING: bf16-mixed skipped 16 steps (non-finite loss or gradients)"
+    assert warning in render_markdown(s)
+    assert warning in render_html(s)
+    clean = compare_runs([rec("32-true", 100, 0.80), rec("bf16-mixed", 150, 0.80)], previous=[])
+    assert "skipped" not in render_markdown(clean)

@@ -43,8 +43,8 @@ def _table_row(c: dict[str, Any], recommended: str | None) -> str:
 
 
 def header_notes(summary: dict[str, Any]) -> list[str]:
-    """The lines both reports put above the table: what was compared, the allowed mismatches, and the
-    accuracy test used (with the smallest difference the test split can detect)."""
+    """The lines both reports put above the table: what was compared, the allowed mismatches, runs that
+    skipped steps, and the accuracy test used (with the smallest difference the test split can detect)."""
     notes = [
         f"compared: {', '.join(summary.get('compared') or [])}; every other setting, the recipe and the dataset are equal"
     ]
@@ -58,6 +58,13 @@ def header_notes(summary: dict[str, Any]) -> list[str]:
                 f"{m['field']} differs ({' vs '.join(str(v) for v in m['values'])})" for m in mismatches
             )
         ]
+    for c in summary["configs"]:
+        skipped = (c["figures"].get("skipped_steps") or {}).get("max")
+        if skipped:
+            notes.append(
+                f"WARNING: {c['config_id']} skipped {skipped:.0f} steps (non-finite loss or gradients): "
+                "its figures count work that did not update the model"
+            )
     if summary.get("min_detectable_pp") is not None:
         notes.append(
             f"accuracy: McNemar's exact paired test on the same test examples; this test split can detect "
