@@ -75,6 +75,8 @@ def build_benchmark(train_retries: int = TRAIN_RETRIES, retry_backoff: str = TRA
             cache_dir=CACHE_MOUNT,
             pipeline_run_id=run_id,
         ).set_display_name("prep")
+        # the same source URI can hold new data on the next scheduled run: prep always reads it again
+        prep_task.set_caching_options(False)
         cluster.cpu(prep_task)
 
         with dsl.ParallelFor(plan.output, parallelism=PARALLELISM, name="configurations") as entry:

@@ -142,6 +142,8 @@ def build_retrain(train_retries: int = TRAIN_RETRIES, retry_backoff: str = TRAIN
                 cache_dir=CACHE_MOUNT,
                 pipeline_run_id=run_id,
             ).set_display_name("prep")
+            # the same source URI can hold new data on the next scheduled run: prep always reads it again
+            prep_task.set_caching_options(False)
             cluster.cpu(prep_task)
             data = prep_task.outputs["data"]
 
