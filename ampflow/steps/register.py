@@ -36,6 +36,7 @@ import math
 import posixpath
 import re
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -143,6 +144,60 @@ def decide(
     return verdict == "pass", verdict, reason, delta
 
 
+@dataclass(frozen=True)
+class Inputs:
+    """The checked command line and summary: everything decided before the server is contacted."""
+
+    summary: dict[str, Any]
+    summary_path: Path | None  # None when the summary came as a dict: no register.json is written
+    data: str | Path
+    tolerance: float
+    name: str
+    recipe: Any
+    data_hash: str
+    rec_id: Any
+    config: dict[str, Any]
+    run_ids: list[str]
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """The recommended configuration's repeat that carries the model (its MLflow run)."""
+
+    run: Any
+    stored: float  # the run's own accuracy, only used to pick the repeat
+    model_uri: str
+    precision: str
+
+
+@dataclass(frozen=True)
+class Champion:
+    """The current champion: its version (None without one), its score on the current split (None
+    when it could not be loaded or scored), its precision and why it could not be scored."""
+
+    version: Any
+    score: Any
+    precision: str | None
+    unloadable: str | None
+
+
+@dataclass(frozen=True)
+class Scores:
+    """Both models scored on the same test split."""
+
+    candidate: Any  # ampflow.engine.scoring.score_model's result
+    champion: Champion
+
+
+@dataclass(frozen=True)
+class Decision:
+    promoted: bool
+    why: str
+    verdict: str | None  # None when there was no champion score to compare with
+    paired: Any  # the McNemar PairedTest, or None
+    delta: float | None
+
+
 def run(
     *,
     summary: str | Path | dict[str, Any],
@@ -160,20 +215,31 @@ def run(
     ``tolerance`` in percentage points (>= 0). Raises ConfigError for bad input (module docstring),
     before anything is registered; MLflow and scoring errors propagate (exit 1).
     """
+    # bad input first: nothing below may run (no server contact) for a refused command line
+    inputs = _read_inputs(summary, data, model_name, tolerance)
+    client, uri = _client(tracking_uri, inputs.summary)
+    cand = _candidate(client, inputs)
+    dev = _scoring_device(uri, device)
+    cand_score = _score_candidate(cand, inputs.data, dev)
+    scores = Scores(cand_score, _score_champion(client, inputs, dev, cand_score.n))
+    decision = _decision(scores, inputs.tolerance, allow_unloadable_champion)
+    figures = _figures(inputs, cand, scores, decision)
+    version, message = _register_version(client, inputs, cand, scores, decision, figures)
+    return _result(inputs, cand, scores, decision, version, message)
+
+
+# -- run's steps -----------------------------------------------------------------------------------------
+
+
+def _read_inputs(
+    summary: str | Path | dict[str, Any], data: str | Path, model_name: str | None, tolerance: float
+) -> Inputs:
+    """The checked inputs. Raises ConfigError (exit 2) for a missing or unreadable summary, a negative
+    or non-finite tolerance, no usable model name, a dataset without a test split or of another
+    recipe, no recommended configuration or one without tracked runs; contacts no server."""
     from ampflow.data.manifest import dataset_hash, read_manifest
 
-    # -- bad input first, before the server is contacted ------------------------------------------
-    summary_path: Path | None = None
-    if not isinstance(summary, dict):
-        summary_path = Path(summary)
-        if not summary_path.is_file():
-            raise ConfigError(
-                f"--summary {summary_path}: no such file (run `ampflow compare --out DIR` first)"
-            )
-        try:
-            summary = json.loads(summary_path.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as exc:
-            raise ConfigError(f"--summary {summary_path}: unreadable ({exc})") from None
+    summary, summary_path = _read_summary(summary)
     if not (math.isfinite(tolerance) and tolerance >= 0):
         raise ConfigError(f"--tolerance must be a number >= 0 percentage points, got {tolerance}")
     recipe = summary.get("recipe")
@@ -198,125 +264,183 @@ def run(
         raise ConfigError(
             f"--summary: configuration {rec_id} has no tracked MLflow run to register a model from"
         )
+    return Inputs(summary, summary_path, data, tolerance, name, recipe, data_hash, rec_id, config, run_ids)
 
+
+def _read_summary(summary: str | Path | dict[str, Any]) -> tuple[dict[str, Any], Path | None]:
+    """``(summary, its path)``; a dict is taken as is (path None). Raises ConfigError when the file is
+    missing or not JSON."""
+    if isinstance(summary, dict):
+        return summary, None
+    summary_path = Path(summary)
+    if not summary_path.is_file():
+        raise ConfigError(f"--summary {summary_path}: no such file (run `ampflow compare --out DIR` first)")
+    try:
+        return json.loads(summary_path.read_text(encoding="utf-8")), summary_path
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"--summary {summary_path}: unreadable ({exc})") from None
+
+
+def _client(tracking_uri: str | None, summary: dict[str, Any]) -> tuple[Any, str]:
+    """``(MlflowClient, tracking URI)``: the explicit URI, else the summary's, else the default."""
     from mlflow.tracking import MlflowClient
 
-    from ampflow.tracking import schema
     from ampflow.tracking.tracker import tracking_uri as default_uri
     from ampflow.tracking.writer import apply_http_defaults
 
     apply_http_defaults()
     uri = tracking_uri or summary.get("tracking_uri") or default_uri()
-    client = MlflowClient(with_credentials(uri))
-    source, stored = _candidate_run(client, run_ids, rec_id, schema)
-    model_uri = source.data.tags[schema.TAG_MODEL_URI]
-    p, t = source.data.params, source.data.tags
-    cand_precision = p.get("precision") or t.get(schema.TAG_PRECISION) or config.get("precision")
-    if not cand_precision:
-        raise ConfigError(f"run {source.info.run_id} ({rec_id}) records no precision to score it under")
+    return MlflowClient(with_credentials(uri)), uri
 
-    # -- score both on the current test split -------------------------------------------------------
+
+def _candidate(client: Any, inputs: Inputs) -> Candidate:
+    """The candidate's run, model and precision. Raises ConfigError (exit 2) when no repeat was
+    evaluated or has a model (:func:`_candidate_run`) or the run records no precision."""
+    from ampflow.tracking import schema
+
+    source, stored = _candidate_run(client, inputs.run_ids, inputs.rec_id, schema)
+    p, t = source.data.params, source.data.tags
+    precision = p.get("precision") or t.get(schema.TAG_PRECISION) or inputs.config.get("precision")
+    if not precision:
+        raise ConfigError(
+            f"run {source.info.run_id} ({inputs.rec_id}) records no precision to score it under"
+        )
+    return Candidate(source, stored, t[schema.TAG_MODEL_URI], precision)
+
+
+def _scoring_device(uri: str, device: str) -> Any:
+    """The torch device to score on. Raises ConfigError (exit 2) for cuda where there is none."""
     import mlflow
 
-    from ampflow.compare import stats
     from ampflow.engine.devices import resolve_device
-    from ampflow.engine.scoring import score_model
 
+    # models:/ URIs (the candidate's logged model, the champion's alias) resolve against the global URI
     mlflow.set_tracking_uri(uri)
-    dev = resolve_device(device)
+    return resolve_device(device)
+
+
+def _score_candidate(cand: Candidate, data: str | Path, dev: Any) -> Any:
+    """The candidate's score on ``data``'s test split. ConfigError propagates (exit 2); any other
+    failure is a RuntimeError (exit 1): a candidate that cannot be scored is never registered."""
+    from ampflow.engine.scoring import score_model
+    from ampflow.tracking import schema
+
     try:
-        cand = score_model(
-            _load(model_uri, dev),
+        return score_model(
+            _load(cand.model_uri, dev),
             data,
-            precision=cand_precision,
+            precision=cand.precision,
             device=dev,
-            input_names=_names(t.get(schema.TAG_MODEL_INPUTS)),
+            input_names=_names(cand.run.data.tags.get(schema.TAG_MODEL_INPUTS)),
         )
     except ConfigError:
         raise
     except Exception as exc:
         raise RuntimeError(
-            f"candidate {model_uri} (run {source.info.run_id}) cannot be scored on --data {data}: "
+            f"candidate {cand.model_uri} (run {cand.run.info.run_id}) cannot be scored on --data {data}: "
             f"{type(exc).__name__}: {_first_line(exc)}"
         ) from exc
 
-    champion = _champion_version(client, name)
-    champ = None
-    champ_precision = None
-    unloadable = None
-    if champion is not None:
-        champ_run_tags: dict[str, str] = {}
-        champ_params: dict[str, str] = {}
-        if champion.run_id:
-            try:
-                champ_run = client.get_run(champion.run_id)
-                champ_run_tags, champ_params = champ_run.data.tags, champ_run.data.params
-            except Exception as exc:
-                if _server_trouble(exc):
-                    raise
-        champ_precision = (
-            (champion.tags or {}).get(schema.TAG_PRECISION)
-            or champ_params.get("precision")
-            or champ_run_tags.get(schema.TAG_PRECISION)
-        )
-        try:
-            if not champ_precision:
-                raise ValueError("no precision recorded on the version or its run")
-            champ = score_model(
-                _load(f"models:/{name}@{ALIAS}", dev),
-                data,
-                precision=champ_precision,
-                device=dev,
-                input_names=_names(champ_run_tags.get(schema.TAG_MODEL_INPUTS)),
-            )
-            if champ.n != cand.n:
-                raise ValueError(f"scored {champ.n} examples, the candidate {cand.n}")
-        except Exception as exc:
-            if _server_trouble(exc):
-                raise  # the server failing is no verdict on the champion: exit 1, decide another day
-            unloadable = f"{type(exc).__name__}: {_first_line(exc)}"
-            champ = None
-            print(
-                f"ampflow register: champion {name} v{champion.version} cannot be loaded or scored "
-                f"({unloadable})",
-                file=sys.stderr,
-            )
 
-    # -- decide ---------------------------------------------------------------------------------------
-    paired = delta = None
-    verdict = None
+def _score_champion(client: Any, inputs: Inputs, dev: Any, n: int) -> Champion:
+    """The champion (by alias) scored on the same split as the candidate's ``n`` examples. A champion
+    that cannot be loaded or scored is reported on stderr and returned with ``unloadable`` set; server
+    trouble propagates (exit 1), since a failing server is no verdict on the champion."""
+    from ampflow.engine.scoring import score_model
+    from ampflow.tracking import schema
+
+    name = inputs.name
+    champion = _champion_version(client, name)
     if champion is None:
-        promoted, why = True, "no champion yet"
-    elif champ is None:
-        promoted = allow_unloadable_champion
-        why = f"champion v{champion.version} cannot be loaded or scored ({unloadable}); " + (
+        return Champion(None, None, None, None)
+    run_tags, params = _champion_run_data(client, champion)
+    precision = (
+        (champion.tags or {}).get(schema.TAG_PRECISION)
+        or params.get("precision")
+        or run_tags.get(schema.TAG_PRECISION)
+    )
+    try:
+        if not precision:
+            raise ValueError("no precision recorded on the version or its run")
+        score = score_model(
+            _load(f"models:/{name}@{ALIAS}", dev),
+            inputs.data,
+            precision=precision,
+            device=dev,
+            input_names=_names(run_tags.get(schema.TAG_MODEL_INPUTS)),
+        )
+        if score.n != n:
+            raise ValueError(f"scored {score.n} examples, the candidate {n}")
+    except Exception as exc:
+        if _server_trouble(exc):
+            raise  # the server failing is no verdict on the champion: exit 1, decide another day
+        unloadable = f"{type(exc).__name__}: {_first_line(exc)}"
+        print(
+            f"ampflow register: champion {name} v{champion.version} cannot be loaded or scored "
+            f"({unloadable})",
+            file=sys.stderr,
+        )
+        return Champion(champion, None, precision, unloadable)
+    return Champion(champion, score, precision, None)
+
+
+def _champion_run_data(client: Any, champion: Any) -> tuple[dict[str, str], dict[str, str]]:
+    """``(tags, params)`` of the champion version's run; empty when it has none or the run is gone
+    (its precision may still be on the version). Server trouble propagates."""
+    if not champion.run_id:
+        return {}, {}
+    try:
+        champ_run = client.get_run(champion.run_id)
+    except Exception as exc:
+        if _server_trouble(exc):
+            raise
+        return {}, {}
+    return champ_run.data.tags, champ_run.data.params
+
+
+def _decision(scores: Scores, tolerance: float, allow_unloadable_champion: bool) -> Decision:
+    """Promoted without a champion; with an unloadable one only when allowed; otherwise as
+    :func:`decide` says on the paired per-example correctness (champion as reference)."""
+    from ampflow.compare import stats
+
+    cand, champ = scores.candidate, scores.champion
+    if champ.version is None:
+        return Decision(True, "no champion yet", None, None, None)
+    if champ.score is None:
+        why = f"champion v{champ.version.version} cannot be loaded or scored ({champ.unloadable}); " + (
             "promoted because --allow-unloadable-champion is set"
-            if promoted
+            if allow_unloadable_champion
             else "not promoted without --allow-unloadable-champion"
         )
-    else:
-        paired = stats.mcnemar(champ.correct, cand.correct)
-        promoted, verdict, reason, delta = decide(cand.accuracy, champ.accuracy, tolerance, paired)
-        why = (
-            f"{verdict}: {METRIC} {cand.accuracy:.4f} vs champion v{champion.version} {champ.accuracy:.4f} "
-            f"on the current {SPLIT} split; {reason}"
-        )
+        return Decision(allow_unloadable_champion, why, None, None, None)
+    paired = stats.mcnemar(champ.score.correct, cand.correct)
+    promoted, verdict, reason, delta = decide(cand.accuracy, champ.score.accuracy, tolerance, paired)
+    why = (
+        f"{verdict}: {METRIC} {cand.accuracy:.4f} vs champion v{champ.version.version} "
+        f"{champ.score.accuracy:.4f} on the current {SPLIT} split; {reason}"
+    )
+    return Decision(promoted, why, verdict, paired, delta)
 
-    figures = {
-        "dataset_hash": data_hash,
+
+def _figures(inputs: Inputs, cand: Candidate, scores: Scores, decision: Decision) -> dict[str, Any]:
+    """The decision's figures, tagged on the new version and the candidate's run (``promotion.*``)."""
+    champ = scores.champion
+    paired = decision.paired
+    return {
+        "dataset_hash": inputs.data_hash,
         "split": SPLIT,
-        "n": cand.n,
-        "candidate_accuracy": cand.accuracy,
-        "candidate_precision": cand_precision,
-        "champion_version": None if champion is None else str(champion.version),
-        "champion_accuracy": None if champ is None else champ.accuracy,
-        "champion_precision": champ_precision,
-        "champion_unloadable": unloadable,
-        "delta_pp": delta,
-        "tolerance_pp": tolerance,
-        "verdict": verdict,
-        "promoted": promoted,
-        "reason": why,
+        "n": scores.candidate.n,
+        "candidate_accuracy": scores.candidate.accuracy,
+        "candidate_precision": cand.precision,
+        "champion_version": None if champ.version is None else str(champ.version.version),
+        "champion_accuracy": None if champ.score is None else champ.score.accuracy,
+        "champion_precision": champ.precision,
+        "champion_unloadable": champ.unloadable,
+        "delta_pp": decision.delta,
+        "tolerance_pp": inputs.tolerance,
+        "verdict": decision.verdict,
+        "promoted": decision.promoted,
+        "reason": decision.why,
         **(
             {}
             if paired is None
@@ -328,57 +452,83 @@ def run(
         ),
     }
 
-    # -- register, record, promote ---------------------------------------------------------------------
-    train_hash = p.get("dataset_hash") or t.get(schema.TAG_DATASET_HASH) or summary.get("dataset_hash")
-    lineage = {
-        schema.TAG_SWEEP: summary.get("sweep_run_id"),
-        "ampflow.run_id": source.info.run_id,
+
+def _lineage(inputs: Inputs, cand: Candidate, accuracy: float) -> dict[str, Any]:
+    """The new version's lineage tags: where the model came from and what it was trained on."""
+    from ampflow.tracking import schema
+
+    p, t, metrics = cand.run.data.params, cand.run.data.tags, cand.run.data.metrics
+    train_hash = p.get("dataset_hash") or t.get(schema.TAG_DATASET_HASH) or inputs.summary.get("dataset_hash")
+    return {
+        schema.TAG_SWEEP: inputs.summary.get("sweep_run_id"),
+        "ampflow.run_id": cand.run.info.run_id,
         schema.TAG_DATASET_HASH: train_hash,
-        schema.TAG_PRECISION: cand_precision,
+        schema.TAG_PRECISION: cand.precision,
         "ampflow.compile": p.get("compile"),
-        schema.TAG_CONFIG_ID: rec_id,
-        schema.TAG_RECIPE: recipe,
+        schema.TAG_CONFIG_ID: inputs.rec_id,
+        schema.TAG_RECIPE: inputs.recipe,
         schema.TAG_HARDWARE: t.get(schema.TAG_HARDWARE),
         # the accuracy on the split this decision used; the stored one is the run's own metric
-        f"ampflow.{METRIC}": cand.accuracy,
-        "ampflow.macro_f1": source.data.metrics.get("macro_f1"),
-        "ampflow.samples_per_s": source.data.metrics.get("samples_per_s"),
+        f"ampflow.{METRIC}": accuracy,
+        "ampflow.macro_f1": metrics.get("macro_f1"),
+        "ampflow.samples_per_s": metrics.get("samples_per_s"),
     }
+
+
+def _register_version(
+    client: Any, inputs: Inputs, cand: Candidate, scores: Scores, decision: Decision, figures: dict[str, Any]
+) -> tuple[Any, str]:
+    """Create the model version (lineage and decision tags), record the decision on the candidate's
+    run and move the alias when promoted; returns ``(version, message)``. MLflow errors propagate."""
+    name, rec_id, why = inputs.name, inputs.rec_id, decision.why
+    lineage = _lineage(inputs, cand, scores.candidate.accuracy)
     tags = _tag_values({**lineage, **{PROMOTION + k: v for k, v in figures.items()}})
     _ensure_registered_model(client, name)
+    model_uri = cand.model_uri
     model_id = model_uri.split("/", 1)[1] if model_uri.startswith("models:/") else None
     source_uri = model_uri
     if model_id:
         # a version's source must be the logged model's artifact location, linked by model_id
         source_uri = client.get_logged_model(model_id).artifact_location
     mv = client.create_model_version(
-        name, source_uri, run_id=source.info.run_id, tags=tags, model_id=model_id
+        name, source_uri, run_id=cand.run.info.run_id, tags=tags, model_id=model_id
     )
-    _record_on_run(client, source.info.run_id, figures, name, mv.version)
-    if promoted:
+    _record_on_run(client, cand.run.info.run_id, figures, name, mv.version)
+    champion = scores.champion.version
+    if decision.promoted:
         client.set_registered_model_alias(name, ALIAS, mv.version)
         message = f"registered {name} v{mv.version} ({rec_id}) and promoted it to '{ALIAS}': {why}"
     elif champion is not None:
         message = f"registered {name} v{mv.version} ({rec_id}); not promoted, '{ALIAS}' stays v{champion.version}: {why}"
     else:  # pragma: no cover - without a champion the candidate is always promoted
         message = f"registered {name} v{mv.version} ({rec_id}); not promoted: {why}"
+    return mv.version, message
 
+
+def _result(
+    inputs: Inputs, cand: Candidate, scores: Scores, decision: Decision, version: Any, message: str
+) -> dict[str, Any]:
+    """The register.json dict with non-finite floats as None; written next to the summary (strict
+    JSON) when the summary came from a file."""
+    champion, champ, paired = scores.champion.version, scores.champion.score, decision.paired
+    acc = scores.candidate.accuracy
     result = {
-        "schema": "ampflow.register/2", "model_name": name, "version": str(mv.version), "config_id": rec_id,
-        "run_id": source.info.run_id, "model_uri": model_uri, "stored_accuracy": stored,
-        METRIC: cand.accuracy, "champion_before": None if champion is None else {
+        "schema": "ampflow.register/2", "model_name": inputs.name, "version": str(version),
+        "config_id": inputs.rec_id, "run_id": cand.run.info.run_id, "model_uri": cand.model_uri,
+        "stored_accuracy": cand.stored, METRIC: acc, "champion_before": None if champion is None else {
             "version": str(champion.version), METRIC: None if champ is None else champ.accuracy,
-            "precision": champ_precision, "unloadable": unloadable},
-        "paired_test": None if paired is None else paired.to_dict(), "delta_pp": delta, "verdict": verdict,
-        "dataset_hash": data_hash, "split": SPLIT, "n": cand.n, "precision": cand_precision,
-        "promoted": promoted, "alias": ALIAS, "reason": why, "message": message, "tolerance_pp": tolerance,
+            "precision": scores.champion.precision, "unloadable": scores.champion.unloadable},
+        "paired_test": None if paired is None else paired.to_dict(), "delta_pp": decision.delta,
+        "verdict": decision.verdict, "dataset_hash": inputs.data_hash, "split": SPLIT,
+        "n": scores.candidate.n, "precision": cand.precision, "promoted": decision.promoted, "alias": ALIAS,
+        "reason": decision.why, "message": message, "tolerance_pp": inputs.tolerance,
     }  # fmt: skip
     result = _finite(result)
-    if summary_path is not None:
+    if inputs.summary_path is not None:
         from ampflow.io import atomic_write_text
 
         text = json.dumps(result, indent=2, sort_keys=True, allow_nan=False, default=str)
-        atomic_write_text(summary_path.with_name("register.json"), text + "\n")
+        atomic_write_text(inputs.summary_path.with_name("register.json"), text + "\n")
     return result
 
 
