@@ -71,6 +71,9 @@ def test_sweep_trains_every_config_and_compares_against_the_baseline(tmp_path):
 
     row = "| bf16-mixed |" if cpu_has_native_bf16() else "| bf16-mixed (bf16 emulated) |"
     assert row in proc.stdout
+    # training is not silence: each configuration's progress, named, in plain lines when not a terminal
+    for i, cid in enumerate(["32-true", "bf16-mixed", "32-true-r1", "bf16-mixed-r1"], 1):
+        assert f"[{i}/4] {cid}: training: step 12/12\n" in proc.stdout
     # the closing lines say what to use next: the recommendation, the sweep run, the files
     tail = proc.stdout.strip().splitlines()[-5:]
     assert tail[0] == f"recommended: {summary['recommended']}" and tail[1] == "sweep run:   not tracked"

@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -153,11 +154,62 @@ def _child_env() -> dict[str, str]:
     return env
 
 
-def _run_child(argv: list[str], log_path: Path) -> int:
+_STEP_LINE = re.compile(rb"step (\d+)/(\d+)")
+
+
+def _run_child(argv: list[str], log_path: Path, label: str | None = None) -> int:
+    """Run one step in a child process, its output appended to ``log_path``; returns its exit code.
+
+    With ``label``, the child's ``step N/M`` lines become progress here: a bar on a terminal, a plain
+    line at each quarter of the run in a log (minutes of tweets-minilm training are not silence).
+    """
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "ab") as log:
-        proc = subprocess.run(argv, stdout=log, stderr=subprocess.STDOUT, env=_child_env(), check=False)
+        start = log.tell()
+        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=_child_env())  # noqa: S603
+        if label is None:
+            return proc.wait()
+        progress = _Progress(label)
+        while proc.poll() is None:
+            time.sleep(0.5)
+            progress.update(_last_step(log_path, start))
+        progress.update(_last_step(log_path, start))
+        progress.close()
     return proc.returncode
+
+
+def _last_step(log_path: Path, start: int) -> tuple[int, int] | None:
+    """The last ``step N/M`` the child printed since ``start`` (a byte offset), or None."""
+    with open(log_path, "rb") as fh:
+        fh.seek(start)
+        found = _STEP_LINE.findall(fh.read())
+    return (int(found[-1][0]), int(found[-1][1])) if found else None
+
+
+class _Progress:
+    """A tqdm bar named after the configuration on a terminal; quarter-way lines otherwise."""
+
+    def __init__(self, label: str):
+        self.label, self.bar, self.said = label, None, 0
+        self.tty = sys.stdout.isatty()
+
+    def update(self, step: tuple[int, int] | None) -> None:
+        if step is None:
+            return
+        done, total = step
+        if self.tty:
+            if self.bar is None:
+                from tqdm import tqdm
+
+                self.bar = tqdm(total=total, desc=self.label, unit="step", leave=False)
+            self.bar.update(done - self.bar.n)
+        elif total and done * 4 // total > self.said:
+            self.said = done * 4 // total
+            print(f"{self.label}: step {done}/{total}", flush=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
 
 
 def _tail(path: Path, lines: int = 15) -> str:
@@ -278,7 +330,7 @@ def _run_entry(
         },
         overrides=settings,
     )
-    rc = _run_child(train.argv(program), log_path)
+    rc = _run_child(train.argv(program), log_path, label=f"{tag}: training")
     if rc == 0:
         print(f"{tag}: evaluating", flush=True)
         evaluate = plan_step(
