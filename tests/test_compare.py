@@ -128,14 +128,16 @@ def test_report_from_a_tracked_sweep_and_regression_gate(tracking_env, mlflow_cl
         assert c["figures"]["samples_per_s"]["median"] == m["samples_per_s"]
         assert c["figures"]["peak_memory_bytes"]["median"] == m["peak_memory_bytes"]
         assert c["figures"]["accuracy"]["median"] == m["accuracy"]
-        assert c["loss_curve"] and c["loss_curve"][-1][0] == 19
+        assert c["loss_curve"] and c["loss_curve"][-1][0] == 29
         # without a manifest at hand the dataset input still carries the content hash
         assert mlflow_client.get_run(run_id).inputs.dataset_inputs[0].dataset.digest == ("ab" * 32)[:36]
     assert by_id(s)["bf16-mixed"]["speedup"] == 1.4 and s["recommended"] == "bf16-mixed"
     html = (out / "report.html").read_text()
     assert html.count("data:image/png;base64,") == 4 and "bf16-mixed" in html
     arts = {a.path for a in mlflow_client.list_artifacts(first, "compare")}
-    assert arts == {"compare/summary.json", "compare/report.md", "compare/report.html"}
+    # the reports, and the table and plots as MLflow views (log_table, log_figure)
+    assert arts == {"compare/summary.json", "compare/report.md", "compare/report.html", "compare/table.json",
+                    "compare/samples_per_s.png", "compare/accuracy.png"}  # fmt: skip
     assert mlflow_client.get_run(first).data.tags["ampflow.recommended"] == "bf16-mixed"
 
     # the same summary from run directories
