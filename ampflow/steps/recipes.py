@@ -1,8 +1,8 @@
 """``ampflow recipes``: list the built-in recipes (name, description, defaults) as a table or JSON.
 
-    ampflow recipes
-    ampflow recipes --json
-    PYTHONPATH=examples ampflow recipes --recipe my_recipe:digits   # check a user recipe loads
+ampflow recipes
+ampflow recipes --json
+PYTHONPATH=examples ampflow recipes --recipe my_recipe:digits   # check a user recipe loads
 """
 
 from __future__ import annotations
