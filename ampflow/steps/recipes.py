@@ -1,8 +1,10 @@
 """``ampflow recipes``: list the built-in recipes (name, description, defaults) as a table or JSON.
 
-ampflow recipes
-ampflow recipes --json
-PYTHONPATH=examples ampflow recipes --recipe my_recipe:digits   # check a user recipe loads
+    ampflow recipes
+    ampflow recipes --json
+    PYTHONPATH=examples ampflow recipes --recipe my_recipe:digits   # check a user recipe loads
+
+A user recipe is any ``module:function`` on the Python path that returns a recipe object.
 """
 
 from __future__ import annotations
