@@ -55,11 +55,13 @@ def _epilog(module: Any) -> str | None:
             keep = True
         else:
             keep = False
-    parts = ["examples:\n" + "\n".join(examples)] if examples else []
+    parts = []
     if getattr(module, "TAKES_ALL_SET_KEYS", False):
         from ampflow.config import set_keys_help
 
         parts.append(set_keys_help())
+    if examples:  # last, where a person looks first
+        parts.append("examples:\n" + "\n".join(examples))
     return "\n\n".join(parts) or None
 
 

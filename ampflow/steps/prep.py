@@ -360,9 +360,8 @@ def _check_finite(arrays: dict[str, dict[str, Any]], frames: dict[str, Any], sou
             if n:
                 columns[str(col)] = columns.get(str(col), 0) + n
     if bad_rows:
-        named = (
-            ", ".join(f"{c!r}: {n} rows" for c, n in sorted(columns.items())) or "not traceable to a column"
-        )
+        named = ", ".join(f"{c!r}: {n} row{'s' if n > 1 else ''}" for c, n in sorted(columns.items()))
+        named = named or "not traceable to a column"
         raise ConfigError(
             f"--source {source}: {bad_rows} of {total} rows have empty or non-finite feature values "
             f"({named}); fill or drop them in the source (training would skip every batch holding one)"

@@ -33,6 +33,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 import posixpath
 import re
 import sys
@@ -282,14 +283,17 @@ def _read_summary(summary: str | Path | dict[str, Any]) -> tuple[dict[str, Any],
 
 
 def _client(tracking_uri: str | None, summary: dict[str, Any]) -> tuple[Any, str]:
-    """``(MlflowClient, tracking URI)``: the explicit URI, else the summary's, else the default."""
+    """``(MlflowClient, tracking URI)``: the explicit URI, else ``MLFLOW_TRACKING_URI`` (the store this
+    process is configured for, as every other step uses), else the summary's, else the default."""
     from mlflow.tracking import MlflowClient
 
     from ampflow.tracking.tracker import tracking_uri as default_uri
     from ampflow.tracking.writer import apply_http_defaults
 
     apply_http_defaults()
-    uri = tracking_uri or summary.get("tracking_uri") or default_uri()
+    uri = (
+        tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or summary.get("tracking_uri") or default_uri()
+    )
     return MlflowClient(with_credentials(uri)), uri
 
 
