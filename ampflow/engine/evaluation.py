@@ -24,20 +24,6 @@ EVAL_SCHEMA = "ampflow.eval.result/1"
 ECE_BINS = 15
 
 
-def evaluate(
-    config: RunConfig,
-    recipe: Any,
-    data_dir: Path,
-    state: dict[str, Any],
-    *,
-    policy: PrecisionPolicy,
-    device: Any,
-    split: str = "test",
-) -> dict[str, Any]:
-    """The eval.json dict of :func:`evaluate_examples`, without the per-example results."""
-    return evaluate_examples(config, recipe, data_dir, state, policy=policy, device=device, split=split)[0]
-
-
 @torch.no_grad()
 def evaluate_examples(
     config: RunConfig,
