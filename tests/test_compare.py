@@ -111,12 +111,18 @@ def test_bad_input_is_a_config_error():
 
 
 @pytest.mark.slow
-def test_report_from_a_tracked_sweep_and_regression_gate(tracking_env, mlflow_client, tmp_path):
+def test_report_from_a_tracked_sweep_and_regression_gate(tracking_env, mlflow_client, tmp_path, capsys):
     first, dirs = log_sweep(
         tmp_path / "s1", [("32-true", 100.0, 2.0e8, 0.80), ("bf16-mixed", 140.0, 1.2e8, 0.798)]
     )
     out = tmp_path / "report1"
     assert main(["compare", "--sweep", first, "--out", str(out), "--fail-on-regression"]) == 0
+    # the closing lines say where things went: the sweep run and every file written
+    tail = capsys.readouterr().out.strip().splitlines()[-5:]
+    assert tail == [
+        "recommended: bf16-mixed", f"sweep run:   {first}", f"summary:     {out / 'summary.json'}",
+        f"report:      {out / 'report.md'}", f"html report: {out / 'report.html'}",
+    ]  # fmt: skip
     s = json.loads((out / "summary.json").read_text())
     assert (
         s["schema"] == "ampflow.compare/1" and s["sweep_run_id"] == first and s["regression_baseline"] == []

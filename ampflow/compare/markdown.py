@@ -6,6 +6,7 @@ Owns the table's columns and the number formats both reports share (:func:`fmt_v
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 MIB = 1 / 2**20  # bytes -> MiB
@@ -119,4 +120,25 @@ def render_markdown(summary: dict[str, Any]) -> str:
             "",
             "No previous comparable sweep (same recipe, hardware, dataset and settings) to check regressions against.",
         ]
+    return "\n".join(lines)
+
+
+def closing_lines(summary: dict[str, Any], out: Path | None) -> str:
+    """The closing lines of a sweep: the recommendation, the sweep's MLflow run and the files written.
+
+    The sweep run id is what ``ampflow compare --sweep`` and ``ampflow register`` need next; ``out``
+    None (nothing written) leaves the file lines out.
+    """
+    rec = summary.get("recommended")
+    lines = [
+        "",
+        f"recommended: {rec}" if rec else f"recommended: none ({summary.get('recommendation')})",
+        f"sweep run:   {summary.get('sweep_run_id') or 'not tracked'}",
+    ]
+    files = [out / name for name in ("summary.json", "report.md", "report.html")] if out else []
+    lines += [
+        f"{label:<12} {f}"
+        for label, f in zip(("summary:", "report:", "html report:"), files, strict=False)
+        if f.is_file()
+    ]
     return "\n".join(lines)

@@ -31,6 +31,7 @@ from typing import Any
 
 from ampflow import locking
 from ampflow.commands import plan_step
+from ampflow.compare.markdown import closing_lines
 from ampflow.config import (
     BASELINE_PRECISION,
     CUDA_ONLY_PRECISIONS,
@@ -87,7 +88,7 @@ def cli(args: argparse.Namespace) -> int:
             limit=args.limit,
         )
         print(summary.get("markdown", json.dumps(summary, indent=2)))
-        print(produced(summary, Path(args.out)))
+        print(closing_lines(summary, Path(args.out)))
         return 0
     summary = run(
         config,
@@ -99,32 +100,12 @@ def cli(args: argparse.Namespace) -> int:
     )
     print()
     print(summary["markdown"])
-    print(produced(summary, Path(args.out)))
+    print(closing_lines(summary, Path(args.out)))
     failed = [r["id"] for r in summary["runs"] if r["status"] != "ok"]
     if failed:
         print(f"ampflow bench: {len(failed)} configuration(s) failed: {', '.join(failed)}", file=sys.stderr)
         return 1
     return 0
-
-
-def produced(summary: dict[str, Any], out: Path) -> str:
-    """The closing lines of a sweep: the recommendation, the sweep's MLflow run and the files written.
-
-    The sweep run id is what ``ampflow compare --sweep`` and ``ampflow register`` need next.
-    """
-    rec = summary.get("recommended")
-    lines = [
-        "",
-        f"recommended: {rec}" if rec else f"recommended: none ({summary.get('recommendation')})",
-        f"sweep run:   {summary.get('sweep_run_id') or 'not tracked'}",
-    ]
-    files = [out / name for name in ("summary.json", "report.md", "report.html")]
-    lines += [
-        f"{label:<12} {f}"
-        for label, f in zip(("summary:", "report:", "html report:"), files, strict=True)
-        if f.is_file()
-    ]
-    return "\n".join(lines)
 
 
 def _kfp_local_runner() -> Any:

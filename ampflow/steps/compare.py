@@ -27,7 +27,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ampflow.compare.markdown import render_markdown
+from ampflow.compare.markdown import closing_lines, render_markdown
 from ampflow.compare.regression import DEFAULT_ACCURACY_DROP_PP, DEFAULT_THROUGHPUT_DROP
 from ampflow.compare.summary import compare_runs, write_reports
 from ampflow.compare.verdict import DEFAULT_TOLERANCE_PP
@@ -102,6 +102,7 @@ def cli(args: Any) -> int:
         record_sweep=args.record_sweep,
     )
     print(render_markdown(summary))
+    print(closing_lines(summary, Path(args.out) if args.out else None))
     if summary["regressed"] and args.fail_on_regression:
         print(
             f"ampflow compare: regression against previous sweeps (exit {EXIT_REGRESSION})", file=sys.stderr
