@@ -279,7 +279,7 @@ class Trainer:
             print(
                 f"ampflow train: no step was timed ({self.pos.step - self.start_step} steps run, warmup_steps="
                 f"{c.warmup_steps}{', plus the compiling step' if c.compile else ''}); speed and memory "
-                "figures are empty: raise max_steps",
+                "figures are empty: run longer (max_steps or epochs) or lower warmup_steps",
                 file=sys.stderr,
             )
         peak_fs = peak_flops(device, self.policy.spec.compute)
