@@ -14,47 +14,16 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import pytest
 
 from ampflow import tracking
 from ampflow.config import RunConfig
-from tests.recipes_fixture import NAME, write_dataset
+from tests.recipes_fixture import write_dataset
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def _train(data: Path, out: Path, *extra: str, sleep: str = "0", **popen) -> subprocess.Popen:
-    argv = [
-        sys.executable,
-        "-m",
-        "ampflow",
-        "train",
-        "--recipe",
-        NAME,
-        "--data",
-        str(data),
-        "--out",
-        str(out),
-    ]
-    argv += ["--set", "max_steps=40", "--set", "checkpoint_every=5", "--set", "batch_size=48", *extra]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "AMPFLOW_TINY_STEP_SLEEP": sleep, "PYTHONPATH": str(ROOT)}
-    return subprocess.Popen(argv, env=env, cwd=ROOT, text=True, **popen)  # noqa: S603 - fixed argv
-
-
-def _wait_for_checkpoint(proc: subprocess.Popen, run: Path) -> None:
-    deadline = time.monotonic() + 120
-    while not (run / "checkpoint.pt").exists():
-        assert proc.poll() is None and time.monotonic() < deadline, "no checkpoint appeared"
-        time.sleep(0.01)
-
-
-def _run_ids(client, run: Path) -> list:
-    exp = client.get_experiment_by_name(os.environ["AMPFLOW_EXPERIMENT"])
-    return client.search_runs([exp.experiment_id]) if exp else []
 
 
 def test_an_exception_ends_the_run_failed(tracking_env, mlflow_client, tmp_path):
