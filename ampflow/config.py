@@ -80,6 +80,16 @@ class RunConfig:
     # cap the number of training examples used (0: all); handy for tiny test runs
     limit_train_samples: int = 0
     log_every: int = 10
+    # validate on the prepared `val` split every N optimizer steps and after the last one (0: never).
+    # Off by default: validation lengthens every run (its time is excluded from the figures, not from
+    # the wall clock) and time to target needs a target only the user knows
+    val_every: int = 0
+    # validation accuracy (fraction in (0, 1]) whose first reach gives time_to_target_s and
+    # steps_to_target (needs val_every); stop_at_target ends the run there
+    target_accuracy: float | None = None
+    stop_at_target: bool = False
+    # price of one device for one hour (any currency; none: no cost figures)
+    price_per_device_hour: float | None = None
 
     def __post_init__(self) -> None:
         _validate(self)
@@ -357,6 +367,28 @@ def _validate(c: RunConfig, only: set[str] | None = None) -> None:
         raise ConfigError(f"weight_decay must be >= 0, got {c.weight_decay!r}")
     if checks("auto_batch_plateau") and not 0 <= c.auto_batch_plateau < 1:
         raise ConfigError(f"auto_batch_plateau must be in [0, 1), got {c.auto_batch_plateau!r}")
+    _validate_target(c, checks)
+
+
+def _validate_target(c: RunConfig, checks: Any) -> None:
+    """val_every, target_accuracy, stop_at_target and price_per_device_hour, and the rules tying them."""
+    v = c.val_every
+    if checks("val_every") and (not isinstance(v, int) or isinstance(v, bool) or v < 0):
+        raise ConfigError(f"val_every must be a non-negative integer (0: no validation), got {v!r}")
+    t = c.target_accuracy
+    if checks("target_accuracy") and t is not None:
+        if isinstance(t, bool) or not isinstance(t, int | float) or not 0 < t <= 1:
+            raise ConfigError(f"target_accuracy must be a fraction in (0, 1] or none, got {t!r}")
+    if (checks("target_accuracy") or checks("val_every")) and t is not None and not c.val_every:
+        raise ConfigError(
+            f"target_accuracy={t} needs validation: set val_every to a number of steps (e.g. val_every=50)"
+        )
+    if (checks("stop_at_target") or checks("target_accuracy")) and c.stop_at_target and t is None:
+        raise ConfigError("stop_at_target=true needs a target_accuracy (and val_every)")
+    price = c.price_per_device_hour
+    if checks("price_per_device_hour") and price is not None:
+        if isinstance(price, bool) or not isinstance(price, int | float) or not price >= 0:
+            raise ConfigError(f"price_per_device_hour must be a number >= 0 or none, got {price!r}")
 
 
 def parse_list(name: str, text: str, allowed: tuple[str, ...] | None = None) -> list[str]:
