@@ -72,6 +72,16 @@ METRIC_KEYS = {
     "timed_wall_s",
     "timed_cpu_s",
     "checkpoint_s",
+    # time to target, energy and cost (issue 13; null here: no val_every, no counter, no price)
+    "validation_s",
+    "steps_to_target",
+    "time_to_target_s",
+    "final_val_accuracy",
+    "energy_j",
+    "joules_per_sample",
+    "cost_per_run",
+    "cost_per_1k_samples",
+    "cost_to_target",
 }
 
 

@@ -19,11 +19,15 @@ from ampflow.engine import checkpoint, parallel
 
 @dataclass
 class Progress:
-    """What the loop accumulates besides weights: the data position, the loss curve, the non-finite streak."""
+    """What the loop accumulates besides weights: the data position, the loss curve, the non-finite streak,
+    the validation curve ``[[step, train_clock_s, val_accuracy], ...]`` and the training clock's reading
+    (seconds, :mod:`ampflow.engine.validation`) when the checkpoint was written."""
 
     pos: Position = field(default_factory=Position)
     loss_curve: list[list[float]] = field(default_factory=list)
     nonfinite_run: int = 0
+    val_curve: list[list[float]] = field(default_factory=list)
+    train_clock_s: float = 0.0
 
     @classmethod
     def of(cls, state: dict[str, Any] | None) -> Progress:
@@ -35,6 +39,8 @@ class Progress:
             Position(int(state["step"]), int(state["epoch"]), int(state["index"])),
             [list(x) for x in saved.get("loss_curve", [])],
             int(saved.get("nonfinite_run", 0)),
+            [list(x) for x in saved.get("val_curve", [])],
+            float(saved.get("train_clock_s", 0.0)),
         )
 
 
@@ -169,6 +175,8 @@ class TrainState:
                     "progress": {
                         "loss_curve": self.progress.loss_curve,
                         "nonfinite_run": self.progress.nonfinite_run,
+                        "val_curve": self.progress.val_curve,
+                        "train_clock_s": self.progress.train_clock_s,
                     },
                 },
             )

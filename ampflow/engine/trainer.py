@@ -28,10 +28,9 @@ import torch
 
 from ampflow import __version__
 from ampflow.config import ConfigError, RunConfig
-from ampflow.data.batching import DataOrder, epoch_permutation
+from ampflow.data.loading import TrainData
 from ampflow.data.manifest import dataset_hash, dataset_info, read_manifest
-from ampflow.data.splits import load_tensors
-from ampflow.engine import autobatch, checkpoint, parallel
+from ampflow.engine import autobatch, checkpoint, energy, parallel
 from ampflow.engine.console import ProgressLog
 from ampflow.engine.devices import bf16_native, device_name, peak_flops
 from ampflow.engine.export import example_input, exportable_model
@@ -39,8 +38,9 @@ from ampflow.engine.metrics import flops_per_sample
 from ampflow.engine.optim import build_optimizer
 from ampflow.engine.precision import PrecisionPolicy
 from ampflow.engine.state import TrainState, wrap_and_restore
-from ampflow.engine.step import NonFiniteLossError, Stepper, loss_fn_of
-from ampflow.engine.throughput import ThroughputWindow, count_tokens
+from ampflow.engine.step import NonFiniteLossError, Stepper, loss_fn_of, sync
+from ampflow.engine.throughput import ThroughputWindow
+from ampflow.engine.validation import Validator
 
 RESULT_SCHEMA = "ampflow.train.result/1"
 # samples of the first batch the FLOP count runs on (a per-sample figure: more adds nothing)
@@ -85,8 +85,9 @@ class Trainer:
         self.matmul_precision = policy.setup()
 
         seed_everything(config.seed)
-        self.inputs, self.labels = load_tensors(data_dir, "train", device, policy, config.limit_train_samples)
-        self.n = int(self.labels.shape[0])
+        # in memory or streamed (data_loading), bucket-padded or not (pad_to): see ampflow.data.loading
+        self.data = TrainData(data_dir, config, recipe, device, policy)
+        self.inputs, self.labels, self.n = self.data.inputs, self.data.labels, self.data.n
         model = self._build_model()
         self.loss_fn = loss_fn_of(recipe)
         if self.rank:
@@ -100,12 +101,17 @@ class Trainer:
         self.stepper = self._build_stepper()
         self.pos = self.state.progress.pos
         self.start_step = self.pos.step
-        self.order = DataOrder(self.n, self.batch_size, config.seed, self.rank, self.world, device, self.pos)
+        self.order = self.data.make_order(self.batch_size, config.seed, self.rank, self.world, self.pos)
         self.window = ThroughputWindow(
             device, config.warmup_steps + (1 if config.compile else 0), config.compile
         )
         self.last_loss = math.nan
         self.checkpoint_s = 0.0
+        # validation on the val split and the training clock time to target is read on (.validation)
+        self.val = Validator(
+            self.config, data_dir, device, policy, self.rank, self.world, self.state.progress
+        )
+        self.energy = energy.meter_for(device, dist_info.local_rank)
 
     # -- set-up -------------------------------------------------------------------------------
 
@@ -135,19 +141,16 @@ class Trainer:
         self.total_steps = c.total_steps(self.n // self.per_step)
         self.config = c.replace(batch_size=self.batch_size) if c.batch_size != self.batch_size else c
 
-    def _count_flops(self, model: Any) -> float | None:
-        """FLOPs per sample, on a copy of the unwrapped model with the first samples of the run."""
-        probe = epoch_permutation(self.config.seed, 0, self.n)[
-            : min(self.batch_size // self.world, FLOPS_PROBE_SAMPLES)
-        ]
-        idx = torch.from_numpy(probe).to(self.device)
-        return flops_per_sample(
-            model,
-            {k: v.index_select(0, idx) for k, v in self.inputs.items()},
-            self.labels.index_select(0, idx),
-            self.loss_fn,
-            self.policy.autocast,
-        )
+    def _count_flops(self, model: Any) -> dict[int | None, float | None]:
+        """FLOPs per sample per padded length (``{None: f}`` under fixed padding), on a copy of the
+        unwrapped model with the first samples of the run."""
+        k = min(self.batch_size // self.world, FLOPS_PROBE_SAMPLES)
+        return {
+            pad: flops_per_sample(
+                model, *self.data.probe(self.config.seed, k, pad), self.loss_fn, self.policy.autocast
+            )
+            for pad in self.data.pad_lengths()
+        }
 
     def _build_state(self, run_dir: Path, resume_state: dict[str, Any] | None) -> TrainState:
         """Optimizer and LR schedule for the wrapped model, restored from ``resume_state`` when given."""
@@ -183,6 +186,8 @@ class Trainer:
         )
         # clip the real parameters, not the compiled wrapper's view of them
         stepper.params = [p for p in self.model.parameters() if p.requires_grad]
+        # micro-batches are (epoch, start) refs, served in memory or streamed (ampflow.data.loading)
+        stepper.fetch = self.data.fetch
         return stepper
 
     # -- training -----------------------------------------------------------------------------
@@ -195,17 +200,26 @@ class Trainer:
         divergence; every rank must call.
         """
         log = ProgressLog(self.total_steps, self.start_step, self.config.log_every, self.is_main)
+        self.val.clock.start()
+        self.data.start((self.total_steps - self.pos.step) * self.config.grad_accum)
         try:
-            while self.pos.step < self.total_steps:
+            # stop() is the same on every rank (the val accuracy is all-reduced)
+            while self.pos.step < self.total_steps and not self.val.stop():
                 local_step = self.pos.step - self.start_step
                 timed = self.window.timed(local_step)
+                if timed:
+                    self.energy.resume()  # no-op once running: energy covers the timed window
                 starts = [self.order.next_global() for _ in range(self.config.grad_accum)]
                 loss, dt = self.train_step(starts, local_step, timed)
                 self._report(loss, dt, log)
-                self.window.close_step(timed, checkpoint_s=self._periodic_checkpoint())
+                self.window.close_step(timed, checkpoint_s=self._between_steps())
+                self.energy.tick()
         finally:
             log.close()
+            self.energy.pause()
+            self.data.close()
         memory = self.window.memory()
+        self.state.progress.train_clock_s = self.val.clock.seconds()
         full_state = self.state.save(finished=True)
         model = exportable_model(
             self.model,
@@ -222,7 +236,7 @@ class Trainer:
         The loss is the mean over ranks. Raises NonFiniteLossError after ``max_nonfinite_steps``
         non-finite losses in a row.
         """
-        micro = [self.order.local_indices(e, s) for e, s in starts]
+        micro = list(starts)
         self.window.clock_start()
         out = self.stepper(micro)
         dt = self.window.clock_stop()
@@ -259,10 +273,34 @@ class Trainer:
             self.tracker.log_metrics(m, step=self.pos.step)
         log.update(self.pos.step, loss, lr, sps, scale)
 
+    def _between_steps(self) -> float:
+        """The validation and the periodic checkpoint due after this step; returns their seconds, which the
+        throughput window (as checkpoint time), the training clock and the energy meter all leave out."""
+        step = self.pos.step
+        validate = self.val.due(step, self.total_steps)
+        if not (validate or self._checkpoint_due()):
+            return 0.0
+        with self.energy.paused():
+            sync(self.device)
+            t0 = time.perf_counter()
+            clock_s = self.val.clock.seconds(t0)
+            if validate:
+                acc = self.val.run(parallel.unwrap(self.model), step, clock_s)
+                if self.is_main:
+                    self.tracker.log_metrics({"val_accuracy": acc, "train_clock_s": clock_s}, step=step)
+            self.state.progress.train_clock_s = clock_s
+            self._periodic_checkpoint()
+            seconds = time.perf_counter() - t0
+        self.val.clock.exclude(seconds)
+        return seconds
+
+    def _checkpoint_due(self) -> bool:
+        every = self.config.checkpoint_every
+        return bool(every) and not self.pos.step % every and self.pos.step < self.total_steps
+
     def _periodic_checkpoint(self) -> float:
         """Write the every-``checkpoint_every``-steps checkpoint when one is due; returns its seconds."""
-        every = self.config.checkpoint_every
-        if not every or self.pos.step % every or self.pos.step >= self.total_steps:
+        if not self._checkpoint_due():
             return 0.0
         t0 = time.perf_counter()
         self.state.save(finished=False)
@@ -274,7 +312,7 @@ class Trainer:
 
     def _result(self, memory: Any) -> dict[str, Any]:
         c, w, device = self.config, self.window, self.device
-        tokens = count_tokens(self.recipe, self.inputs, self.order, w.batches) if self.is_main else 0
+        tokens = self.data.count_tokens(self.recipe, w.batches) if self.is_main else 0
         if not w.step_times and self.is_main:
             print(
                 f"ampflow train: no step was timed ({self.pos.step - self.start_step} steps run, warmup_steps="
@@ -287,7 +325,8 @@ class Trainer:
             batch_size=self.batch_size,
             world=self.world,
             tokens=tokens,
-            flops_per_sample=self.flops_per_sample,
+            # under bucketing the mean over the timed batches' padded lengths
+            flops_per_sample=self.data.mean_over(self.flops_per_sample, w.batches),
             peak_flops=peak_fs,
             memory=memory,
             device=device,
@@ -300,6 +339,18 @@ class Trainer:
             batch_size=self.batch_size,
             train_wall_s=time.perf_counter() - self.wall0,
             checkpoint_s=self.checkpoint_s,
+            validation_s=self.val.seconds,
+        )
+        metrics.update(self.val.curve.figures())
+        energy_info = self._energy(metrics)
+        metrics.update(
+            energy.cost_figures(
+                c.price_per_device_hour,
+                devices=self.world,
+                train_wall_s=metrics["train_wall_s"],
+                samples_per_s=metrics.get("samples_per_s"),
+                time_to_target_s=metrics["time_to_target_s"],
+            )
         )
         return {
             "schema": RESULT_SCHEMA,
@@ -318,6 +369,7 @@ class Trainer:
             "ampflow_version": __version__,
             "dataset_hash": self.data_hash,
             "train_examples": self.n,
+            "data_loading": self.data.mode,
             "epochs_seen": self.pos.epoch + (1 if self.pos.index else 0),
             "lr_schedule": self.lr_plan,
             "resumed_from_step": self.start_step if self.resumed else None,
@@ -328,5 +380,28 @@ class Trainer:
             "metrics": metrics,
             "batch_size_search": self.search_report,
             "loss_curve": self.state.progress.loss_curve,
+            "val_curve": self.state.progress.val_curve,
+            "stopped_at_target": bool(c.stop_at_target and self.val.curve.reached() is not None),
+            "energy": energy_info,
             "checkpoint": str(self.state.path),
+        }
+
+    def _energy(self, metrics: dict[str, Any]) -> dict[str, Any]:
+        """Add ``energy_j`` / ``joules_per_sample`` (every rank's joules summed) to ``metrics``; returns
+        result.json's ``energy`` ``{source, domains, reason}`` (reason: why the figures are null).
+        Collective: every rank calls."""
+        meter = self.energy
+        own = meter.joules
+        total, missing = parallel.all_reduce([own or 0.0, 1.0 if own is None else 0.0], "sum", self.device)
+        joules, reason = (total, None) if not missing else (None, meter.reason)
+        if missing and reason is None:
+            reason = f"no energy counter readable on {int(missing)} of the {self.world} ranks"
+        if joules is not None and not self.window.step_times:
+            joules, reason = None, "no step was timed"
+        metrics.update(energy.energy_figures(joules, len(self.window.batches) * self.batch_size))
+        counter = meter.counter
+        return {
+            "source": meter.source if joules is not None else None,
+            "domains": list(counter.domains) if counter is not None and joules is not None else [],
+            "reason": reason,
         }

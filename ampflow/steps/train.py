@@ -214,8 +214,11 @@ def run(
     if state is not None and state.get("finished") and (out / RESULT_FILE).is_file():
         # an orchestrator's retry of a run that already finished: report it, train nothing
         prev = json.loads((out / RESULT_FILE).read_text(encoding="utf-8"))
+        # a run that stopped at its target (stop_at_target) is finished whatever max_steps says
         if prev.get("metrics", {}).get("steps") == state.get("step") and (
-            config.max_steps is None or config.max_steps <= state.get("step", 0)
+            config.max_steps is None
+            or config.max_steps <= state.get("step", 0)
+            or prev.get("stopped_at_target")
         ):
             print(
                 f"ampflow train: {out} already finished at step {state['step']}; nothing to do",
