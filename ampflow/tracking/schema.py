@@ -4,7 +4,8 @@ params   the resolved RunConfig fields under their own names (recipe, precision,
          strategy, ...) plus world_size, device, device_name, torch_version, ampflow_version,
          dataset_hash, fp32_matmul_precision, bf16_emulated
 step     ``<kind>/<name>`` per optimizer step, e.g. train/loss, train/lr, train/step_time_s,
-metrics  train/samples_per_s (the engine picks the names; the tracker adds the prefix)
+metrics  train/samples_per_s (the engine picks the names; the tracker adds the prefix); per validation
+         (``val_every``) train/val_accuracy and train/train_clock_s at the step it followed
 summary  the engine's result figures under their result.json names (samples_per_s, tokens_per_s,
 metrics  step_time_p50_s, peak_memory_bytes, mfu, final_train_loss, loss_scale, skipped_steps, ...)
          plus accuracy, macro_f1, ece, eval_loss, eval_n from eval.json
@@ -76,6 +77,16 @@ SUMMARY_METRICS = (
     "timed_steps",
     "batch_size",
     "train_wall_s",
+    # time to a target accuracy, energy and cost (engine.validation, engine.energy); null ones left out
+    "validation_s",
+    "steps_to_target",
+    "time_to_target_s",
+    "final_val_accuracy",
+    "energy_j",
+    "joules_per_sample",
+    "cost_per_run",
+    "cost_per_1k_samples",
+    "cost_to_target",
 )
 EVAL_METRICS = {
     "accuracy": "accuracy",
