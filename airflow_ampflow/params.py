@@ -16,6 +16,9 @@ from airflow.sdk import Param
 from ampflow.config import BASELINE_PRECISION, PRECISIONS, overrides_schema
 
 MODES = ("local", "kubernetes")
+APIS = ("trainjob", "pytorchjob")
+# a Kueue LocalQueue or a PriorityClass: a DNS-1123 subdomain that also fits a label value (63)
+_K8S_NAME = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
 
 
 def parse_time_setting(name: str, default: str) -> str:
@@ -59,11 +62,61 @@ def common_params() -> dict[str, Param]:
             description="local or kubernetes; empty: Variable ampflow_execution_mode, else local",
         ),
         "image": Param(None, type=["null", "string"], description="kubernetes mode: training image override"),
+        "mlflow_conn_id": Param(
+            "mlflow_default",
+            type="string",
+            minLength=1,
+            description="Airflow connection (type http) of the MLflow tracking server: host/port/schema, "
+            "login/password, extra insecure_tls or server_cert_path; when it does not exist the worker's "
+            "MLFLOW_TRACKING_* environment (kubernetes: the Secret) is used",
+        ),
+        **cluster_params(),
         "fail_on_regression": Param(
             False,
             type="boolean",
             description="fail the run (compare exits 3) when a configuration regressed against earlier "
             "runs of the recipe on the same hardware",
+        ),
+    }
+
+
+def cluster_params() -> dict[str, Param]:
+    """The shared-cluster params (kubernetes mode): Kueue queue, priority class, the job API of a
+    distributed train, and the two deadlines ``ampflow launch`` separates (README: Kubernetes)."""
+    return {
+        "queue": Param(
+            None,
+            type=["null", "string"],
+            maxLength=63,
+            pattern=_K8S_NAME,
+            description="kubernetes: Kueue LocalQueue (label kueue.x-k8s.io/queue-name) of the job and pods",
+        ),
+        "priority_class": Param(
+            None,
+            type=["null", "string"],
+            maxLength=63,
+            pattern=_K8S_NAME,
+            description="kubernetes: the pods' priorityClassName (a distributed TrainJob takes it from "
+            "its runtime: use api pytorchjob)",
+        ),
+        "api": Param(
+            "trainjob",
+            type="string",
+            enum=list(APIS),
+            description="kubernetes, nodes x gpus_per_node > 1: Kubeflow Trainer v2 TrainJob, or the "
+            "legacy Training Operator's PyTorchJob",
+        ),
+        "queue_timeout": Param(
+            None,
+            type=["null", "number"],
+            exclusiveMinimum=0,
+            description="kubernetes, distributed: seconds the job may wait to be admitted and scheduled",
+        ),
+        "run_deadline": Param(
+            None,
+            type=["null", "number"],
+            exclusiveMinimum=0,
+            description="kubernetes, distributed: seconds the job may run once it started",
         ),
     }
 

@@ -98,7 +98,7 @@ def test_train_pod_has_gpu_placement_secret_and_the_step_argv(dags):
     dag = dags["retrain"]
     ctx = context(dag, "train")
     op = step_op(dag, "train", TRAIN_OPTS)
-    kpo = op.pod_operator(ctx)
+    kpo = op.configure_pod(ctx)
     pod = kpo.build_pod_request_obj(ctx)
     c = pod.spec.containers[0]
     assert c.image == IMAGE
@@ -130,8 +130,8 @@ def test_train_pod_has_gpu_placement_secret_and_the_step_argv(dags):
 
 def test_a_retried_train_resumes_from_its_checkpoint(dags):
     dag = dags["retrain"]
-    first = step_op(dag, "train", TRAIN_OPTS).pod_operator(context(dag, "train", try_number=1))
-    second = step_op(dag, "train", TRAIN_OPTS).pod_operator(context(dag, "train", try_number=2))
+    first = step_op(dag, "train", TRAIN_OPTS).configure_pod(context(dag, "train", try_number=1))
+    second = step_op(dag, "train", TRAIN_OPTS).configure_pod(context(dag, "train", try_number=2))
     assert "--resume" not in first.arguments
     assert "--resume" in second.arguments
 
@@ -139,7 +139,7 @@ def test_a_retried_train_resumes_from_its_checkpoint(dags):
 def test_cpu_steps_get_no_gpu_and_compare_hands_its_summary_to_xcom(dags):
     dag = dags["retrain"]
     ctx = context(dag, "prep")
-    prep = step_op(dag, "prep", {"recipe": "tweets-bow", "out": "/mnt/ampflow/r/data"}).pod_operator(ctx)
+    prep = step_op(dag, "prep", {"recipe": "tweets-bow", "out": "/mnt/ampflow/r/data"}).configure_pod(ctx)
     pod = prep.build_pod_request_obj(ctx)
     c = pod.spec.containers[0]
     assert "nvidia.com/gpu" not in (c.resources.limits or {})
@@ -152,7 +152,7 @@ def test_cpu_steps_get_no_gpu_and_compare_hands_its_summary_to_xcom(dags):
         "runs": ["/mnt/ampflow/r/runs/candidate"],
         "out": "/mnt/ampflow/r/compare",
     }
-    kpo = step_op(dag, "compare", opts).pod_operator(ctx)
+    kpo = step_op(dag, "compare", opts).configure_pod(ctx)
     pod = kpo.build_pod_request_obj(ctx)
     c = pod.spec.containers[0]
     assert kpo.do_xcom_push is True
@@ -179,7 +179,7 @@ def test_job_name_is_fixed_by_run_and_task_not_by_try(dags):
 def test_multi_gpu_training_runs_the_launcher_in_a_small_pod(dags):
     dag = dags["retrain"]
     ctx = context(dag, "train", conf={"nodes": 2, "gpus_per_node": 4})
-    kpo = step_op(dag, "train", TRAIN_OPTS).pod_operator(ctx)
+    kpo = step_op(dag, "train", TRAIN_OPTS).configure_pod(ctx)
     pod = kpo.build_pod_request_obj(ctx)
     c = pod.spec.containers[0]
     argv = c.command + c.args
@@ -220,10 +220,12 @@ def test_the_pytorchjob_the_launcher_pod_would_submit_is_valid(dags, tmp_path):
     from ampflow.kube import validate_admission
 
     dag = dags["retrain"]
-    ctx = context(dag, "train", conf={"nodes": 2, "gpus_per_node": 4})
+    # the legacy Training Operator's API, chosen by the DAG's api param (a TrainJob is the default)
+    ctx = context(dag, "train", conf={"nodes": 2, "gpus_per_node": 4, "api": "pytorchjob"})
     argv = step_op(dag, "train", TRAIN_OPTS).argv(ctx, (os.environ["AMPFLOW_BIN"],), "kubernetes") + [
         "--dry-run"
     ]
+    assert argv[argv.index("--api") + 1] == "pytorchjob"
     proc = subprocess.run(argv, capture_output=True, text=True, check=False, cwd=tmp_path)  # noqa: S603
     assert proc.returncode == 0, proc.stderr[-2000:]
     manifest = yaml.safe_load(proc.stdout)
@@ -257,7 +259,7 @@ def test_the_clean_up_task_runs_ampflow_close_runs_in_a_cpu_pod(dags):
     root = run_root(ctx)
     op = copy.copy(dag.task_dict["close_mlflow_runs"])
     op.step_options = close_runs_options(ctx, root)
-    pod = op.pod_operator(ctx).build_pod_request_obj(ctx)
+    pod = op.configure_pod(ctx).build_pod_request_obj(ctx)
     c = pod.spec.containers[0]
     assert c.command + c.args == [
         *("ampflow", "close-runs", "--tag", f"{TAG_AIRFLOW_RUN_ID}={ctx['run_id']}", "--run-root", root)
