@@ -23,6 +23,8 @@ PRECISIONS: tuple[str, ...] = get_args(Precision)
 # modes that run fp16 math: refused on CPU (no fp16 training there), never emulated
 CUDA_ONLY_PRECISIONS: tuple[str, ...] = ("16-mixed", "16-true")
 LR_SCHEDULES = ("linear", "cosine", "constant")
+PAD_TO = ("bucket", "max")
+DATA_LOADING = ("auto", "memory", "stream")
 _DEFAULT_TIMING_WARMUP = 5
 # What a run uses when neither its own settings nor its recipe's ``defaults`` give a value. The
 # batch size and the learning rate are filled in by RunConfig.resolve; the others depend on the
@@ -79,6 +81,15 @@ class RunConfig:
     eval_batch_size: int = 256
     # cap the number of training examples used (0: all); handy for tiny test runs
     limit_train_samples: int = 0
+    # token recipes: pad each batch to its longest sequence rounded up to a bucket length, with a
+    # length-grouped seeded order ("bucket"), or every batch to the split's width ("max");
+    # None: the recipe's choice (fixed padding when it has none)
+    pad_to: Literal["bucket", "max"] | None = None
+    # the train split copied to the device once ("memory"), read batch by batch from disk through a
+    # DataLoader ("stream"), or "auto": stream when it would take over half the free memory
+    data_loading: Literal["auto", "memory", "stream"] = "auto"
+    # DataLoader worker processes of the stream path (0: read in the training process)
+    data_workers: int = 2
     log_every: int = 10
     # validate on the prepared `val` split every N optimizer steps and after the last one (0: never).
     # Off by default: validation lengthens every run (its time is excluded from the figures, not from
@@ -356,6 +367,14 @@ def _validate(c: RunConfig, only: set[str] | None = None) -> None:
             raise ConfigError(f"{name} must be a positive integer, got {v!r}")
     if checks("lr_schedule") and c.lr_schedule is not None:
         _check_literal("lr_schedule", c.lr_schedule, LR_SCHEDULES)
+    if checks("pad_to") and c.pad_to is not None:
+        _check_literal("pad_to", c.pad_to, PAD_TO)
+    if checks("data_loading"):
+        _check_literal("data_loading", c.data_loading, DATA_LOADING)
+    if checks("data_workers") and (
+        not isinstance(c.data_workers, int) or isinstance(c.data_workers, bool) or c.data_workers < 0
+    ):
+        raise ConfigError(f"data_workers must be a non-negative integer, got {c.data_workers!r}")
     non_negative = ("warmup_steps", "lr_warmup_steps", "seed", "checkpoint_every", "limit_train_samples")
     for name in filter(checks, non_negative):
         v = getattr(c, name)

@@ -67,6 +67,13 @@ class BaseRecipe:
     # where the built-in data comes from, for the manifest ("" when the recipe has none)
     builtin_source = ""
     defaults: dict[str, Any] = {}
+    # padding-aware batching (``--set pad_to=bucket``): the arrays of shape (n, width) whose second
+    # axis is a right-padded sequence (cut to the batch's bucket length), the array whose last
+    # non-zero position + 1 is a sample's length, and the bucket lengths (None: multiples of 16 up to
+    # the width). A recipe without sequence arrays always pads to the width.
+    sequence_arrays: tuple[str, ...] = ()
+    length_array: str | None = None
+    pad_buckets: tuple[int, ...] | None = None
 
     def load_source(self, source: str | None) -> pd.DataFrame:
         """Read a user file; recipes with built-in data override this for ``source=None``."""
