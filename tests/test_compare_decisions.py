@@ -399,7 +399,7 @@ def test_a_row_and_the_recommendation_in_full(tmp_path):
             write_run(tmp_path, "c0", precision="bf16-mixed", thr=150.0, acc=0.899, predictions=cand),
             write_run(tmp_path, "c1", precision="bf16-mixed", thr=160.0, acc=0.899, seed=1)]  # fmt: skip
     s = compare_runs(runs, previous=[])
-    row = {k: v for k, v in by_id(s)["bf16-mixed"].items() if k not in ("figures", "run_dirs", "loss_curve")}
+    row = {k: v for k, v in by_id(s)["bf16-mixed"].items() if k not in ("figures", "run_dirs", "loss_curve", "val_curve")}
     assert row == {
         "config_id": "bf16-mixed", "precision": "bf16-mixed", "compile": False, "strategy": "single",
         "repeats": 2, "is_baseline": False, "run_ids": [None, None], "bf16_emulated": False,
@@ -412,6 +412,7 @@ def test_a_row_and_the_recommendation_in_full(tmp_path):
         "reason": "accuracy -0.10 pp, within 0.5 pp and not significantly worse (McNemar p=1 on 1000 examples, "
                   "detectable >= 0.60 pp)",
         "speed_verdict": "faster", "speed_reason": "1.55x the baseline's samples/s",
+        "time_to_target": {"reached": None, "of": 2, "speedup": None, "note": "no target_accuracy set"},
     }  # fmt: skip
     assert s["recommendation"] == "bf16-mixed: fastest configuration that keeps accuracy (1.55x the baseline)"
     assert s["recommended_run_id"] is None and s["baseline"] == "32-true"

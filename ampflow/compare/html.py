@@ -13,7 +13,16 @@ import io
 from html import escape
 from typing import Any
 
-from ampflow.compare.markdown import MIB, fmt_figure, fmt_value, header_notes
+from ampflow.compare.markdown import (
+    MIB,
+    efficiency_header,
+    efficiency_notes,
+    fmt_figure,
+    fmt_value,
+    has_efficiency,
+    header_notes,
+    time_to_target_cell,
+)
 
 BASELINE_COLOR, PASS_COLOR, FAIL_COLOR = "#4c72b0", "#55a868", "#c44e52"
 FIGSIZE = (6, 3.4)  # inches
@@ -75,6 +84,25 @@ def _loss(plt: Any, configs: list[dict[str, Any]]) -> str:
     return _png(plt, fig)
 
 
+def _val_curves(plt: Any, configs: list[dict[str, Any]], target: float | None) -> str:
+    """Validation accuracy against the training clock, one line per configuration (its first run), the
+    target as a dashed line: time to accuracy, where the speedup a user banks shows."""
+    fig, ax = plt.subplots(figsize=FIGSIZE)
+    styles = ("-", "--", ":", "-.")
+    for i, c in enumerate(configs):
+        curve = c.get("val_curve") or []
+        if curve:
+            ax.plot([p[1] for p in curve], [p[2] * 100 for p in curve], marker="o", markersize=3,
+                    label=c["config_id"], linewidth=1.2, linestyle=styles[i % len(styles)])  # fmt: skip
+    if target is not None:
+        ax.axhline(target * 100, color="grey", linestyle="--", linewidth=0.8, label=f"target {target:g}")
+    ax.set_xlabel("training clock s (validation and checkpoints excluded)")
+    ax.set_ylabel("val accuracy %")
+    ax.set_title("Time to accuracy")
+    ax.legend(fontsize=8)
+    return _png(plt, fig)
+
+
 def _tradeoff(plt: Any, configs: list[dict[str, Any]], colors: list[str], tolerance_pp: float) -> str:
     fig, ax = plt.subplots(figsize=FIGSIZE)
     placed: list[str] = []  # labels of points that may coincide are stacked, not overprinted
@@ -108,7 +136,8 @@ def _tradeoff(plt: Any, configs: list[dict[str, Any]], colors: list[str], tolera
 
 
 def render_plots(summary: dict[str, Any]) -> dict[str, str]:
-    """The report's four plots as base64 PNG: ``{"throughput", "memory", "loss", "tradeoff": str}``.
+    """The report's plots as base64 PNG: ``{"throughput", "memory", "loss", "tradeoff": str}``, plus
+    ``"time_to_accuracy"`` (validation accuracy against the training clock) when some run validated.
 
     Bars are blue for the baseline, green for a pass, red otherwise. Raises ImportError without
     matplotlib; StopIteration when no row is the baseline.
@@ -117,7 +146,7 @@ def render_plots(summary: dict[str, Any]) -> dict[str, str]:
     configs = summary["configs"]
     colors = [BASELINE_COLOR if c["is_baseline"] else (PASS_COLOR if c["verdict"] == "pass" else FAIL_COLOR)
               for c in configs]  # fmt: skip
-    return {
+    plots = {
         "throughput": _bars(
             plt, configs, colors, "samples_per_s", 1.0, "samples/s", "Throughput (median, min-max)"
         ),
@@ -125,6 +154,9 @@ def render_plots(summary: dict[str, Any]) -> dict[str, str]:
         "loss": _loss(plt, configs),
         "tradeoff": _tradeoff(plt, configs, colors, summary["tolerance_pp"]),
     }
+    if any(c.get("val_curve") for c in configs):
+        plots["time_to_accuracy"] = _val_curves(plt, configs, summary.get("target_accuracy"))
+    return plots
 
 
 def _table_row(c: dict[str, Any], recommended: str | None) -> str:
@@ -139,6 +171,28 @@ def _table_row(c: dict[str, Any], recommended: str | None) -> str:
         f"<td>{fmt_value(c['macro_f1_delta_pp'], '+.2f')}</td><td>{fmt_value(c['ece_delta'], '+.4f')}</td>"
         f"<td class='{c['verdict']}' title='{escape(str(c.get('reason')))}'>{c['verdict']}</td>"
         f"<td title='{escape(str(c.get('speed_reason')))}'>{c.get('speed_verdict', 'n/a')}</td></tr>"
+    )
+
+
+def _efficiency(summary: dict[str, Any]) -> str:
+    """The time-to-target and cost table (the Markdown report's second table); "" when it has none."""
+    if not has_efficiency(summary):
+        return ""
+    rows = "".join(
+        f"<tr><td>{escape(c['config_id'])}</td><td>{fmt_figure(c, 'samples_per_s', '.1f')}</td>"
+        f"<td>{fmt_figure(c, 'final_val_accuracy', '.4f')}</td><td>{fmt_figure(c, 'steps_to_target', '.0f')}</td>"
+        f"<td title='{escape(str((c.get('time_to_target') or {}).get('note')))}'>{time_to_target_cell(c)}</td>"
+        f"<td>{fmt_value((c.get('time_to_target') or {}).get('speedup'), '.2f', 'x')}</td>"
+        f"<td>{fmt_figure(c, 'joules_per_sample', '.4g')}</td><td>{fmt_figure(c, 'cost_per_1k_samples', '.4g')}</td>"
+        f"<td>{fmt_figure(c, 'cost_to_target', '.4g')}</td></tr>"
+        for c in summary["configs"]
+    )
+    notes = "".join(f"<li>{escape(n[2:])}</li>" for n in efficiency_notes(summary))
+    return (
+        f"<h2>Time to target and cost</h2><p class='meta'>{escape(efficiency_header(summary))}</p>"
+        "<table><tr><th>config</th><th>samples/s</th><th>final val acc</th><th>steps to target</th>"
+        "<th>time to target s</th><th>speedup to target</th><th>J/sample</th><th>cost/1k samples</th>"
+        f"<th>cost to target</th></tr>{rows}</table>" + (f"<ul>{notes}</ul>" if notes else "")
     )
 
 
@@ -196,6 +250,7 @@ def render_html(summary: dict[str, Any]) -> str:
 {rows}</table>
 <ul>{reasons}</ul>
 <p class="meta">medians, (min-max) over repeats; ~ marks a difference within the spread (noise)</p>
+{_efficiency(summary)}
 {_regressions(summary)}
 <div class="plots">{imgs}</div>
 </body></html>

@@ -43,6 +43,85 @@ def _table_row(c: dict[str, Any], recommended: str | None) -> str:
     )
 
 
+# figures of the time-to-target and cost table (compare.efficiency), in column order after samples/s
+EFFICIENCY_FIGURES = ("joules_per_sample", "cost_per_1k_samples", "cost_to_target")
+
+
+def has_efficiency(summary: dict[str, Any]) -> bool:
+    """Whether the reports show the time-to-target and cost table: the runs set a target accuracy, or
+    some configuration has an energy or cost figure."""
+    return summary.get("target_accuracy") is not None or any(
+        c["figures"].get(k) for c in summary["configs"] for k in EFFICIENCY_FIGURES
+    )
+
+
+def time_to_target_cell(c: dict[str, Any], spec: str = ".4g") -> str:
+    """A row's time to target in seconds: the median (min-max) over the runs that reached it, ``[k/n]``
+    when only k of n did, ``never`` when none did, ``n/a`` without a target."""
+    tt = c.get("time_to_target") or {}
+    if tt.get("reached") is None:
+        return "n/a"
+    if not tt["reached"]:
+        return "never"
+    text = fmt_figure(c, "time_to_target_s", spec)
+    return text + (f" [{tt['reached']}/{tt['of']}]" if tt["reached"] < tt["of"] else "")
+
+
+def efficiency_header(summary: dict[str, Any]) -> str:
+    """The sentence above the time-to-target and cost table: the target, the cadence, the clock."""
+    target = summary.get("target_accuracy")
+    if target is None:
+        head = "no target_accuracy set (no time to target)"
+    else:
+        head = (
+            f"time to target: training-clock seconds (warm-up included; validation and checkpoint writes "
+            f"excluded) to the first validation at or above val accuracy {target:g}, validated every "
+            f"{summary.get('val_every')} steps; speedup = baseline time / this time, only where every run of "
+            "both reached it; it informs, the recommendation does not use it"
+        )
+    energy = summary.get("energy_note")
+    tail = f"; energy unavailable: {energy}" if energy else ""
+    return head + "; J/sample over the timed window; cost = devices x hours x price_per_device_hour" + tail
+
+
+def efficiency_notes(summary: dict[str, Any]) -> list[str]:
+    """One plain line per configuration that did not reach the target in every run."""
+    out = []
+    for c in summary["configs"]:
+        tt = c.get("time_to_target") or {}
+        if tt.get("reached") is not None and tt["reached"] < tt["of"]:
+            out.append(f"- {c['config_id']}: {tt['note']}")
+    return out
+
+
+def _efficiency_row(c: dict[str, Any]) -> str:
+    tt = c.get("time_to_target") or {}
+    return (
+        f"| {c['config_id']} | {fmt_figure(c, 'samples_per_s', '.1f')} | {fmt_figure(c, 'final_val_accuracy', '.4f')} "
+        f"| {fmt_figure(c, 'steps_to_target', '.0f')} | {time_to_target_cell(c)} "
+        f"| {fmt_value(tt.get('speedup'), '.2f', 'x')} | {fmt_figure(c, 'joules_per_sample', '.4g')} "
+        f"| {fmt_figure(c, 'cost_per_1k_samples', '.4g')} | {fmt_figure(c, 'cost_to_target', '.4g')} |"
+    )
+
+
+def efficiency_table(summary: dict[str, Any]) -> list[str]:
+    """The time-to-target and cost table (Markdown lines, a blank line first); [] when
+    :func:`has_efficiency` is false."""
+    if not has_efficiency(summary):
+        return []
+    lines = [
+        "",
+        efficiency_header(summary),
+        "",
+        "| config | samples/s | final val acc | steps to target | time to target s | speedup to target "
+        "| J/sample | cost/1k samples | cost to target |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    lines += [_efficiency_row(c) for c in summary["configs"]]
+    notes = efficiency_notes(summary)
+    return lines + (["", *notes] if notes else [])
+
+
 def header_notes(summary: dict[str, Any]) -> list[str]:
     """The lines both reports put above the table: what was compared, the allowed mismatches, runs that
     skipped steps, and the accuracy test used (with the smallest difference the test split can detect)."""
@@ -106,6 +185,7 @@ def render_markdown(summary: dict[str, Any]) -> str:
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|",
     ]
     lines += [_table_row(c, summary.get("recommended")) for c in summary["configs"]]
+    lines += efficiency_table(summary)
     lines += ["", f"**Recommended:** {summary['recommendation']}"]
     reasons = _reasons(summary)
     if reasons:

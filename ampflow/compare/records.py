@@ -17,6 +17,10 @@ A record is a dict:
     labels         [int] the test examples' labels in the same order (to check that two runs' files
                    are the same examples); None with ``correct``
     loss_curve     [[step, training loss], ...] in step order
+    val_curve      [[step, train_clock_s, val_accuracy], ...] per validation; [] without validation or
+                   from MLflow (time_to_target_s and steps_to_target are in ``metrics`` either way)
+    target_accuracy, val_every                  the run's settings (None / 0 unset)
+    energy_reason  why the run has no energy figure (result.json ``energy.reason``); None from MLflow
     run_id, sweep_run_id, tracking_uri          None for an untracked run
     run_dir                                     from a directory only
     hardware, start_time (epoch ms)             from MLflow only
@@ -114,6 +118,10 @@ def load_run_dir(path: str | Path) -> dict[str, Any]:
         "labels": examples[0] if examples else None,
         "correct": examples[1] if examples else None,
         "loss_curve": result.get("loss_curve") or [],
+        "val_curve": result.get("val_curve") or [],
+        "target_accuracy": finite_or_none(cfg.get("target_accuracy")),
+        "val_every": cfg.get("val_every") or 0,
+        "energy_reason": (result.get("energy") or {}).get("reason"),
         "run_id": state.get("run_id"),
         "sweep_run_id": state.get("parent_run_id"),
         "tracking_uri": state.get("tracking_uri"),
@@ -158,12 +166,24 @@ def record_from_tracked(
         "labels": None,
         "correct": None,
         "loss_curve": [[step, value] for step, value in sorted(loss_history, key=lambda h: h[0])],
+        "val_curve": [],
+        "target_accuracy": _number(params.get("target_accuracy")),
+        "val_every": int(_number(params.get("val_every")) or 0),
+        "energy_reason": None,
         "run_id": run_id,
         "sweep_run_id": sweep_run_id,
         "tracking_uri": tracking_uri,
         "hardware": tags.get(schema.TAG_HARDWARE),
         "start_time": start_time,
     }
+
+
+def _number(text: str | None) -> float | None:
+    """An MLflow param (a string) as a finite float, or None."""
+    try:
+        return finite_or_none(float(text)) if text is not None else None
+    except ValueError:
+        return None
 
 
 def to_records(inputs: Iterable[Any]) -> list[dict[str, Any]]:

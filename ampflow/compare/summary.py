@@ -20,11 +20,12 @@ from ampflow.compare.comparable import (
     check_comparable,
     parse_allowed,
 )
+from ampflow.compare.efficiency import add_time_to_target, energy_note, target_of
 from ampflow.compare.html import render_html
 from ampflow.compare.markdown import render_markdown
 from ampflow.compare.records import to_records
 from ampflow.compare.regression import DEFAULT_ACCURACY_DROP_PP, DEFAULT_THROUGHPUT_DROP, find_regressions
-from ampflow.compare.verdict import DEFAULT_TOLERANCE_PP, SCHEMA, compare_configs
+from ampflow.compare.verdict import DEFAULT_TOLERANCE_PP, SCHEMA, compare_configs, group_by_config
 from ampflow.config import BASELINE_PRECISION, ConfigError
 
 
@@ -74,6 +75,8 @@ def compare_runs(
     mismatches = check_comparable(records, allowed)
     split_by = tuple(m["field"] for m in mismatches)
     verdict = compare_configs(records, baseline=baseline, tolerance=tolerance, split_by=split_by)
+    # time to target beside samples/s: reported, not decided on (compare.efficiency)
+    add_time_to_target(verdict["configs"], group_by_config(records, split_by), verdict["baseline"])
     first = records[0]
     tests = [c["accuracy_test"] for c in verdict["configs"] if c.get("accuracy_test")]
     summary: dict[str, Any] = {  # key order is summary.json's
@@ -90,6 +93,8 @@ def compare_runs(
         "accuracy_test": "mcnemar-exact" if tests else "tolerance-only",
         # the smallest accuracy difference the test split can show significant (None without a paired test)
         "min_detectable_pp": tests[0]["min_detectable_pp"] if tests else None,
+        **target_of(records),
+        "energy_note": energy_note(records),
         "configs": verdict["configs"],
         "recommended": verdict["recommended"],
         "recommended_run_id": verdict["recommended_run_id"],

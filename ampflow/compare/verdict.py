@@ -38,7 +38,10 @@ DEFAULT_TOLERANCE_PP = 0.5  # percentage points of accuracy a configuration may 
 MIN_TIMED_STEPS = 20
 # figures summarised per configuration (median and min-max over repeats)
 FIGURES = ("samples_per_s", "tokens_per_s", "peak_memory_bytes", "step_time_p50_s", "accuracy", "macro_f1", "ece",
-           "mfu", "final_train_loss", "skipped_steps")  # fmt: skip
+           "mfu", "final_train_loss", "skipped_steps",
+           # reported beside the decision, never an input to it (compare.efficiency)
+           "time_to_target_s", "steps_to_target", "final_val_accuracy", "joules_per_sample",
+           "cost_per_1k_samples", "cost_to_target", "cost_per_run")  # fmt: skip
 
 
 def spread(values: list[float | None]) -> dict[str, float] | None:

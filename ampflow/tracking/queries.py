@@ -177,7 +177,8 @@ def previous_sweeps(
 def publish_summary(summary: dict[str, Any], files: list[Path], *, uri: str | None = None) -> None:
     """Log the report files under ``compare/`` on the sweep's parent run (``summary["sweep_run_id"]``),
     each configuration's medians as metrics ``<config_id>/{samples_per_s,accuracy,peak_memory_bytes,
-    speedup}`` (step 0), and the tags ``ampflow.recommended`` and ``ampflow.regressed``.
+    time_to_target_s,joules_per_sample,cost_per_1k_samples,speedup,time_to_target_speedup}`` (step 0;
+    a figure a configuration does not have is left out), and the tags ``ampflow.recommended`` and ``ampflow.regressed``.
 
     Raises what MLflow raises when the store cannot be reached or the run does not exist.
     """
@@ -190,11 +191,15 @@ def publish_summary(summary: dict[str, Any], files: list[Path], *, uri: str | No
     ts = int(time.time() * 1000)
     metrics = []
     for c in summary["configs"]:
-        for key in ("samples_per_s", "accuracy", "peak_memory_bytes"):
+        for key in ("samples_per_s", "accuracy", "peak_memory_bytes", "time_to_target_s", "joules_per_sample",
+                    "cost_per_1k_samples"):  # fmt: skip
             if c["figures"].get(key):
                 metrics.append(Metric(f"{c['config_id']}/{key}", c["figures"][key]["median"], ts, 0))
         if c["speedup"] is not None:
             metrics.append(Metric(f"{c['config_id']}/speedup", c["speedup"], ts, 0))
+        tt_speedup = (c.get("time_to_target") or {}).get("speedup")
+        if tt_speedup is not None:
+            metrics.append(Metric(f"{c['config_id']}/time_to_target_speedup", tt_speedup, ts, 0))
     client.log_batch(run_id, metrics=metrics[:MAX_METRICS_PER_BATCH])
     client.set_tag(run_id, "ampflow.recommended", str(summary.get("recommended")))
     client.set_tag(run_id, "ampflow.regressed", "true" if summary.get("regressed") else "false")
