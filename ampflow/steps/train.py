@@ -41,6 +41,9 @@ RESUME_MAY_CHANGE = (
     "warmup_steps",
     "max_nonfinite_steps",
     "eval_batch_size",
+    # in memory or streamed, the same micro-batches come out
+    "data_loading",
+    "data_workers",
 )
 
 
