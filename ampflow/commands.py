@@ -66,7 +66,12 @@ STEP_OPTIONS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
             "backoff_limit",
             "active_deadline_seconds",
             "ttl_seconds_after_finished",
-            "timeout",
+            "queue",
+            "priority_class",
+            "workload_priority",
+            "queue_timeout",
+            "run_deadline",
+            "timeout",  # the old spelling of run_deadline
             "context",
             "poll_interval",
         ),

@@ -4,20 +4,31 @@ No API server can run on this machine (no docker engine, no kube-apiserver binar
 paths the real kubernetes client calls for ``ampflow.kube.client``, with the API server's own status
 codes and ``Status`` bodies:
 
-    POST   /apis/{group}/{version}/namespaces/{ns}/{plural}           create (201; 409 AlreadyExists;
-                                                                      422 Invalid against the real CRD schema)
+    POST   /apis/{group}/{version}/namespaces/{ns}/{plural}[?dryRun=All]
+                                                                      create (201; 409 AlreadyExists;
+                                                                      422 Invalid against the real CRD schema;
+                                                                      dryRun=All: the same checks, nothing kept)
     GET    /apis/{group}/{version}/namespaces/{ns}/{plural}[/{name}]  list / get (404 NotFound)
     DELETE /apis/{group}/{version}/namespaces/{ns}/{plural}/{name}    delete (pods go with it)
     GET    /api/v1/namespaces/{ns}/pods?labelSelector=a=b,c=d         pod list (equality selectors)
-    GET    /api/v1/namespaces/{ns}/pods/{pod}/log?container=&follow=&tailLines=
+    GET    /api/v1/namespaces/{ns}/pods/{pod}/log?container=&follow=&tailLines=&timestamps=&sinceTime=
                                                                       log; follow streams chunked
-                                                                      until the container ends
+                                                                      until the container ends;
+                                                                      timestamps prefixes each line
+                                                                      with its RFC 3339 time; sinceTime
+                                                                      (truncated to whole seconds, as
+                                                                      the kubelet receives it) starts there
 
 for kubeflow.org/v1 pytorchjobs and trainer.kubeflow.org/v1alpha1 trainjobs. A small "operator"
 moves each job through its conditions as the client polls it (one step per GET, so a script is
 deterministic and never depends on wall-clock time) and creates the pods a real operator would, with
 the real operators' names and labels (v1: ``<job>-master-0`` labelled ``training.kubeflow.org/...``;
-Trainer v2/JobSet: ``<job>-node-0-<i>-xxxxx`` labelled ``jobset.sigs.k8s.io/...``).
+Trainer v2/JobSet: ``<job>-node-0-<i>-xxxxx`` labelled ``jobset.sigs.k8s.io/...``). A TrainJob gets
+no ``Running`` condition (Trainer v2 has none; its pods say it runs), a PyTorchJob does.
+
+Kueue, as its webhook and controller behave: a job created with the ``kueue.x-k8s.io/queue-name``
+label is suspended on create (``spec.suspend`` / ``spec.runPolicy.suspend``), carries a ``Suspended``
+condition and has no pods until it is admitted (``Script.admit_at``), then is unsuspended.
 
 Script a job with :class:`Script`; inject API errors with :meth:`LoopbackCluster.fail`; read back
 every request from :attr:`LoopbackCluster.requests`.
@@ -96,6 +107,12 @@ class Script:
     log_delay_s: float = 0.0
     # pods exist but wait to be scheduled until running_at, with this PodScheduled message
     unschedulable: str = ""
+    # Kueue admits a job that carries the queue label at this GET (before it: suspended, no pods)
+    admit_at: int = 1
+    # the master's log lines' times (RFC 3339, UTC); default: a microsecond apart from pod creation
+    log_times: list[str] | None = None
+    # the first follow of the master's log breaks its connection after this many lines (no final chunk)
+    drop_log_after: int | None = None
 
 
 @dataclass
@@ -112,7 +129,8 @@ class LoopbackCluster:
         self.lock = threading.RLock()
         self.jobs: dict[tuple[str, str, str], _Job] = {}  # (plural, ns, name)
         self.pods: dict[tuple[str, str], dict[str, Any]] = {}  # (ns, name)
-        self.logs: dict[tuple[str, str], list[str]] = {}
+        self.logs: dict[tuple[str, str], list[tuple[str, str]]] = {}  # (time, line)
+        self.dropped_logs = 0  # follow connections broken on purpose (Script.drop_log_after)
         self.requests: list[tuple[str, str]] = []  # (method, path with query)
         self.next_script = Script()
         self._faults: list[tuple[str, int, int, str]] = []  # (verb, status, remaining, message)
@@ -194,6 +212,8 @@ class LoopbackCluster:
             namespace=ns, uid=str(uuid.uuid4()), resourceVersion="1", generation=1, creationTimestamp=_now()
         )
         obj["status"] = {}
+        if KUEUE_QUEUE in (meta.get("labels") or {}):
+            _set_suspend(plural, obj, True)  # Kueue's mutating webhook
         with self.lock:
             self.jobs[(plural, ns, meta["name"])] = _Job(obj, script)
         return obj
@@ -213,14 +233,24 @@ class LoopbackCluster:
         job.gets += 1
         s, obj = job.script, job.obj
         conditions = [_cond("Created", "JobCreated", "job created")]
+        queued = KUEUE_QUEUE in (obj["metadata"].get("labels") or {})
+        if queued and job.gets < s.admit_at:
+            queue = obj["metadata"]["labels"][KUEUE_QUEUE]
+            conditions.append(_cond("Suspended", "Suspended", f"Kueue has not admitted it to {queue}"))
+            obj["status"] = {"conditions": conditions}
+            return
+        if queued:
+            _set_suspend(plural, obj, False)  # admitted: Kueue unsuspends the job
         if s.unschedulable and job.gets < s.running_at:
             self._ensure_pods(plural, job, "Pending")
         if job.gets >= s.running_at:
             self._ensure_pods(plural, job, "Running")
-            conditions.append(_cond("Running", "JobRunning", "job is running"))
+            if plural == "pytorchjobs":  # Trainer v2's TrainJob has no Running condition
+                conditions.append(_cond("Running", "JobRunning", "job is running"))
         ended = s.outcome != "Hang" and job.gets >= s.end_at
         if ended:
-            conditions[-1]["status"] = "False"
+            if conditions[-1]["type"] == "Running":
+                conditions[-1]["status"] = "False"
             terminal = (
                 s.outcome
                 if s.outcome == "Failed"
@@ -301,7 +331,9 @@ class LoopbackCluster:
                         },
                         "status": {},
                     }
-                    self.logs[key] = list(job.script.master_log) if is_master else ["worker up"]
+                    lines = list(job.script.master_log) if is_master else ["worker up"]
+                    times = job.script.log_times if is_master and job.script.log_times else None
+                    self.logs[key] = list(zip(times or _times_from(len(lines)), lines, strict=True))
                 if phase == "Pending":
                     self.pods[key]["status"] = {
                         "phase": "Pending",
@@ -331,8 +363,32 @@ class LoopbackCluster:
             return pod is None or pod["status"].get("phase") in ("Succeeded", "Failed")
 
 
+KUEUE_QUEUE = "kueue.x-k8s.io/queue-name"
+
+
+def _set_suspend(plural: str, obj: dict[str, Any], value: bool) -> None:
+    if plural == "pytorchjobs":
+        obj["spec"].setdefault("runPolicy", {})["suspend"] = value
+    else:
+        obj["spec"]["suspend"] = value
+
+
 def _now() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def _times_from(n: int) -> list[str]:
+    """``n`` kubelet timestamps a microsecond apart from now (RFC3339Nano, 9 fraction digits)."""
+    base = datetime.now(UTC).timestamp()
+    return [
+        datetime.fromtimestamp(base + i * 1e-6, UTC).strftime("%Y-%m-%dT%H:%M:%S.%f") + "000Z"
+        for i in range(n)
+    ]
+
+
+def _seconds(stamp: str) -> str:
+    """A timestamp truncated to whole seconds: sinceTime as the API server passes it on to the kubelet."""
+    return stamp[:19]
 
 
 def _cond(kind: str, reason: str, message: str) -> dict[str, Any]:
@@ -361,6 +417,9 @@ def _status(code: int, message: str, name: str = "", kind: str = "") -> dict[str
 def _handler(cluster: LoopbackCluster) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
+        # headers and body go out in separate writes: without TCP_NODELAY each answer waits out the
+        # client's delayed ACK (about 40 ms), which a test of many polls pays a hundred times
+        disable_nagle_algorithm = True
 
         def log_message(self, *args: Any) -> None:  # keep pytest output clean
             pass
@@ -393,7 +452,9 @@ def _handler(cluster: LoopbackCluster) -> type[BaseHTTPRequestHandler]:
                     return self._send(
                         404, _status(404, f"the server could not find the requested resource ({plural})")
                     )
-                return self._custom(method, group, version, ns, plural, rest[0] if rest else None, body)
+                return self._custom(
+                    method, group, version, ns, plural, rest[0] if rest else None, body, query
+                )
             # /api/v1/namespaces/{ns}/pods[/{name}/log]
             if (
                 len(parts) >= 5
@@ -428,6 +489,7 @@ def _handler(cluster: LoopbackCluster) -> type[BaseHTTPRequestHandler]:
             plural: str,
             name: str | None,
             body: dict[str, Any],
+            query: dict[str, str],
         ) -> None:
             verb = {"POST": "create", "DELETE": "delete"}.get(method, "get" if name else "list")
             fault = cluster._take_fault(verb)
@@ -446,6 +508,8 @@ def _handler(cluster: LoopbackCluster) -> type[BaseHTTPRequestHandler]:
                         422,
                         _status(422, f'{kind}.{group} "{job_name}" is invalid: {problem}', job_name, plural),
                     )
+                if query.get("dryRun") == "All":  # every check of a create, nothing persisted
+                    return self._send(201, json.loads(json.dumps(body)))
                 return self._send(201, cluster._create(group, version, plural, ns, body, cluster.next_script))
             if verb == "list":
                 with cluster.lock:
@@ -496,28 +560,45 @@ def _handler(cluster: LoopbackCluster) -> type[BaseHTTPRequestHandler]:
             key = (ns, pod)
             with cluster.lock:
                 lines = cluster.logs.get(key)
-                delay = next(
+                script = next(
                     (
-                        j.script.log_delay_s
+                        j.script
                         for j in cluster.jobs.values()
                         if j.obj["metadata"]["name"]
                         == cluster.pods.get(key, {}).get("metadata", {}).get("annotations", {}).get("job")
                     ),
-                    0.0,
+                    None,
                 )
+                delay = script.log_delay_s if script is not None else 0.0
+                drop_after = None
+                if script is not None and script.drop_log_after is not None and cluster.dropped_logs == 0:
+                    drop_after = script.drop_log_after
             if lines is None:
                 return self._send(404, _status(404, f'pods "{pod}" not found', pod, "pods"))
+            if "sinceTime" in query:
+                since = _seconds(query["sinceTime"])
+                lines = [(t, line) for t, line in lines if _seconds(t) >= since]
+            stamped = query.get("timestamps", "").lower() == "true"
+            rendered = [(f"{t} {line}" if stamped else line) + "\n" for t, line in lines]
             if query.get("follow", "").lower() != "true":
-                tail = int(query["tailLines"]) if "tailLines" in query else len(lines)
-                text = "".join(line + "\n" for line in lines[len(lines) - min(tail, len(lines)) :])
+                tail = int(query["tailLines"]) if "tailLines" in query else len(rendered)
+                text = "".join(rendered[len(rendered) - min(tail, len(rendered)) :])
                 return self._send(200, text.encode(), "text/plain")
             self.send_response(200)
             self.send_header("Content-Type", "text/plain")
             self.send_header("Transfer-Encoding", "chunked")
             self.end_headers()
             try:
-                for line in lines:
-                    self._chunk((line + "\n").encode())
+                for i, line in enumerate(rendered):
+                    if drop_after is not None and i == drop_after:
+                        # a broken connection mid-stream (an API server restart): half a line, no last chunk
+                        with cluster.lock:
+                            cluster.dropped_logs += 1
+                        self._chunk(line[: len(line) // 2].encode())
+                        self.close_connection = True
+                        self.connection.shutdown(2)
+                        return
+                    self._chunk(line.encode())
                     if delay:
                         time.sleep(delay)
                 # like the kubelet: the stream stays open until the container ends or the pod goes

@@ -6,7 +6,8 @@ PyTorchJob/TrainJob custom objects, pods and pod logs, with a scripted operator 
 through its conditions and creates pods named and labelled as the real operators do. The client under
 test is the real ``kubernetes`` Python client, pointed at it through a ``Configuration`` (and, for the
 CLI, through a kubeconfig file). Scripts advance one step per status poll, so nothing here depends on
-wall-clock time except the client-side deadline, whose length is what is being tested.
+wall-clock time: the queue timeout and run deadline tests drive the client's clock by its own polls
+(:class:`PollClock`), so that a Pending job is held for a counted number of polls, not for seconds.
 
     .venv/bin/python -m pytest tests/test_kube_client.py -q
 """
@@ -83,7 +84,7 @@ def test_success_streams_master_log(cluster: LoopbackCluster, api: str) -> None:
     assert streamed == ["step 1 loss 1.0", "step 2 loss 0.5", "result written"]
     master = "-master-0]" if api == "pytorchjob" else "-node-0-0-"
     assert all(master in line for line in text.splitlines() if line.startswith("["))
-    assert cluster.count("GET", "/log?") >= 1 and "follow=True" in "".join(p for _, p in cluster.requests)
+    assert cluster.count("GET", "follow=true&timestamps=true") >= 1
     assert "Running" in text and ("Succeeded" if api == "pytorchjob" else "Complete") in text
 
 
@@ -197,6 +198,7 @@ def test_retry_reattaches_instead_of_creating_a_duplicate(cluster: LoopbackClust
                 nodes=2,
                 gpus_per_node=1,
                 image="reg/ampflow:0.1",
+                api="pytorchjob",
             )
         )
     )  # rebuilt from the same inputs, as a retry would
@@ -299,7 +301,7 @@ def test_cli_failure_exit_1(
         message="1 Master replica(s) failed",
         master_log=["loading data", "FileNotFoundError: /data/t/manifest.json"],
     )
-    assert main(CLI) == 1
+    assert main([*CLI, "--api", "pytorchjob"]) == 1
     err = capsys.readouterr().err
     assert "failed: PyTorchJob default/" in err and "PyTorchJobFailed: 1 Master replica(s) failed" in err
     assert "FileNotFoundError: /data/t/manifest.json\ninspect: kubectl -n default describe pytorchjob " in err
@@ -314,12 +316,19 @@ def test_cli_api_error_exit_1(
     assert len(err.splitlines()) == 1 and "403 Forbidden" in err and "Traceback" not in err
 
 
+def test_cli_default_api_is_trainjob(cluster: LoopbackCluster, kubeconfig: Path) -> None:
+    """Kubeflow Trainer v2 first: without --api the launch creates a TrainJob."""
+    assert main([*CLI, "--no-logs"]) == 0
+    assert cluster.count("POST", "/apis/trainer.kubeflow.org/v1alpha1/namespaces/default/trainjobs") == 1
+
+
 def test_cli_timeout_deletes(
     cluster: LoopbackCluster, kubeconfig: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     cluster.next_script = Script(outcome="Hang")
     assert main([*CLI, "--timeout", "0.3", "--no-logs"]) == 1
-    assert "DeadlineExceeded" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "DeadlineExceeded: RunDeadline" in err and "(--run-deadline)" in err
     assert cluster.count("DELETE") == 1 and cluster.jobs == {}
 
 
@@ -331,3 +340,130 @@ def test_cli_without_any_cluster(
     assert main(CLI) == 1
     err = capsys.readouterr().err
     assert "no Kubernetes credentials" in err and "Traceback" not in err
+
+
+# -- queues and deadlines: the clock advances by the client's own polls ------------------------------
+
+
+class PollClock:
+    """A clock that moves only when the client sleeps between polls: one poll interval per sleep."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.now += seconds
+
+
+def _clocked(cluster: LoopbackCluster, clock: PollClock) -> JobClient:
+    return JobClient(
+        _api(cluster), poll_interval=1.0, out=io.StringIO(), stream_logs=False, clock=clock, sleep=clock.sleep
+    )
+
+
+@pytest.mark.parametrize("api", ["trainjob", "pytorchjob"])
+def test_queue_timeout_fires_for_a_job_kueue_holds(cluster: LoopbackCluster, api: str) -> None:
+    """The loopback's Kueue never admits the job: it stays suspended with no pods. The queue timeout
+    (5 s) fires and says so; the shorter run deadline (2 s) does not, since the job never ran."""
+    cluster.next_script = Script(outcome="Hang", admit_at=10**6)
+    m = _manifest(api, queue="team-a")
+    clock = PollClock()
+    outcome = _clocked(cluster, clock).run(m, queue_timeout=5, run_deadline=2)
+    assert (outcome.status, outcome.reason, outcome.deadline) == ("DeadlineExceeded", "QueueTimeout", "queue")
+    assert "did not start within 5 s (--queue-timeout): waited 5 s" in outcome.message
+    assert "suspended, not admitted by Kueue (queue team-a)" in outcome.message
+    assert (outcome.queued_s, outcome.ran_s) == (5.0, 0.0)
+    assert outcome.deleted and cluster.jobs == {} and cluster.pods == {}
+
+
+@pytest.mark.parametrize("api", ["trainjob", "pytorchjob"])
+def test_run_deadline_counts_from_the_start_not_from_submission(cluster: LoopbackCluster, api: str) -> None:
+    """Pods unschedulable for 29 polls (longer than the 10 s run deadline), then 4 polls of running:
+    the job succeeds. The same job hanging once it runs is stopped 10 s after its start, reported as
+    the run deadline with both times."""
+    cluster.next_script = Script(unschedulable="0/4 nodes are available", running_at=30, end_at=34)
+    ok = _clocked(cluster, PollClock()).run(_manifest(api), run_deadline=10)
+    assert (ok.status, ok.deadline, ok.queued_s, ok.ran_s) == ("Succeeded", None, 29.0, 4.0)
+
+    cluster.next_script = Script(outcome="Hang", unschedulable="0/4 nodes are available", running_at=30)
+    hung = _clocked(cluster, PollClock()).run(_manifest(api, name="hangs"), run_deadline=10, queue_timeout=60)
+    assert (hung.reason, hung.deadline, hung.queued_s, hung.ran_s) == ("RunDeadline", "run", 29.0, 10.0)
+    assert "ran 10 s after waiting 29 s to start" in hung.message and hung.deleted
+
+
+def test_a_queued_job_runs_once_kueue_admits_it(cluster: LoopbackCluster) -> None:
+    """The real TrainJob CRD schema admits the queue label and the WorkloadPriorityClass label; the
+    loopback's Kueue suspends the job on create and unsuspends it at its 4th poll, and it runs."""
+    cluster.next_script = Script(admit_at=4, running_at=5, end_at=7)
+    m = _manifest("trainjob", queue="team-a", workload_priority="high")
+    outcome = _clocked(cluster, PollClock()).run(m, queue_timeout=30)
+    assert (outcome.status, outcome.queued_s) == ("Succeeded", 4.0)
+
+
+# -- logs that survive a dropped connection -----------------------------------------------------------
+
+
+def test_log_follow_resumes_by_time_after_a_dropped_connection(cluster: LoopbackCluster) -> None:
+    """The first follow breaks after 3 lines, halfway through the 4th. The client reopens it with
+    sinceTime = the 3rd line's time; the server (like the kubelet) answers from that whole second, so
+    every line comes again, one of them with the same timestamp as the last one printed. Each line is
+    printed exactly once, in order, the broken half line never."""
+    times = [
+        "2026-01-01T00:00:00.1Z",
+        "2026-01-01T00:00:00.2Z",
+        "2026-01-01T00:00:00.25Z",
+        "2026-01-01T00:00:00.25Z",
+        "2026-01-01T00:00:00.300000001Z",
+        "2026-01-01T00:00:01Z",
+    ]
+    log = [f"line {i}" for i in range(6)]
+    cluster.next_script = Script(master_log=log, log_times=times, drop_log_after=3, end_at=12)
+    out = io.StringIO()
+    outcome = _jobs(cluster, out).run(_manifest("trainjob"), run_deadline=60)
+    assert outcome.exit_code == 0 and cluster.dropped_logs == 1
+    streamed = [line.split("] ", 1)[1] for line in out.getvalue().splitlines() if line.startswith("[")]
+    assert streamed == log
+    assert cluster.count("GET", "sinceTime=2026-01-01T00%3A00%3A00.25Z") >= 1
+
+
+# -- server-side dry run -------------------------------------------------------------------------------
+
+
+def test_cli_dry_run_asks_the_api_server(
+    cluster: LoopbackCluster, kubeconfig: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """With a reachable cluster, --dry-run creates with dryRun=All (Kubernetes API conventions): the
+    server validates against the real CRD schema and keeps nothing."""
+    assert main([*CLI, "--queue", "team-a", "--dry-run"]) == 0
+    captured = capsys.readouterr()
+    assert yaml.safe_load(captured.out)["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "team-a"
+    assert "accepts TrainJob default/" in captured.err and "nothing was created" in captured.err
+    assert cluster.count("POST", "dryRun=All") == 1 and cluster.count("POST") == 1 and cluster.jobs == {}
+
+
+def test_cli_dry_run_refused_by_the_server_exits_2(
+    cluster: LoopbackCluster, kubeconfig: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An admission refusal (here a ResourceQuota's, as the API server words it) is bad input: exit 2."""
+    quota = (
+        'trainjobs.trainer.kubeflow.org "x" is forbidden: exceeded quota: gpus, requested: nvidia.com/gpu=16'
+    )
+    cluster.fail("create", 403, message=quota)
+    assert main([*CLI, "--dry-run"]) == 2
+    err = capsys.readouterr().err
+    assert (
+        "the API server refused the job (dry run): 403 Forbidden: " + quota in err and "Traceback" not in err
+    )
+    assert cluster.jobs == {}
+
+
+def test_cli_dry_run_without_a_cluster_checks_locally(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("KUBECONFIG", str(tmp_path / "absent"))
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    assert main([*CLI, "--dry-run"]) == 0
+    assert "dry run checked locally only; no cluster to ask" in capsys.readouterr().err

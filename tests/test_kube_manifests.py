@@ -89,6 +89,9 @@ EXTRAS: dict[str, dict[str, Any]] = {
         ),
         "cpu": "8",
         "memory": "64Gi",
+        # Kueue: the LocalQueue and a WorkloadPriorityClass (labels on the job)
+        "queue": "team-a.gpu",
+        "workload_priority": "high",
     },
     "tracked": {
         "mlflow_secret": "mlflow-credentials",
@@ -115,6 +118,7 @@ def _specs() -> list[tuple[str, LaunchSpec]]:
         kw = dict(EXTRAS[extra])
         if api == "pytorchjob" and extra == "scheduled":
             kw.update(clean_pod_policy="All", backoff_limit=0, ttl_seconds_after_finished=600)
+            kw.update(priority_class="training-high")  # pods' priorityClassName: v1 only
         out.append(
             (
                 f"{api}-n{nodes}-g{gpus}-{extra}",
@@ -176,6 +180,11 @@ def test_manifest_is_admitted(spec: LaunchSpec, validators: dict[str, Any], runt
     name = m["metadata"]["name"]
     assert is_dns1035(name) and name == spec.job_name
     assert m["metadata"]["annotations"][SPEC_HASH_ANNOTATION] == spec_hash(m)
+    labels = m["metadata"]["labels"]
+    assert labels.get("kueue.x-k8s.io/queue-name") == spec.queue
+    assert labels.get("kueue.x-k8s.io/priority-class") == spec.workload_priority
+    # Kueue's webhook suspends a labelled job on create; ampflow leaves suspend alone
+    assert "suspend" not in m["spec"] and "suspend" not in m["spec"].get("runPolicy", {})
     gpus, procs = spec.gpus_per_node, max(spec.gpus_per_node, 1)
     if m["kind"] == "PyTorchJob":
         replicas = m["spec"]["pytorchReplicaSpecs"]
@@ -191,6 +200,7 @@ def test_manifest_is_admitted(spec: LaunchSpec, validators: dict[str, Any], runt
         for pod in pods:
             assert pod.get("nodeSelector", {}) == spec.node_selector
             assert pod.get("tolerations", []) == list(spec.tolerations)
+            assert pod.get("priorityClassName") == spec.priority_class
         policy = m["spec"]["runPolicy"]
         assert policy["cleanPodPolicy"] in ("All", "Running", "None")
         assert policy.get("activeDeadlineSeconds") == spec.active_deadline_seconds
@@ -224,6 +234,7 @@ def test_manifest_is_admitted(spec: LaunchSpec, validators: dict[str, Any], runt
             assert {c["name"] for c in pod["containers"]} <= rt_containers
             assert pod.get("nodeSelector", {}) == spec.node_selector
             assert pod.get("tolerations", []) == list(spec.tolerations)
+            assert "priorityClassName" not in pod  # not in runtimePatches' schema: it would be pruned
             mounts = {v["name"] for v in pod["volumes"]}
             assert {vm["name"] for c in pod["containers"] for vm in c["volumeMounts"]} <= mounts
         assert m["spec"].get("activeDeadlineSeconds") == spec.active_deadline_seconds
@@ -480,7 +491,10 @@ def test_dry_run_prints_the_manifest(api: str, capsys: pytest.CaptureFixture[str
 
 
 def test_dry_run_names_and_keeps_secrets_out(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(_launch_args("--dry-run", "--name", "Nightly_Retrain", "--mlflow-secret", "mlflow")) == 0
+    argv = _launch_args(
+        "--api", "pytorchjob", "--dry-run", "--name", "Nightly_Retrain", "--mlflow-secret", "mlflow"
+    )
+    assert main(argv) == 0
     captured = capsys.readouterr()
     m = yaml.safe_load(captured.out)
     assert m["metadata"]["name"] == "nightly-retrain"
@@ -547,7 +561,7 @@ BAD_INPUT = {
     "set value": (["--set", "max_steps=-3"], "max_steps"),
     "set clash": (["--set", "precision=bf16-mixed"], "--precision"),
     "strategy": (["--strategy", "single"], "strategy"),
-    "precision": (["--precision", "fp8"], "precision"),
+    "precision": (["--precision", "int3"], "precision"),
     "toleration": (["--toleration", "k=v:Sometimes"], "effect"),
     "toleration json": (["--toleration", '{"key": "k", "operator": "Maybe"}'], "operator"),
     "selector": (["--node-selector", "pool"], "--node-selector"),
@@ -559,7 +573,15 @@ BAD_INPUT = {
         "ttl_seconds_after_finished",
     ),
     "inline credentials": (["--tracking-uri", "https://bob:hunter2@mlflow.example.com"], "tracking_uri"),
-    "timeout": (["--timeout", "0"], "timeout"),
+    "timeout": (["--timeout", "0"], "run_deadline"),
+    "queue timeout": (["--queue-timeout", "-5"], "queue_timeout must be a positive number of seconds"),
+    "queue": (["--queue", "Team_A"], "queue must be a DNS-1123 name"),
+    "workload priority": (["--workload-priority", "x" * 64], "workload_priority"),
+    "priority class on v2": (
+        ["--priority-class", "high"],
+        "a TrainJob cannot set its pods' priorityClassName",
+    ),
+    "priority class": (["--api", "pytorchjob", "--priority-class", "High!"], "priority_class must be"),
     "token in uri": (["--tracking-uri", "https://hunter2@mlflow.example.com"], "tracking_uri"),
 }
 
@@ -571,3 +593,36 @@ def test_bad_input_exits_2_with_one_line(case: str, capsys: pytest.CaptureFixtur
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and needle in err and "Traceback" not in err
     assert "hunter2" not in err
+
+
+def test_plan_step_carries_api_queue_priority_and_deadlines(capsys: pytest.CaptureFixture[str]) -> None:
+    """What the Airflow DAGs and KFP hand ``plan_step`` (``launch={...}``) reaches the job: the API, the
+    Kueue labels, the pods' priority class, and both deadlines parse back into the launch CLI."""
+    from ampflow.cli import build_parser
+    from ampflow.commands import plan_step
+
+    launch = {
+        "nodes": 2,
+        "gpus_per_node": 4,
+        "image": "i:1",
+        "api": "pytorchjob",
+        "queue": "team-a",
+        "priority_class": "training-high",
+        "workload_priority": "high",
+        "queue_timeout": 21600,
+        "run_deadline": 7200,
+        "dry_run": True,
+    }
+    plan = plan_step(
+        "train", {"recipe": "tweets-bow", "data": "/d", "out": "/r"}, distributed=True, launch=launch
+    )
+    argv = plan.argv()
+    args = build_parser().parse_args(argv[1:])
+    assert (args.queue_timeout, args.run_deadline, args.api) == (21600, 7200, "pytorchjob")
+    assert main(argv[1:]) == 0
+    m = yaml.safe_load(capsys.readouterr().out)
+    assert m["kind"] == "PyTorchJob"
+    assert m["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "team-a"
+    assert m["metadata"]["labels"]["kueue.x-k8s.io/priority-class"] == "high"
+    pods = [r["template"]["spec"] for r in m["spec"]["pytorchReplicaSpecs"].values()]
+    assert [p["priorityClassName"] for p in pods] == ["training-high", "training-high"]

@@ -1,15 +1,22 @@
-"""Submit a PyTorchJob or TrainJob, reattach on retry, watch it to its end, stream the master's log.
+"""Submit a TrainJob or PyTorchJob, reattach on retry, watch it to its end, stream the master's log.
 
     from ampflow.kube.client import JobClient, api_client_from_config
-    outcome = JobClient(api_client_from_config()).run(manifest, timeout=3600)
+    outcome = JobClient(api_client_from_config()).run(manifest, queue_timeout=21600, run_deadline=3600)
     sys.exit(outcome.exit_code)
 
 Truthful outcomes (the old KFP launcher reported a Failed job as success and had no deadline):
 - ``Succeeded`` (v1) / ``Complete`` (v2) -> exit 0;
 - ``Failed`` -> exit 1 with the operator's reason and message and the tail of the master's log;
-- a deadline (``timeout`` here, or the operator's ``activeDeadlineSeconds``) deletes the job -> exit 1;
+- a deadline deletes the job -> exit 1. Two clocks (:class:`Deadlines`): the queue timeout counts the
+  time before the job runs (suspended by Kueue, pods unschedulable or pulling their image), the run
+  deadline the time since it started running, so a job that waited its turn in a queue is never
+  killed for the wait; the operator's ``activeDeadlineSeconds`` is a third, server-side one;
 - a create that meets an existing job (409) reattaches when the spec hash annotation matches, so an
   orchestrator's retry never starts a second copy; a different spec fails without touching it.
+
+The master's log is followed with timestamps (``timestamps=true``); after a dropped connection (an API
+server restart, a log rotation) it is reopened from the last printed line's time (``sinceTime``), and
+lines at or before that time that were already printed are dropped, so nothing is printed twice or lost.
 
 Needs the ``kubernetes`` package (the ``kube`` extra); torch-free and mlflow-free.
 """
@@ -22,7 +29,9 @@ import os
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any, TextIO
 
 from kubernetes import client as k8s
@@ -55,6 +64,9 @@ class Outcome:
     log_tail: list[str] = field(default_factory=list)
     reattached: bool = False
     deleted: bool = False
+    deadline: str | None = None  # "queue" or "run" when one of the client's deadlines ended the job
+    queued_s: float = 0.0  # seconds from submission (or reattaching) until the job ran, or until now
+    ran_s: float = 0.0  # seconds the job ran while watched
 
     @property
     def exit_code(self) -> int:
@@ -72,7 +84,82 @@ class Outcome:
             "deleted": self.deleted,
             "exit_code": self.exit_code,
             "log_tail": self.log_tail,
+            "deadline": self.deadline,
+            "queued_s": self.queued_s,
+            "ran_s": self.ran_s,
         }
+
+
+@dataclass
+class Deadlines:
+    """The two client-side clocks of a launch, in seconds of ``clock`` (any monotonic clock).
+
+    ``queue_timeout`` bounds the wait before the job runs, ``run_deadline`` the time since it started
+    running; None leaves one unbounded. Pure, so a poller elsewhere (an Airflow trigger) can apply it.
+    """
+
+    queue_timeout: float | None
+    run_deadline: float | None
+    submitted: float
+    started: float | None = None
+
+    def mark_started(self, now: float) -> bool:
+        """Record the start (once); True the first time."""
+        if self.started is not None:
+            return False
+        self.started = now
+        return True
+
+    def queued_s(self, now: float) -> float:
+        return (self.started if self.started is not None else now) - self.submitted
+
+    def ran_s(self, now: float) -> float:
+        return 0.0 if self.started is None else now - self.started
+
+    def expired(self, now: float) -> str | None:
+        """``"queue"`` or ``"run"`` when that deadline has passed at ``now``, else None."""
+        if self.started is None:
+            if self.queue_timeout is not None and now - self.submitted >= self.queue_timeout:
+                return "queue"
+        elif self.run_deadline is not None and now - self.started >= self.run_deadline:
+            return "run"
+        return None
+
+
+def is_suspended(obj: dict[str, Any]) -> bool:
+    """Whether the job is suspended (Kueue's webhook suspends a queued job until it is admitted)."""
+    spec = obj.get("spec") or {}
+    return bool(spec.get("suspend") or (spec.get("runPolicy") or {}).get("suspend"))
+
+
+def has_started(obj: dict[str, Any], master: dict[str, Any] | None) -> bool:
+    """Whether the job runs: not suspended, and a ``Running`` condition (v1) or a master pod that left
+    ``Pending`` (both APIs; a TrainJob has no Running condition)."""
+    if is_suspended(obj):
+        return False
+    _, _, _, true_types = job_state(obj)
+    if "Running" in true_types:
+        return True
+    phase = ((master or {}).get("status") or {}).get("phase")
+    return phase in ("Running", "Succeeded", "Failed")
+
+
+def waiting_reason(obj: dict[str, Any], master: dict[str, Any] | None) -> str:
+    """Why a job has not started, in a few words (for the queue timeout's report)."""
+    if is_suspended(obj):
+        queue = ((obj.get("metadata") or {}).get("labels") or {}).get("kueue.x-k8s.io/queue-name")
+        return f"suspended, not admitted by Kueue (queue {queue})" if queue else "suspended"
+    if master is None:
+        return "no master pod yet"
+    status = master.get("status") or {}
+    for c in status.get("conditions") or []:
+        if c.get("type") == "PodScheduled" and c.get("status") == "False":
+            return f"master pod unschedulable: {c.get('message') or c.get('reason', '')}".rstrip(": ")
+    for cs in status.get("containerStatuses") or []:
+        waiting = (cs.get("state") or {}).get("waiting") or {}
+        if waiting.get("reason"):
+            return f"master pod waiting: {waiting['reason']}"
+    return f"master pod {status.get('phase') or 'Pending'}"
 
 
 def api_client_from_config(context: str | None = None) -> k8s.ApiClient:
@@ -130,6 +217,8 @@ class JobClient:
         stream_logs: bool = True,
         tail_lines: int = 50,
         max_api_failures: int = 5,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self.api_client = api_client
         self.custom = k8s.CustomObjectsApi(api_client)
@@ -139,6 +228,9 @@ class JobClient:
         self.stream_logs = stream_logs
         self.tail_lines = tail_lines
         self.max_api_failures = max_api_failures
+        # the deadlines' clock and the polls' sleep (a test drives both to count time without waiting)
+        self.clock = clock
+        self.sleep = sleep
         self._print_lock = threading.Lock()
 
     def say(self, line: str) -> None:
@@ -169,7 +261,7 @@ class JobClient:
                 detail = str(exc)
             failures += 1
             self.say(f"{what}: {detail}; retrying ({failures}/{self.max_api_failures - 1})")
-            time.sleep(min(self.poll_interval * 2**failures, 30.0))
+            self.sleep(min(self.poll_interval * 2**failures, 30.0))
 
     def get(self, manifest: dict[str, Any]) -> dict[str, Any]:
         group, version, plural, ns, name = self._where(manifest)
@@ -230,6 +322,47 @@ class JobClient:
                     f"{ns} ({describe_api_error(exc)}); is the {'Kubeflow training operator' if group == 'kubeflow.org' else 'Kubeflow Trainer'} installed?"
                 ) from None
             raise LaunchError(f"create {what}: {describe_api_error(exc)}") from None
+
+    def dry_run(self, manifest: dict[str, Any]) -> dict[str, str]:
+        """Ask the API server to create ``manifest`` with ``dryRun=All`` (nothing is persisted).
+
+        Returns ``{"verdict", "message"}``; verdict ``accepted``, ``exists`` (a launch would reattach,
+        or be refused for another spec), ``refused`` (the server's message: schema, admission webhook,
+        quota, RBAC) or ``unreachable``.
+        """
+        group, version, plural, ns, name = self._where(manifest)
+        what = f"{manifest['kind']} {ns}/{name}"
+        host = self.api_client.configuration.host
+        try:
+            self._call(
+                f"dry-run create {what}",
+                self.custom.create_namespaced_custom_object,
+                group,
+                version,
+                ns,
+                plural,
+                manifest,
+                dry_run="All",
+                _request_timeout=(5, 30),
+            )
+        except ApiException as exc:
+            if exc.status == 409:
+                return {
+                    "verdict": "exists",
+                    "message": f"{what} already exists at {host}: a launch with the same spec reattaches "
+                    "to it, one with another spec is refused",
+                }
+            if exc.status in TRANSIENT:
+                return {"verdict": "unreachable", "message": f"the API server at {host} answered "
+                        f"{describe_api_error(exc)}"}  # fmt: skip
+            return {"verdict": "refused", "message": describe_api_error(exc)}
+        except LaunchError as exc:
+            return {"verdict": "unreachable", "message": str(exc)}
+        return {
+            "verdict": "accepted",
+            "message": f"the API server at {host} accepts {what} (dryRun=All: schema, admission webhooks "
+            "and quotas checked; nothing was created)",
+        }
 
     def _reattach(self, manifest: dict[str, Any], what: str) -> dict[str, Any]:
         try:
@@ -316,28 +449,49 @@ class JobClient:
 
     # -- watching ---------------------------------------------------------------------------------
 
-    def run(self, manifest: dict[str, Any], *, timeout: float | None = None) -> Outcome:
-        """Submit (or reattach) and watch until the job ends or the deadline passes."""
+    def run(
+        self,
+        manifest: dict[str, Any],
+        *,
+        queue_timeout: float | None = None,
+        run_deadline: float | None = None,
+        timeout: float | None = None,
+    ) -> Outcome:
+        """Submit (or reattach) and watch until the job ends or a deadline passes (see :meth:`watch`)."""
         _, reattached = self.submit(manifest)
-        return self.watch(manifest, timeout=timeout, reattached=reattached)
+        return self.watch(
+            manifest,
+            queue_timeout=queue_timeout,
+            run_deadline=run_deadline if run_deadline is not None else timeout,
+            reattached=reattached,
+        )
 
     def watch(
-        self, manifest: dict[str, Any], *, timeout: float | None = None, reattached: bool = False
+        self,
+        manifest: dict[str, Any],
+        *,
+        queue_timeout: float | None = None,
+        run_deadline: float | None = None,
+        reattached: bool = False,
     ) -> Outcome:
+        """Poll the job to its end. ``queue_timeout`` (seconds before it runs; None: no limit) and
+        ``run_deadline`` (seconds since it started running; None: the job's ``activeDeadlineSeconds``
+        plus :data:`DEADLINE_GRACE_S`, or no limit) delete it when they pass. A reattached watch counts
+        both from the moment it reattached."""
         _, _, plural, ns, name = self._where(manifest)
         kind = manifest["kind"]
-        if timeout is None:
+        if run_deadline is None:
             active = (manifest["spec"].get("runPolicy") or {}).get("activeDeadlineSeconds") or manifest[
                 "spec"
             ].get("activeDeadlineSeconds")
-            timeout = active + DEADLINE_GRACE_S if active else None
-        deadline = None if timeout is None else time.monotonic() + timeout
+            run_deadline = active + DEADLINE_GRACE_S if active else None
+        clocks = Deadlines(queue_timeout, run_deadline, submitted=self.clock())
         follower = _LogFollower(self, manifest) if self.stream_logs else None
         if follower:
             follower.start()
         seen: list[str] = []
-        started = time.monotonic()
         warned = False
+        master: dict[str, Any] | None = None
         try:
             while True:
                 try:
@@ -353,45 +507,97 @@ class JobClient:
                     if t not in seen:
                         seen.append(t)
                         self.say(f"{kind} {ns}/{name}: {t}")
+                now = self.clock()
+                if clocks.started is None and status is None:
+                    # until it runs, look at the master pod too: a TrainJob has no Running condition
+                    if not is_suspended(obj) and "Running" not in true_types:
+                        master = self._master_or_none(manifest)
+                    if has_started(obj, master):
+                        clocks.mark_started(now)
+                        self.say(
+                            f"{kind} {ns}/{name}: Running ({clocks.queued_s(now):.0f} s after "
+                            f"{'reattaching' if reattached else 'submission'})"
+                        )
                 if status is not None:
                     break
-                if not true_types and not warned and time.monotonic() - started > NO_STATUS_WARN_S:
+                if not true_types and not warned and now - clocks.submitted > NO_STATUS_WARN_S:
                     warned = True
                     self.say(
                         f"{kind} {ns}/{name}: no status from the operator after {NO_STATUS_WARN_S} s; "
                         "is the operator running and watching this namespace?"
                     )
-                if deadline is not None and time.monotonic() >= deadline:
-                    # the master still runs: its log stream would not end by itself
-                    tail = self._stop_and_tail(follower, manifest, wait=0)
-                    self.delete(manifest)
-                    self.say(f"{kind} {ns}/{name}: no result within {timeout:g} s: deleted")
-                    return Outcome(
-                        name,
-                        ns,
-                        kind,
-                        "DeadlineExceeded",
-                        "ClientTimeout",
-                        f"no result within {timeout:g} s (--timeout); the job was deleted",
-                        tail,
-                        reattached,
-                        deleted=True,
-                    )
-                time.sleep(self.poll_interval)
+                which = clocks.expired(now)
+                if which is not None:
+                    return self._expire(manifest, follower, clocks, which, now, obj, master, reattached)
+                self.sleep(self.poll_interval)
         except BaseException:
             if follower:
                 follower.stop(wait=0)
             raise
         tail = self._stop_and_tail(follower, manifest)
+        now = self.clock()
+        times = {"queued_s": clocks.queued_s(now), "ran_s": clocks.ran_s(now)}
         if status == "Succeeded":
-            return Outcome(name, ns, kind, "Succeeded", reason, message, tail, reattached)
+            return Outcome(name, ns, kind, "Succeeded", reason, message, tail, reattached, **times)
         if "deadline" in reason.lower() or "deadline" in message.lower():
             # the operator stopped it at activeDeadlineSeconds: remove it like a client-side deadline
             self.delete(manifest)
             return Outcome(
-                name, ns, kind, "DeadlineExceeded", reason, message, tail, reattached, deleted=True
+                name, ns, kind, "DeadlineExceeded", reason, message, tail, reattached, deleted=True, **times
             )
-        return Outcome(name, ns, kind, "Failed", reason, message, tail, reattached)
+        return Outcome(name, ns, kind, "Failed", reason, message, tail, reattached, **times)
+
+    def _master_or_none(self, manifest: dict[str, Any]) -> dict[str, Any] | None:
+        try:
+            return self.master_pod(manifest)[0]
+        except (ApiException, LaunchError):
+            return None  # a pod list that fails only delays noticing the start
+
+    def _expire(
+        self,
+        manifest: dict[str, Any],
+        follower: _LogFollower | None,
+        clocks: Deadlines,
+        which: str,
+        now: float,
+        obj: dict[str, Any],
+        master: dict[str, Any] | None,
+        reattached: bool,
+    ) -> Outcome:
+        """Delete the job whose ``which`` deadline passed and say which one, and how long it waited and ran."""
+        _, _, _, ns, name = self._where(manifest)
+        kind = manifest["kind"]
+        queued, ran = clocks.queued_s(now), clocks.ran_s(now)
+        # the master may still run: its log stream would not end by itself
+        tail = self._stop_and_tail(follower, manifest, wait=0)
+        self.delete(manifest)
+        if which == "queue":
+            reason = "QueueTimeout"
+            message = (
+                f"did not start within {clocks.queue_timeout:g} s (--queue-timeout): waited {queued:.0f} s, "
+                f"{waiting_reason(obj, master)}; the job was deleted"
+            )
+        else:
+            reason = "RunDeadline"
+            message = (
+                f"no result {clocks.run_deadline:g} s after it started running (--run-deadline): ran "
+                f"{ran:.0f} s after waiting {queued:.0f} s to start; the job was deleted"
+            )
+        self.say(f"{kind} {ns}/{name}: {reason}: {message}")
+        return Outcome(
+            name,
+            ns,
+            kind,
+            "DeadlineExceeded",
+            reason,
+            message,
+            tail,
+            reattached,
+            deleted=True,
+            deadline=which,
+            queued_s=queued,
+            ran_s=ran,
+        )
 
     def _stop_and_tail(
         self, follower: _LogFollower | None, manifest: dict[str, Any], wait: float = 10.0
@@ -404,10 +610,38 @@ class JobClient:
         return tail
 
 
+def parse_log_time(text: str) -> int | None:
+    """Nanoseconds since the epoch of a kubelet log timestamp (RFC 3339, UTC, up to 9 fraction digits,
+    trailing zeros trimmed as Go's RFC3339Nano does), or None when ``text`` is not one."""
+    if not text.endswith("Z") or len(text) < 20:
+        return None
+    whole, _, frac = text[:-1].partition(".")
+    if not frac.isdigit() and frac:
+        return None
+    try:
+        seconds = datetime.strptime(whole, "%Y-%m-%dT%H:%M:%S").replace(tzinfo=UTC).timestamp()
+    except ValueError:
+        return None
+    return int(seconds) * 1_000_000_000 + int((frac or "0").ljust(9, "0")[:9])
+
+
+@dataclass
+class _Resume:
+    """Where a container's log was left: the last printed line's timestamp (its text, for sinceTime,
+    and in ns) and how many printed lines carry exactly that timestamp."""
+
+    text: str = ""
+    ns: int = -1
+    ties: int = 0
+
+
 class _LogFollower(threading.Thread):
     """Follows the master pod's log while the job runs; a restarted container is followed again.
 
-    A dropped stream is reopened and the lines already printed are skipped, so nothing is printed twice.
+    The stream carries timestamps; a dropped stream is reopened with ``sinceTime`` = the last printed
+    line's timestamp. The kubelet answers from that second on (it truncates sinceTime to whole seconds),
+    so lines older than the last printed one are dropped, and of the lines with exactly its timestamp as
+    many as were printed: nothing twice, nothing lost, however the log was rotated in between.
     """
 
     def __init__(self, jobs: JobClient, manifest: dict[str, Any]) -> None:
@@ -416,7 +650,7 @@ class _LogFollower(threading.Thread):
         self.manifest = manifest
         self.buffer: collections.deque[str] = collections.deque(maxlen=jobs.tail_lines)
         self._halt = threading.Event()
-        self._printed: dict[tuple[str, int], int] = {}
+        self._resume: dict[tuple[str, int], _Resume] = {}
         self._finished: set[tuple[str, int]] = set()
         self._said: set[str] = set()
         self._resp: Any = None
@@ -449,6 +683,27 @@ class _LogFollower(threading.Thread):
         finally:
             self._core.api_client.close()
 
+    def _open(self, pod: str, namespace: str, container: str, since: str) -> Any:
+        """The follow stream, with timestamps, from ``since`` (RFC 3339) when given.
+
+        Through ``call_api`` because the generated ``read_namespaced_pod_log`` (kubernetes 30) has
+        ``since_seconds`` but no ``since_time``; the path and parameters are the API's own.
+        """
+        query: list[tuple[str, str]] = [("container", container), ("follow", "true"), ("timestamps", "true")]
+        if since:
+            query.append(("sinceTime", since))
+        return self._core.api_client.call_api(
+            "/api/v1/namespaces/{namespace}/pods/{name}/log",
+            "GET",
+            {"name": pod, "namespace": namespace},
+            query,
+            {"Accept": "*/*"},
+            auth_settings=["BearerToken"],
+            _return_http_data_only=True,
+            _preload_content=False,
+            _request_timeout=(10, 300),
+        )
+
     def _follow_once(self, final: bool) -> None:
         pod, container = self.jobs.master_pod(self.manifest)
         if pod is None:
@@ -465,42 +720,47 @@ class _LogFollower(threading.Thread):
         key = (meta.get("uid") or meta.get("name", ""), restarts)
         if key in self._finished:
             return
-        skip = self._printed.get(key, 0)
-        resp = self._core.read_namespaced_pod_log(
-            meta["name"],
-            meta["namespace"],
-            container=container,
-            follow=True,
-            _preload_content=False,
-            _request_timeout=(10, 300),
-        )
+        at = self._resume.setdefault(key, _Resume())
+        resp = self._open(meta["name"], meta["namespace"], container, at.text)
         self._resp = resp
-        seen = 0
+        skip_ties = at.ties  # lines carrying the last printed timestamp that this stream sends again
         pending = b""
         try:
             for chunk in resp.stream(4096, decode_content=True):
                 pending += chunk
                 *lines, pending = pending.split(b"\n")
                 for raw in lines:
-                    seen += 1
-                    if seen <= skip:
-                        continue
-                    line = raw.decode("utf-8", "replace")
-                    self.buffer.append(line)
-                    self.jobs.say(f"[{meta['name']}] {line}")
-                    self._printed[key] = seen
+                    skip_ties = self._emit(meta["name"], at, raw, skip_ties)
+            # a clean end: the last line may lack its newline. A dropped connection raised above, and
+            # its unfinished line is sent again in full by the next stream.
             if pending:
-                line = pending.decode("utf-8", "replace")
-                self.buffer.append(line)
-                self.jobs.say(f"[{meta['name']}] {line}")
-                self._printed[key] = seen + 1
+                self._emit(meta["name"], at, pending, skip_ties)
         finally:
             self._resp = None
             resp.release_conn()
-        # the stream ended because the container stopped, or because the connection dropped: then
-        # the next round reopens it and skips the lines already printed
+        # the stream ended because the container stopped, or the server closed it: then the next
+        # round reopens it from the last timestamp
         if status.get("phase") in ("Succeeded", "Failed") or self._container_done(container):
             self._finished.add(key)
+
+    def _emit(self, pod: str, at: _Resume, raw: bytes, skip_ties: int) -> int:
+        """Print one ``<timestamp> <line>`` unless an earlier stream printed it; returns skip_ties left."""
+        text = raw.decode("utf-8", "replace")
+        stamp, sep, line = text.partition(" ")
+        ns = parse_log_time(stamp)
+        if ns is None:  # no timestamp (not a kubelet stream): print as it comes
+            line = text
+        elif ns < at.ns:
+            return skip_ties
+        elif ns == at.ns:
+            if skip_ties > 0:
+                return skip_ties - 1
+            at.ties += 1
+        else:
+            at.text, at.ns, at.ties = stamp, ns, 1
+        self.buffer.append(line)
+        self.jobs.say(f"[{pod}] {line}")
+        return skip_ties
 
     def _report_pending(self, pod: str, status: dict[str, Any]) -> None:
         """Say once why the master waits (no GPU free, image pull failing), instead of silence."""

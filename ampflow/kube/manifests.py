@@ -1,4 +1,4 @@
-"""PyTorchJob (kubeflow.org/v1) and TrainJob (trainer.kubeflow.org/v1alpha1) manifests: pure functions.
+"""TrainJob (trainer.kubeflow.org/v1alpha1, the default) and PyTorchJob (kubeflow.org/v1) manifests: pure functions.
 
     >>> spec = LaunchSpec(recipe="tweets-bow", data="/data/tweets", nodes=2, gpus_per_node=8,
     ...                   image="registry.example.com/ampflow:0.1.0")
@@ -22,6 +22,22 @@ expansion, and it is the contract ``tests/test_launch_env_contract.py`` runs und
 ``--nnodes`` and ``--nproc-per-node`` are static, so they are written out: the command then says the
 topology it expects, and it matches the replicas/``nprocPerNode`` that set the operator's values.
 v1's ``WORLD_SIZE``/``RANK`` (pod-level numbers) are overwritten by torchrun for each process.
+
+Queues and priorities (a shared cluster's conventions):
+
+- ``queue`` puts Kueue's ``kueue.x-k8s.io/queue-name`` label (a LocalQueue in the job's namespace) on
+  the job itself, which is where Kueue looks for both APIs (its TrainJob and PyTorchJob integrations,
+  https://kueue.sigs.k8s.io/docs/tasks/run/trainjobs/). ampflow does not set ``spec.suspend`` /
+  ``runPolicy.suspend``: Kueue's mutating webhook suspends a labelled job on create and unsuspends it
+  when the workload is admitted, gang-wise (all nodes' quota at once). Without Kueue the label is inert.
+- ``priority_class`` is the pods' ``priorityClassName`` (a scheduling.k8s.io PriorityClass: the
+  kube-scheduler's preemption order, and the priority Kueue gives the workload when no
+  WorkloadPriorityClass label is set). PyTorchJob only: Trainer v2.3's ``runtimePatches`` pod spec
+  has no ``priorityClassName`` (the API server would prune it silently), so for a TrainJob it belongs in
+  the runtime's pod template, or Kueue's priority comes from ``workload_priority``.
+- ``workload_priority`` is Kueue's ``kueue.x-k8s.io/priority-class`` label, which names a Kueue
+  WorkloadPriorityClass (another object than a PriorityClass: it orders admission and preemption in
+  the queue only, and wins over the pods' class for that). Both APIs.
 """
 
 from __future__ import annotations
@@ -53,6 +69,11 @@ RESOURCES: dict[str, tuple[str, str, str, str]] = {
     "pytorchjob": ("kubeflow.org", "v1", "pytorchjobs", "PyTorchJob"),
     "trainjob": ("trainer.kubeflow.org", "v1alpha1", "trainjobs", "TrainJob"),
 }
+DEFAULT_API = "trainjob"  # Kubeflow Trainer v2; pytorchjob for clusters on the v1 Training Operator
+# Kueue's labels (https://kueue.sigs.k8s.io/docs/concepts/workload/): the LocalQueue, and the
+# WorkloadPriorityClass of the job
+KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
+KUEUE_PRIORITY_LABEL = "kueue.x-k8s.io/priority-class"
 V1_CONTAINER = "pytorch"  # the v1 webhook requires a container of this name in every replica
 V2_JOB = "node"  # replicatedJob and container name in the stock torch-distributed runtime
 V2_RUNTIME = "torch-distributed"
@@ -109,7 +130,7 @@ class LaunchSpec:
     gpus_per_node: int
     image: str
     name: str | None = None  # None: derived from the run (deterministic, so a retry finds its job)
-    api: str = "pytorchjob"
+    api: str = DEFAULT_API
     namespace: str = "default"
     out: str | None = None
     precision: str = "32-true"
@@ -130,6 +151,9 @@ class LaunchSpec:
     # (PersistentVolumeClaim, mount path): where --data and --out live when they are paths
     volumes: tuple[tuple[str, str], ...] = ()
     runtime: str = V2_RUNTIME
+    queue: str | None = None  # Kueue LocalQueue (label kueue.x-k8s.io/queue-name)
+    priority_class: str | None = None  # pods' priorityClassName (PyTorchJob)
+    workload_priority: str | None = None  # Kueue WorkloadPriorityClass (label kueue.x-k8s.io/priority-class)
 
     def __post_init__(self) -> None:
         _validate_spec(self)
@@ -254,6 +278,23 @@ def _validate_spec(s: LaunchSpec) -> None:
             )
     if not s.runtime or not _DNS1123_SUBDOMAIN_RE.match(s.runtime):
         raise ConfigError(f"runtime must name a ClusterTrainingRuntime, got {s.runtime!r}")
+    # a LocalQueue's name is a label value too; PriorityClass and WorkloadPriorityClass are
+    # cluster objects named as DNS-1123 subdomains; all three end up in one 63-character label or field
+    for name in ("queue", "priority_class", "workload_priority"):
+        v = getattr(s, name)
+        if v is not None and (
+            not isinstance(v, str) or len(v) > MAX_LABEL or not _DNS1123_SUBDOMAIN_RE.match(v)
+        ):
+            raise ConfigError(
+                f"{name} must be a DNS-1123 name (lower case, digits, '-', '.', at most {MAX_LABEL} "
+                f"characters), got {v!r}"
+            )
+    if s.priority_class is not None and s.api == "trainjob":
+        raise ConfigError(
+            "priority_class: a TrainJob cannot set its pods' priorityClassName (Trainer v2.3's runtimePatches "
+            f"have no such field); set it in the runtime's pod template (--runtime, now {s.runtime}), give "
+            "Kueue a WorkloadPriorityClass with --workload-priority, or use --api pytorchjob"
+        )
 
 
 def _check_label(what: str, key: str, value: str) -> None:
@@ -433,13 +474,19 @@ _SHM_MOUNT = {"name": "dshm", "mountPath": "/dev/shm"}
 
 
 def _labels(spec: LaunchSpec) -> dict[str, str]:
-    return {
+    labels = {
         "app.kubernetes.io/name": "ampflow",
         "app.kubernetes.io/component": "train",
         "app.kubernetes.io/managed-by": "ampflow-launch",
         "ampflow.dev/recipe": label_value(spec.recipe),
         "ampflow.dev/precision": spec.precision,
     }
+    # on the job, not the pods: Kueue reads both from the top-level object it manages
+    if spec.queue:
+        labels[KUEUE_QUEUE_LABEL] = spec.queue
+    if spec.workload_priority:
+        labels[KUEUE_PRIORITY_LABEL] = spec.workload_priority
+    return labels
 
 
 def _metadata(spec: LaunchSpec) -> dict[str, Any]:
@@ -466,6 +513,8 @@ def build_pytorchjob(spec: LaunchSpec) -> dict[str, Any]:
         pod_spec["tolerations"] = [dict(t) for t in spec.tolerations]
     if spec.service_account:
         pod_spec["serviceAccountName"] = spec.service_account
+    if spec.priority_class:
+        pod_spec["priorityClassName"] = spec.priority_class
     template = {"metadata": {"labels": {"app.kubernetes.io/name": "ampflow"}}, "spec": pod_spec}
 
     def replica(n: int) -> dict[str, Any]:
