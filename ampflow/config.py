@@ -16,7 +16,8 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, get_args
 
 Precision = Literal["32-true", "tf32", "16-mixed", "bf16-mixed", "bf16-true", "16-true"]
-Strategy = Literal["single", "ddp", "fsdp"]
+# tp, pp and fsdp+tp: tensor, pipeline and 2-D (FSDP2 x tensor) parallelism, see ampflow.engine.mesh
+Strategy = Literal["single", "ddp", "fsdp", "tp", "pp", "fsdp+tp"]
 Device = Literal["auto", "cpu", "cuda"]
 
 PRECISIONS: tuple[str, ...] = get_args(Precision)
@@ -25,6 +26,11 @@ CUDA_ONLY_PRECISIONS: tuple[str, ...] = ("16-mixed", "16-true")
 LR_SCHEDULES = ("linear", "cosine", "constant")
 PAD_TO = ("bucket", "max")
 DATA_LOADING = ("auto", "memory", "stream")
+# how the learning rate follows the global batch (ampflow.engine.lr_scaling); none keeps it as given
+LR_SCALING_RULES = ("none", "linear", "sqrt")
+PP_SCHEDULES = ("gpipe", "1f1b")
+# mesh dimension names a `mesh` setting may use (data, tensor, pipeline parallel)
+MESH_DIMS = ("dp", "tp", "pp")
 _DEFAULT_TIMING_WARMUP = 5
 # What a run uses when neither its own settings nor its recipe's ``defaults`` give a value. The
 # batch size and the learning rate are filled in by RunConfig.resolve; the others depend on the
@@ -68,6 +74,14 @@ class RunConfig:
     lr_schedule: Literal["linear", "cosine", "constant"] | None = None
     lr_warmup_steps: int | None = None
     seed: int = 0
+    # learning rate x (global batch / lr_reference_batch) (linear) or its square root (sqrt); the
+    # reference is the batch the learning rate was tuned at (None: the recipe's batch_size)
+    lr_scaling: Literal["none", "linear", "sqrt"] = "none"
+    lr_reference_batch: int | None = None
+    # device mesh of tp / pp / fsdp+tp as `dp:2,tp:2` (None: tp inside a node, dp across nodes)
+    mesh: str | None = None
+    # pipeline schedule of strategy pp; its micro-batches are the grad_accum micro-batches
+    pp_schedule: Literal["gpipe", "1f1b"] = "gpipe"
     # write a checkpoint every N optimizer steps (0: only at the end)
     checkpoint_every: int = 0
     # abort after this many consecutive non-finite losses (fp16 overflow storms, divergence)
@@ -172,6 +186,10 @@ class RunConfig:
         for name, value in fallbacks.items():
             if getattr(self, name) is None and changes.get(name) is None:
                 changes[name] = value
+        if self.lr_scaling != "none" and self.lr_reference_batch is None and "lr_reference_batch" not in changes:
+            # the batch the learning rate was tuned at: the recipe's own batch size (x 1 accumulation)
+            ref = defaults.get("batch_size")
+            changes["lr_reference_batch"] = ref if isinstance(ref, int) else DEFAULT_BATCH_SIZE
         return self.replace(**changes) if changes else self
 
     def total_steps(self, steps_per_epoch: int) -> int:
@@ -295,7 +313,13 @@ def _coerce(key: str, value: Any) -> Any:
     """Turn strings from the CLI, KFP or Airflow into the field's type; leave typed values alone."""
     if not isinstance(value, str):
         return value
-    if value.lower() in {"none", "null", ""} and key not in {"recipe", "precision", "strategy", "device"}:
+    if value.lower() in {"none", "null", ""} and key not in {
+        "recipe",
+        "precision",
+        "strategy",
+        "device",
+        "lr_scaling",
+    }:
         return None
     kind = str(_FIELD_TYPES[key])
     if key == "batch_size":
@@ -375,6 +399,17 @@ def _validate(c: RunConfig, only: set[str] | None = None) -> None:
         not isinstance(c.data_workers, int) or isinstance(c.data_workers, bool) or c.data_workers < 0
     ):
         raise ConfigError(f"data_workers must be a non-negative integer, got {c.data_workers!r}")
+    if checks("lr_scaling"):
+        _check_literal("lr_scaling", c.lr_scaling, LR_SCALING_RULES)
+    if checks("pp_schedule"):
+        _check_literal("pp_schedule", c.pp_schedule, PP_SCHEDULES)
+    ref = c.lr_reference_batch
+    if checks("lr_reference_batch") and ref is not None and (
+        isinstance(ref, bool) or not isinstance(ref, int) or ref < 1
+    ):
+        raise ConfigError(f"lr_reference_batch must be a positive integer or none, got {ref!r}")
+    if checks("mesh") and c.mesh is not None:
+        parse_mesh(c.mesh)
     non_negative = ("warmup_steps", "lr_warmup_steps", "seed", "checkpoint_every", "limit_train_samples")
     for name in filter(checks, non_negative):
         v = getattr(c, name)
@@ -408,6 +443,26 @@ def _validate_target(c: RunConfig, checks: Any) -> None:
     if checks("price_per_device_hour") and price is not None:
         if isinstance(price, bool) or not isinstance(price, int | float) or not price >= 0:
             raise ConfigError(f"price_per_device_hour must be a number >= 0 or none, got {price!r}")
+
+
+def parse_mesh(text: str) -> dict[str, int]:
+    """``dp:2,tp:2`` as ``{"dp": 2, "tp": 2}`` (outermost dimension first, as given).
+
+    Raises ConfigError on a name outside :data:`MESH_DIMS`, a repeated name or a size below 1.
+    Whether the sizes fit the world size and the strategy is checked by ``ampflow.engine.mesh``.
+    """
+    dims: dict[str, int] = {}
+    for part in [p.strip() for p in str(text).split(",") if p.strip()]:
+        name, sep, size = part.partition(":")
+        name = name.strip()
+        if not sep or name not in MESH_DIMS or name in dims or not size.strip().isdigit() or int(size) < 1:
+            raise ConfigError(
+                f"mesh must be NAME:SIZE pairs with names {', '.join(MESH_DIMS)} (e.g. dp:2,tp:2); got {text!r}"
+            )
+        dims[name] = int(size)
+    if not dims:
+        raise ConfigError(f"mesh must name at least one dimension (e.g. tp:2); got {text!r}")
+    return dims
 
 
 def parse_list(name: str, text: str, allowed: tuple[str, ...] | None = None) -> list[str]:

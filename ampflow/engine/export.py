@@ -26,13 +26,13 @@ def exportable_model(
     rebuild: Any,
     full_state: dict[str, Any],
 ) -> Any:
-    """The trained model as a plain module, or None on ranks other than 0 under FSDP.
+    """The trained model as a plain module, or None on ranks other than 0 under FSDP, tp, pp, fsdp+tp.
 
-    FSDP2 shards the parameters in place, so rank 0 builds a fresh copy with ``rebuild()`` (the
+    FSDP2, tensor and pipeline parallelism split the parameters, so rank 0 builds a fresh copy with ``rebuild()`` (the
     recipe's model, converted to the precision) and loads ``full_state`` (the gathered weights).
     Other strategies return the module without its DDP wrapper.
     """
-    if strategy != "fsdp":
+    if strategy in ("single", "ddp"):
         return parallel.unwrap(model)
     if not is_main:
         return None

@@ -12,6 +12,7 @@ from typing import Any
 import torch
 
 from ampflow.config import RunConfig
+from ampflow.engine import lr_scaling
 
 
 def lr_lambda(total_steps: int, schedule: str, warmup: int) -> Callable[[int], float]:
@@ -37,12 +38,19 @@ def lr_lambda(total_steps: int, schedule: str, warmup: int) -> Callable[[int], f
 def build_optimizer(model: Any, config: RunConfig, total_steps: int) -> tuple[Any, Any, dict[str, Any]]:
     """``(optimizer, scheduler, plan)`` for ``model``; ``plan`` is result.json's ``lr_schedule`` entry.
 
-    ``config`` must be resolved (``learning_rate`` set).
+    ``config`` must be resolved (``learning_rate`` set, ``batch_size`` an int). The peak learning rate
+    follows ``config.lr_scaling`` (:mod:`ampflow.engine.lr_scaling`); ``plan`` carries the resolved rule.
     """
-    lr = float(config.learning_rate)
+    plan = lr_scaling.resolve(
+        config.lr_scaling,
+        float(config.learning_rate),
+        int(config.batch_size) * config.grad_accum,
+        config.lr_reference_batch,
+    )
+    lr = plan["peak_lr"]
     optimizer = torch.optim.AdamW(
         [p for p in model.parameters() if p.requires_grad], lr=lr, weight_decay=config.weight_decay
     )
     schedule, warm = config.lr_plan(total_steps)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(total_steps, schedule, warm))
-    return optimizer, scheduler, {"kind": schedule, "warmup_steps": warm, "peak_lr": lr}
+    return optimizer, scheduler, {"kind": schedule, "warmup_steps": warm, **plan}

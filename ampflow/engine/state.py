@@ -1,8 +1,12 @@
 """Training state across a checkpoint: what is saved, and how each strategy saves and restores it.
 
-``single`` and ``ddp`` hold whole tensors on every rank (DDP's wrapper is peeled off); ``fsdp``
-shards them, so its full state is gathered collectively (every rank calls, rank 0 writes) through
-``torch.distributed.checkpoint.state_dict``. The file format itself is :mod:`ampflow.engine.checkpoint`.
+``single`` and ``ddp`` hold whole tensors on every rank (DDP's wrapper is peeled off); ``fsdp``, ``tp``
+and ``fsdp+tp`` hold DTensor shards, so their full state is gathered collectively (every rank calls,
+rank 0 writes) and scattered back on load through ``torch.distributed.checkpoint.state_dict``
+(``get_state_dict`` / ``set_state_dict`` with full state dicts); ``pp`` stages hold disjoint
+parameters under the whole model's names, merged on rank 0. One file, whole tensors under the plain
+model's names, whatever the layout: a checkpoint resumes under any other strategy or mesh. The file
+format itself is :mod:`ampflow.engine.checkpoint`.
 """
 
 from __future__ import annotations
@@ -44,18 +48,30 @@ class Progress:
         )
 
 
+# strategies whose weights are DTensors: their full state is gathered and scattered collectively
+_SHARDED = ("fsdp", "tp", "fsdp+tp")
+
+
 def wrap_and_restore(
-    model: Any, strategy: str, policy: Any, device: Any, state: dict[str, Any] | None
+    model: Any,
+    strategy: str,
+    policy: Any,
+    device: Any,
+    state: dict[str, Any] | None,
+    dist: Any = None,
+    recipe: Any = None,
 ) -> Any:
     """Wrap ``model`` for ``strategy`` and load the checkpoint's weights (``state`` None: none).
 
-    Whole-tensor strategies load before wrapping (DDP then broadcasts them); FSDP loads after
-    sharding, from the full state dict every rank holds.
+    The checkpoint holds the whole model under its own parameter names, whatever layout wrote it, so
+    it loads under any other (resharding). single, ddp, tp and pp load before wrapping (DDP then
+    broadcasts, tensor parallelism splits, a pipeline keeps its stage); FSDP2 loads after sharding, from
+    the full state dict every rank holds. ``dist`` and ``recipe``: see :func:`parallel.wrap`.
     """
-    if state is not None and strategy != "fsdp":
+    if state is not None and strategy not in ("fsdp", "fsdp+tp"):
         model.load_state_dict(state["model"])
-    model = parallel.wrap(model, strategy, policy, device)
-    if state is not None and strategy == "fsdp":
+    model = parallel.wrap(model, strategy, policy, device, dist, recipe)
+    if state is not None and strategy in ("fsdp", "fsdp+tp"):
         from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
 
         set_model_state_dict(model, state["model"], options=StateDictOptions(full_state_dict=True))
@@ -63,8 +79,15 @@ def wrap_and_restore(
 
 
 def model_state(model: Any, strategy: str) -> dict[str, Any]:
-    """The full, unwrapped model state on CPU (collective under FSDP: every rank must call)."""
-    if strategy == "fsdp":
+    """The full, unwrapped model state on CPU (collective except under single/ddp: every rank calls).
+
+    Under fsdp, tp and fsdp+tp rank 0 gets the gathered tensors (others an empty dict); under pp
+    rank 0 gets every stage's weights (others their own).
+    """
+    if strategy == "pp":
+        local = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+        return _merge_on_main(local, lambda parts: {k: v for p in parts for k, v in p.items()})
+    if strategy in _SHARDED:
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
         return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
@@ -80,9 +103,32 @@ def optimizer_state(optimizer: Any, model: Any, strategy: str) -> dict[str, Any]
     """
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
 
+    if strategy == "pp":  # each stage holds its own parameters: rank 0 merges the stages' states
+        local = get_optimizer_state_dict(model, optimizer, options=StateDictOptions(cpu_offload=True))
+        return _merge_on_main(local, _merge_optimizer_states)
     return get_optimizer_state_dict(
         model, optimizer, options=StateDictOptions(full_state_dict=True, cpu_offload=True)
     )
+
+
+def _merge_on_main(local: dict[str, Any], merge: Any) -> dict[str, Any]:
+    """``merge`` of every rank's ``local`` on rank 0 (a collective); other ranks get ``local`` back."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return local
+    parts: list[Any] | None = [None] * dist.get_world_size() if dist.get_rank() == 0 else None
+    dist.gather_object(local, parts, dst=0)
+    return merge(parts) if parts is not None else local
+
+
+def _merge_optimizer_states(parts: list[dict[str, Any]]) -> dict[str, Any]:
+    """Pipeline stages' optimizer states (disjoint parameters) as one, group by group, in stage order."""
+    state = {k: v for p in parts for k, v in p["state"].items()}
+    groups = [dict(g) for g in parts[0]["param_groups"]]
+    for g_index, group in enumerate(groups):
+        group["params"] = [name for p in parts for name in p["param_groups"][g_index]["params"]]
+    return {"state": state, "param_groups": groups}
 
 
 def load_optimizer(optimizer: Any, model: Any, state: dict[str, Any], strategy: str) -> None:
@@ -98,6 +144,16 @@ def load_optimizer(optimizer: Any, model: Any, state: dict[str, Any], strategy: 
         isinstance(i, int) for g in state.get("param_groups", []) for i in g["params"]
     ):
         state = _named(state, optimizer, model)
+    if strategy == "pp":  # this stage's share of the whole model's state, by parameter name
+        mine = {n for n, _ in model.named_parameters()}
+        state = {
+            "state": {k: v for k, v in state["state"].items() if k in mine},
+            "param_groups": [
+                {**g, "params": [n for n in g["params"] if n in mine]} for g in state["param_groups"]
+            ],
+        }
+        set_optimizer_state_dict(model, optimizer, state, options=StateDictOptions())
+        return
     set_optimizer_state_dict(model, optimizer, state, options=StateDictOptions(full_state_dict=True))
 
 

@@ -75,6 +75,8 @@ class Stepper:
     grad_accum: int
     ddp: bool = False
     params: list[Any] = field(default_factory=list)
+    # clip_grad_norm_(params, max_norm) -> norm; tensor parallelism sums its DTensor shards itself
+    clip_fn: Any = None
 
     def __post_init__(self) -> None:
         self.params = [p for p in self.model.parameters() if p.requires_grad]
@@ -105,11 +107,12 @@ class Stepper:
             loss_sum = loss.detach() if loss_sum is None else loss_sum + loss.detach()
         self.policy.unscale(self.optimizer)
         norm = None
+        clip_fn = self.clip_fn or torch.nn.utils.clip_grad_norm_
         if self.clip is not None:
-            norm = torch.nn.utils.clip_grad_norm_(self.params, self.clip)
+            norm = clip_fn(self.params, self.clip)
         elif self.policy.scaler is None:
             # no clipping asked: still read the norm (max_norm=inf clips nothing) to refuse NaN updates
-            norm = torch.nn.utils.clip_grad_norm_(self.params, float("inf"))
+            norm = clip_fn(self.params, float("inf"))
         loss_val = float(loss_sum.float().item()) / len(micro_indices)
         norm_val = float(norm.item()) if norm is not None else None
         finite = math.isfinite(loss_val) and (norm_val is None or math.isfinite(norm_val))

@@ -79,6 +79,8 @@ class Trainer:
         self.config, self.recipe, self.policy = config, recipe, policy
         self.device, self.tracker = device, tracker
         self.rank, self.world, self.is_main = dist_info.rank, dist_info.world_size, dist_info.is_main
+        # ranks that read different samples: the whole world, or the mesh's dp dimension (tp, pp, fsdp+tp)
+        self.dist, self.dp_rank, self.dp_world = dist_info, dist_info.dp_rank, dist_info.dp_size
         self.resumed = resume_state is not None
         manifest = read_manifest(data_dir)
         self.data_hash, self.info = dataset_hash(manifest), dataset_info(manifest)
@@ -90,18 +92,19 @@ class Trainer:
         self.inputs, self.labels, self.n = self.data.inputs, self.data.labels, self.data.n
         model = self._build_model()
         self.loss_fn = loss_fn_of(recipe)
-        if self.rank:
-            # same initial weights on every rank (seeded above), but independent dropout masks per rank
-            torch.manual_seed(config.seed + 1000 * self.rank)
+        if self.dp_rank:
+            # same initial weights on every rank (seeded above), but independent dropout masks per
+            # data-parallel rank (a tensor group must draw the same masks for its replicated activations)
+            torch.manual_seed(config.seed + 1000 * self.dp_rank)
         self._choose_batch_size(model)
         self.flops_per_sample = self._count_flops(model)
 
-        self.model = wrap_and_restore(model, config.strategy, policy, device, resume_state)
+        self.model = wrap_and_restore(model, config.strategy, policy, device, resume_state, dist_info, recipe)
         self.state = self._build_state(run_dir, resume_state)
         self.stepper = self._build_stepper()
         self.pos = self.state.progress.pos
         self.start_step = self.pos.step
-        self.order = self.data.make_order(self.batch_size, config.seed, self.rank, self.world, self.pos)
+        self.order = self.data.make_order(self.batch_size, config.seed, self.dp_rank, self.dp_world, self.pos)
         self.window = ThroughputWindow(
             device, config.warmup_steps + (1 if config.compile else 0), config.compile
         )
@@ -109,7 +112,7 @@ class Trainer:
         self.checkpoint_s = 0.0
         # validation on the val split and the training clock time to target is read on (.validation)
         self.val = Validator(
-            self.config, data_dir, device, policy, self.rank, self.world, self.state.progress
+            self.config, data_dir, device, policy, self.dp_rank, self.dp_world, self.state.progress
         )
         self.energy = energy.meter_for(device, dist_info.local_rank)
 
@@ -123,7 +126,7 @@ class Trainer:
 
     def _choose_batch_size(self, model: Any) -> None:
         """Fix the global micro-batch, the steps of the run and the resolved config."""
-        c, world = self.config, self.world
+        c, world = self.config, self.dp_world
         self.search_report = None
         batch_size = c.batch_size
         if batch_size == "auto":
@@ -132,7 +135,9 @@ class Trainer:
             )
         self.batch_size = int(batch_size)
         if self.batch_size % world:
-            raise ConfigError(f"batch_size {self.batch_size} must be a multiple of the world size {world}")
+            raise ConfigError(
+                f"batch_size {self.batch_size} must be a multiple of the data-parallel size {world}"
+            )
         self.per_step = self.batch_size * c.grad_accum
         if self.per_step > self.n:
             raise ConfigError(
@@ -144,7 +149,7 @@ class Trainer:
     def _count_flops(self, model: Any) -> dict[int | None, float | None]:
         """FLOPs per sample per padded length (``{None: f}`` under fixed padding), on a copy of the
         unwrapped model with the first samples of the run."""
-        k = min(self.batch_size // self.world, FLOPS_PROBE_SAMPLES)
+        k = min(self.batch_size // self.dp_world, FLOPS_PROBE_SAMPLES)
         return {
             pad: flops_per_sample(
                 model, *self.data.probe(self.config.seed, k, pad), self.loss_fn, self.policy.autocast
@@ -171,7 +176,10 @@ class Trainer:
 
     def _build_stepper(self) -> Stepper:
         c = self.config
-        stepper = Stepper(
+        stepper = parallel.make_stepper(
+            c.strategy,
+            self.dist,
+            c.pp_schedule,
             torch.compile(self.model) if c.compile else self.model,
             self.state.optimizer,
             self.state.scheduler,
@@ -340,6 +348,10 @@ class Trainer:
             train_wall_s=time.perf_counter() - self.wall0,
             checkpoint_s=self.checkpoint_s,
             validation_s=self.val.seconds,
+            global_batch_size=self.per_step,
+            lr_peak=self.lr_plan["peak_lr"],
+            lr_scale_factor=self.lr_plan["lr_scale_factor"],
+            **(self.stepper.figures() if hasattr(self.stepper, "figures") else {}),
         )
         metrics.update(self.val.curve.figures())
         energy_info = self._energy(metrics)
@@ -361,6 +373,7 @@ class Trainer:
             "compile": c.compile,
             "strategy": c.strategy,
             "world_size": self.world,
+            "mesh": self.dist.layout.text() if self.dist.layout is not None else None,
             "device": device.type,
             "device_name": device_name(device),
             "bf16_emulated": bool(self.policy.is_bf16 and not bf16_native(device)),

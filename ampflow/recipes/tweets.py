@@ -21,6 +21,7 @@ from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ampflow.recipes import transformer
 from ampflow.recipes._io import package_dir, package_file, read_table, require_columns
 from ampflow.recipes.base import BaseRecipe
 
@@ -224,9 +225,20 @@ class MiniLMRecipe(TextRecipe):
         }
         return arrays, info
 
+    def tp_plan(self, model: torch.nn.Module, tp: int) -> dict[str, str]:
+        """Megatron-style column/row split of every layer's attention and MLP (see recipes.transformer)."""
+        return transformer.tp_plan(model, tp)
+
+    def pipeline_layers(self, info: dict[str, Any]) -> int:
+        """Encoder layers a pipeline splits into stages (6 for MiniLM-L6), read from its config.json."""
+        config = json.loads((_minilm_dir() / "config.json").read_text(encoding="utf-8"))
+        return int(config["num_hidden_layers"])
+
+    def pipeline_split(self, model: torch.nn.Module) -> tuple[Any, list[Any], Any]:
+        return transformer.pipeline_split(model)
+
     def build_model(self, info: dict[str, Any]) -> torch.nn.Module:
         _offline()
-        from torch import nn
         from transformers import AutoModel
         from transformers.utils import logging as hf_logging
 
@@ -239,22 +251,7 @@ class MiniLMRecipe(TextRecipe):
             if bar_was_on:
                 hf_logging.enable_progress_bar()
 
-        class MeanPooledClassifier(nn.Module):
-            """Sentence-transformers' pooling (mean over real tokens) with a linear head."""
-
-            def __init__(self, encoder: nn.Module, hidden: int, num_classes: int) -> None:
-                super().__init__()
-                self.encoder = encoder
-                self.dropout = nn.Dropout(0.1)
-                self.head = nn.Linear(hidden, num_classes)
-
-            def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, **_: torch.Tensor):
-                hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-                mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
-                pooled = (hidden * mask).sum(1) / mask.sum(1).clamp_min(1)
-                return self.head(self.dropout(pooled))
-
-        return MeanPooledClassifier(encoder, int(encoder.config.hidden_size), int(info["num_classes"]))
+        return transformer.classifier(encoder, int(info["num_classes"]), dropout=0.1)
 
 
 def _minilm_dir() -> Path:

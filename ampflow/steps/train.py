@@ -41,6 +41,9 @@ RESUME_MAY_CHANGE = (
     "warmup_steps",
     "max_nonfinite_steps",
     "eval_batch_size",
+    # the layout: a checkpoint holds whole tensors, so it resumes under another mesh (resharding)
+    "mesh",
+    "pp_schedule",
     # in memory or streamed, the same micro-batches come out
     "data_loading",
     "data_workers",
@@ -232,6 +235,7 @@ def run(
     device_kind = _device_kind(config.device)
     # refused before any process group starts; make_policy below does not check again
     check_supported(config.precision, device_kind)
+    _check_layout(config, recipe, data_dir)
     with contextlib.ExitStack() as hold:
         if int(os.environ.get("RANK", "0")) == 0:  # one writer per run directory: rank 0 holds it
             hold.enter_context(locking.hold(out, "--out"))
@@ -256,7 +260,7 @@ def _train(
     from ampflow.engine.trainer import Trainer
     from ampflow.io import atomic_write_json
 
-    dist_info = parallel.init(config.strategy, device_kind)
+    dist_info = parallel.init(config.strategy, device_kind, config.mesh)
     try:
         device = resolve_device(config.device, dist_info.local_rank)
         policy = make_policy(config.precision, device.type, check=False)
@@ -298,6 +302,18 @@ def _train(
         return result
     finally:
         parallel.shutdown(dist_info)
+
+
+def _check_layout(config: RunConfig, recipe: Any, data_dir: Path) -> None:
+    """Refuse a mesh, plan or stage split that cannot work, before any process group (ConfigError)."""
+    from ampflow.data.manifest import dataset_info, read_manifest
+    from ampflow.engine import mesh
+
+    if config.strategy == "single":
+        return
+    local = os.environ.get("LOCAL_WORLD_SIZE")
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    mesh.check(config, recipe, dataset_info(read_manifest(data_dir)), world, int(local) if local else None)
 
 
 def _device_kind(name: str) -> str:

@@ -1,0 +1,163 @@
+"""Pipeline parallelism (``--strategy pp``): the recipe's layers split into stages, one per rank.
+
+A recipe declares ``pipeline_split(model) -> (first, layers, last)``: ``first`` takes the model's inputs
+as keywords and returns a state tensor, each of ``layers`` maps a state to a state, ``last`` maps a
+state to logits ``(batch, classes)``; each part lists in ``owns`` the names of the model's submodules
+it computes with. ``pipeline_layers(info)`` gives the layer count before any model exists, so a layer
+count the stages do not divide is refused before the process group starts. Stage ``s`` of ``p`` runs
+``first`` (s = 0), ``len(layers) / p`` consecutive layers, and ``last`` (s = p - 1); the other parts'
+submodules are replaced by empty modules on that rank, so it holds only its own weights, under the
+same parameter names as the whole model (a checkpoint of a pipeline loads under any layout).
+
+One optimizer step is one ``torch.distributed.pipelining`` schedule step (``ScheduleGPipe`` or
+``Schedule1F1B``, ``pp_schedule``) over the step's ``grad_accum`` micro-batches; the schedule divides
+the summed gradients by the micro-batch count, which is what one process's accumulation does. The
+schedule's idle share, ``(p - 1) / (m + p - 1)``, is reported as ``pp_bubble_fraction``.
+
+    torchrun --nproc_per_node=2 -m ampflow train --strategy pp --set grad_accum=4 --recipe tweets-minilm ...
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import torch
+from torch import nn
+
+from ampflow.engine import tensor_parallel
+from ampflow.engine.mesh import bubble_fraction
+from ampflow.engine.step import StepOutcome
+
+
+class StageModule(nn.Module):
+    """One stage: the model's (remaining) top-level children under their own names, and its parts."""
+
+    def __init__(self, model: nn.Module, parts: list[Any], first: bool) -> None:
+        super().__init__()
+        for name, child in model.named_children():
+            self.add_module(name, child)
+        self.__dict__["parts"] = parts
+        self.first = first
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        parts = self.parts
+        state = parts[0](**kwargs) if self.first else parts[0](*args)
+        for part in parts[1:]:
+            state = part(state)
+        return state
+
+
+def build_stage(model: nn.Module, recipe: Any, stage: int, stages: int) -> StageModule:
+    """Stage ``stage`` of ``stages`` cut out of ``model`` (whose other parts' weights are dropped)."""
+    first, layers, last = recipe.pipeline_split(model)
+    per = len(layers) // stages
+    mine = list(layers[stage * per : (stage + 1) * per])
+    parts = ([first] if stage == 0 else []) + mine + ([last] if stage == stages - 1 else [])
+    keep = {name for part in parts for name in part.owns}
+    for part in [first, *layers, last]:
+        if part in parts:
+            continue
+        for name in part.owns:
+            if name not in keep:
+                parent, _, leaf = name.rpartition(".")
+                holder = model.get_submodule(parent) if parent else model
+                setattr(holder, leaf, nn.Module())  # an empty stand-in keeps the other names' indices
+    return StageModule(model, parts, first=stage == 0)
+
+
+class PipelineStepper:
+    """The pipeline's optimizer step, with :class:`ampflow.engine.step.Stepper`'s call and outcome.
+
+    ``model`` is this rank's :class:`StageModule`; ``inputs`` / ``labels`` the whole train split (the
+    first stage reads inputs, the last labels); ``pp_group`` the pipeline's process group with stage
+    ``stage`` of ``stages`` here. The loss, the gradient norm and the step decision are the same on
+    every stage (the loss is broadcast from the last stage, the norm summed over stages).
+    """
+
+    def __init__(
+        self,
+        model: Any,
+        optimizer: Any,
+        scheduler: Any,
+        policy: Any,
+        loss_fn: Any,
+        inputs: dict[str, Any],
+        labels: Any,
+        device: Any,
+        clip: float | None,
+        grad_accum: int,
+        *,
+        stage: int,
+        stages: int,
+        pp_group: Any,
+        schedule: str,
+    ):
+        from torch.distributed.pipelining import PipelineStage, Schedule1F1B, ScheduleGPipe
+
+        self.model, self.optimizer, self.scheduler, self.policy = model, optimizer, scheduler, policy
+        self.inputs, self.labels, self.device, self.clip = inputs, labels, device, clip
+        self.grad_accum, self.stage, self.stages, self.group = grad_accum, stage, stages, pp_group
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        self.pipe_stage = PipelineStage(model, stage, stages, device, group=pp_group)
+        kind = {"gpipe": ScheduleGPipe, "1f1b": Schedule1F1B}[schedule]
+        self.schedule = kind(self.pipe_stage, n_microbatches=grad_accum, loss_fn=loss_fn)
+        self.last_rank = torch.distributed.get_global_rank(pp_group, stages - 1)
+
+    def fetch(self, idx: Any) -> tuple[dict[str, Any], Any]:
+        """A micro-batch at sample indices ``idx`` (the trainer replaces this with its data's fetch)."""
+        return {k: v.index_select(0, idx) for k, v in self.inputs.items()}, self.labels.index_select(0, idx)
+
+    def _whole_step(self, micro: list[Any]) -> tuple[dict[str, Any], Any]:
+        """The step's micro-batches as one batch the schedule cuts again, in the same order.
+
+        A micro-batch cut to a shorter padded length (bucketing) is padded back with zeros (the pad
+        token and a 0 mask) to the split's full width: a stage's buffers have one shape per run.
+        """
+        fetched = [self.fetch(ref) for ref in micro]
+        inputs = {}
+        for k in fetched[0][0]:
+            parts = [f[0][k] for f in fetched]
+            full = self.inputs[k].shape[1] if k in self.inputs and self.inputs[k].dim() > 1 else None
+            if full is not None:
+                parts = [
+                    torch.nn.functional.pad(p, (0, full - p.shape[1])) if p.shape[1] < full else p
+                    for p in parts
+                ]
+            inputs[k] = torch.cat(parts)
+        return inputs, torch.cat([f[1] for f in fetched])
+
+    def figures(self) -> dict[str, Any]:
+        """result.json metrics of the pipeline: its stages, micro-batches and bubble fraction."""
+        return {
+            "pp_stages": self.stages,
+            "pp_microbatches": self.grad_accum,
+            "pp_bubble_fraction": bubble_fraction(self.stages, self.grad_accum),
+        }
+
+    def __call__(self, micro_indices: list[Any]) -> StepOutcome:
+        t0 = time.perf_counter()
+        inputs, labels = self._whole_step(micro_indices)
+        data_s = time.perf_counter() - t0
+        losses: list[Any] = []
+        with self.policy.autocast():
+            if self.stage == 0:
+                self.schedule.step(**inputs)
+            elif self.stage == self.stages - 1:
+                self.schedule.step(target=labels, losses=losses)
+            else:
+                self.schedule.step()
+        mean = torch.stack([x.detach().float() for x in losses]).mean() if losses else torch.zeros(())
+        mean = mean.reshape(1).to(torch.float32)
+        torch.distributed.broadcast(mean, src=self.last_rank, group=self.group)
+        loss_val = float(mean.item())
+        self.policy.unscale(self.optimizer)
+        max_norm = self.clip if self.clip is not None else float("inf")
+        norm = float(tensor_parallel.grad_norm(self.params, max_norm, extra_group=self.group).item())
+        finite = (
+            loss_val == loss_val and abs(loss_val) != float("inf") and norm == norm and norm != float("inf")
+        )
+        stepped = self.policy.step(self.optimizer, grads_finite=finite)
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return StepOutcome(loss_val, stepped, data_s, norm)
