@@ -15,7 +15,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Literal, get_args
 
-Precision = Literal["32-true", "tf32", "16-mixed", "bf16-mixed", "bf16-true", "16-true"]
+Precision = Literal["32-true", "tf32", "16-mixed", "bf16-mixed", "bf16-true", "16-true", "fp8"]
 # tp, pp and fsdp+tp: tensor, pipeline and 2-D (FSDP2 x tensor) parallelism, see ampflow.engine.mesh
 Strategy = Literal["single", "ddp", "fsdp", "tp", "pp", "fsdp+tp"]
 Device = Literal["auto", "cpu", "cuda"]
@@ -23,6 +23,11 @@ Device = Literal["auto", "cpu", "cuda"]
 PRECISIONS: tuple[str, ...] = get_args(Precision)
 # modes that run fp16 math: refused on CPU (no fp16 training there), never emulated
 CUDA_ONLY_PRECISIONS: tuple[str, ...] = ("16-mixed", "16-true")
+# fp8 (torchao float8 training) needs fp8 tensor cores: CUDA compute capability 8.9 (Ada) or later
+FP8_PRECISIONS: tuple[str, ...] = ("fp8",)
+FP8_MIN_CAPABILITY: tuple[int, int] = (8, 9)
+# the compute dtypes a peak FLOP/s figure (MFU's denominator) is given for
+PEAK_DTYPES: tuple[str, ...] = ("fp32", "tf32", "fp16", "bf16", "fp8")
 LR_SCHEDULES = ("linear", "cosine", "constant")
 PAD_TO = ("bucket", "max")
 DATA_LOADING = ("auto", "memory", "stream")
@@ -93,6 +98,9 @@ class RunConfig:
     auto_batch_memory_budget: int = 8 * 1024**3
     auto_batch_plateau: float = 0.05
     eval_batch_size: int = 256
+    # MFU's denominator, FLOP/s of one device: a number (for this run's compute dtype) or per dtype,
+    # "bf16:9.895e14,fp32:6.7e13" (None: the vendor table, else a measured matmul peak)
+    peak_flops: float | str | None = None
     # cap the number of training examples used (0: all); handy for tiny test runs
     limit_train_samples: int = 0
     # token recipes: pad each batch to its longest sequence rounded up to a bucket length, with a
@@ -238,6 +246,10 @@ def overrides_schema() -> dict[str, Any]:
     return {"type": "object", "properties": props, "additionalProperties": False}
 
 
+# what an unset (None) field means where it is not the recipe's choice
+_NONE_DEFAULT_WORDS = {"peak_flops": "table|probe"}
+
+
 def set_keys_help() -> str:
     """The ``--set`` keys as a help table: name, type, default (``recipe`` when the recipe decides).
 
@@ -251,7 +263,7 @@ def set_keys_help() -> str:
         if f.name == "recipe":
             continue
         default = (
-            "recipe"
+            _NONE_DEFAULT_WORDS.get(f.name, "recipe")
             if f.default is None
             else f.default
             if isinstance(f.default, str)
@@ -324,6 +336,11 @@ def _coerce(key: str, value: Any) -> Any:
     kind = str(_FIELD_TYPES[key])
     if key == "batch_size":
         return value if value == "auto" else _as_int(key, value)
+    if key == "peak_flops":  # a number, or per-dtype "bf16:9.9e14,fp32:6.7e13" (checked by _validate)
+        try:
+            return float(value)
+        except ValueError:
+            return value
     if "bool" in kind:
         low = value.lower()
         if low in _BOOL_TRUE:
@@ -421,7 +438,37 @@ def _validate(c: RunConfig, only: set[str] | None = None) -> None:
         raise ConfigError(f"weight_decay must be >= 0, got {c.weight_decay!r}")
     if checks("auto_batch_plateau") and not 0 <= c.auto_batch_plateau < 1:
         raise ConfigError(f"auto_batch_plateau must be in [0, 1), got {c.auto_batch_plateau!r}")
+    if checks("peak_flops"):
+        parse_peak_flops(c.peak_flops)
     _validate_target(c, checks)
+
+
+def parse_peak_flops(value: Any) -> dict[str, float]:
+    """The ``peak_flops`` setting as ``{dtype: FLOP/s}``; a bare number applies to any dtype (``"*"``).
+
+    ``9.895e14`` -> ``{"*": 9.895e14}``; ``"bf16:9.895e14,fp32:6.7e13"`` -> per dtype (dtypes from
+    :data:`PEAK_DTYPES`); None -> ``{}``. Raises ConfigError naming the field on anything else.
+    """
+    if value is None:
+        return {}
+    allowed = f"a positive number or dtype:number pairs with dtypes {', '.join(PEAK_DTYPES)}"
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        if not (value > 0 and value != float("inf")):
+            raise ConfigError(f"peak_flops must be {allowed}; got {value!r}")
+        return {"*": float(value)}
+    if not isinstance(value, str):
+        raise ConfigError(f"peak_flops must be {allowed}; got {value!r}")
+    out: dict[str, float] = {}
+    for item in (s.strip() for s in value.split(",")):
+        dtype, sep, number = item.partition(":")
+        try:
+            flops = float(number)
+        except ValueError:
+            flops = -1.0
+        if not sep or dtype.strip() not in PEAK_DTYPES or not 0 < flops < float("inf"):
+            raise ConfigError(f"peak_flops must be {allowed}; got {value!r}")
+        out[dtype.strip()] = flops
+    return out
 
 
 def _validate_target(c: RunConfig, checks: Any) -> None:

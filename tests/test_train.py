@@ -62,6 +62,7 @@ METRIC_KEYS = {
     "recompiles",
     "flops_per_sample",
     "mfu",
+    "mfu_peak_flops",
     "final_train_loss",
     "loss_scale",
     "skipped_steps",
@@ -119,7 +120,9 @@ def test_short_run_loss_falls_and_result_schema(data, tmp_path):
     assert r["config"]["batch_size"] == 32 and r["config"]["learning_rate"] == 0.01  # recipe defaults
     m = r["metrics"]
     assert m["steps"] == 40 and m["timed_steps"] == 37 and m["batch_size"] == 32
-    assert m["mfu"] is None  # no known peak FLOP/s on a CPU
+    # no data-sheet peak on a CPU: MFU is against this CPU's probed matmul peak, and says so
+    assert r["mfu_peak_source"] == "probe" and m["mfu_peak_flops"] == r["peak_flops_per_device"] > 0
+    assert m["mfu"] == pytest.approx(m["flops_per_sample"] * m["samples_per_s"] / m["mfu_peak_flops"])
     # forward 2 FLOPs per MAC; backward 4 per MAC, except the first layer: no gradient for the input
     assert m["flops_per_sample"] == pytest.approx(2 * (16 * 32 + 32 * 3) + 2 * 16 * 32 + 4 * 32 * 3, rel=0.01)
     assert 0 <= m["data_wait_frac"] < 1

@@ -1,4 +1,4 @@
-"""Devices: which one to use, what it can do natively, peak FLOP/s for MFU, and peak-memory meters."""
+"""Devices: which one to use, what it can do natively, and peak-memory meters (peak FLOP/s: peaks.py)."""
 
 from __future__ import annotations
 
@@ -81,31 +81,6 @@ def bf16_native(device: Any) -> bool:
         except TypeError:  # pragma: no cover - builds before the keyword
             return bool(torch.cuda.is_bf16_supported())
     return cpu_has_native_bf16()
-
-
-# Peak dense FLOP/s (no sparsity) per compute type, from the vendors' data sheets. Matched by substring
-# of torch.cuda.get_device_name, in this order (more specific names first). Unknown GPU -> no MFU.
-_PEAK_FLOPS: list[tuple[str, dict[str, float]]] = [
-    ("H200", {"bf16": 989.4e12, "fp16": 989.4e12, "tf32": 494.7e12, "fp32": 66.9e12}),
-    ("H100 PCIe", {"bf16": 756.0e12, "fp16": 756.0e12, "tf32": 378.0e12, "fp32": 51.2e12}),
-    ("H100", {"bf16": 989.4e12, "fp16": 989.4e12, "tf32": 494.7e12, "fp32": 66.9e12}),
-    ("A100", {"bf16": 312.0e12, "fp16": 312.0e12, "tf32": 156.0e12, "fp32": 19.5e12}),
-    ("L40S", {"bf16": 362.0e12, "fp16": 362.0e12, "tf32": 183.0e12, "fp32": 91.6e12}),
-    ("L4", {"bf16": 121.0e12, "fp16": 121.0e12, "tf32": 60.0e12, "fp32": 30.3e12}),
-    ("V100", {"fp16": 125.0e12, "fp32": 15.7e12}),
-    ("T4", {"fp16": 65.0e12, "fp32": 8.1e12}),
-]
-
-
-def peak_flops(device: Any, compute: str) -> float | None:
-    """Peak dense FLOP/s of one device for ``compute`` (fp32, tf32, bf16, fp16); None where unknown (CPUs)."""
-    if device.type != "cuda":
-        return None
-    name = device_name(device)
-    for key, table in _PEAK_FLOPS:
-        if key in name:
-            return table.get(compute)
-    return None
 
 
 @dataclass

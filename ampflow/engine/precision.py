@@ -12,7 +12,10 @@
 Modes (Lightning's vocabulary): ``32-true`` and ``tf32`` differ only in the fp32 matmul precision;
 ``16-mixed`` is fp16 autocast + GradScaler (the only mode with a scaler); ``bf16-mixed`` is bf16
 autocast without a scaler (bf16 has fp32's exponent range); ``bf16-true`` and ``16-true`` keep the
-weights themselves in half precision.
+weights themselves in half precision. ``fp8`` is bf16-mixed whose Linear layers run their matmuls in
+float8 through torchao's float8 training API (``torchao.float8.convert_to_float8_training``, dynamic
+tensorwise scaling, fp32 master weights): CUDA compute capability 8.9 or later only (Ada: L4, L40S,
+RTX 4090/6000 Ada; Hopper: H100, H200; Blackwell: B200), refused everywhere else.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ import contextlib
 from dataclasses import dataclass, field
 from typing import Any
 
-from ampflow.config import CUDA_ONLY_PRECISIONS, ConfigError
+from ampflow.config import CUDA_ONLY_PRECISIONS, FP8_MIN_CAPABILITY, FP8_PRECISIONS, ConfigError
 
 
 @dataclass(frozen=True)
@@ -33,6 +36,7 @@ class ModeSpec:
     scaler: bool
     matmul_precision: str  # torch.set_float32_matmul_precision for the fp32 ops
     compute: str  # the dtype tensor cores / matmuls run in, for the peak-FLOP/s lookup
+    float8: bool = False  # Linear layers converted to torchao Float8Linear (fp8 matmuls)
 
 
 MODES: dict[str, ModeSpec] = {
@@ -42,6 +46,8 @@ MODES: dict[str, ModeSpec] = {
     "bf16-mixed": ModeSpec("bfloat16", "float32", False, "highest", "bf16"),
     "bf16-true": ModeSpec(None, "bfloat16", False, "highest", "bf16"),
     "16-true": ModeSpec(None, "float16", False, "highest", "fp16"),
+    # torchao's float8 training runs inside bf16 autocast: the ops it does not convert stay bf16
+    "fp8": ModeSpec("bfloat16", "float32", False, "highest", "fp8", float8=True),
 }
 
 
@@ -89,9 +95,13 @@ class PrecisionPolicy:
         return torch.get_float32_matmul_precision()
 
     def convert_model(self, model: Any) -> Any:
-        """*-true modes keep the weights in half precision; the others keep fp32 master weights."""
+        """*-true modes keep the weights in half precision; the others keep fp32 master weights.
+
+        ``fp8`` swaps the Linear layers for torchao's Float8Linear (:func:`convert_to_float8`)."""
         if self.spec.param_dtype != "float32":
             model = model.to(self.param_dtype)
+        if self.spec.float8:
+            model = convert_to_float8(model)
         return model
 
     def convert_input(self, tensor: Any) -> Any:
@@ -164,9 +174,17 @@ class PrecisionPolicy:
 
 
 def check_supported(mode: str, device_type: str) -> None:
-    """Refuse what the hardware cannot do, never switch silently."""
+    """Refuse what the hardware cannot do, never switch silently (ConfigError, one line).
+
+    ``fp8`` on CUDA reads the compute capability of this process's device (``LOCAL_RANK``, else 0).
+    """
     if mode not in MODES:
         raise ConfigError(f"precision must be one of {', '.join(MODES)}; got {mode!r}")
+    if mode in FP8_PRECISIONS:
+        reason = fp8_unsupported_reason(_device_of(device_type))
+        if reason:
+            raise ConfigError(reason)
+        return
     if device_type == "cpu" and mode in CUDA_ONLY_PRECISIONS:
         raise ConfigError(
             f"precision {mode} runs fp16 math, which is not supported for training on device cpu; "
@@ -187,3 +205,82 @@ def make_policy(mode: str, device_type: str, *, check: bool = True) -> Precision
     spec = MODES[mode]
     scaler = torch.amp.GradScaler(device_type) if spec.scaler else None
     return PrecisionPolicy(mode=mode, device_type=device_type, spec=spec, scaler=scaler)
+
+
+# -- fp8 ------------------------------------------------------------------------------------------
+
+FP8_HARDWARE = (
+    "an NVIDIA GPU with fp8 tensor cores, compute capability 8.9 or later "
+    "(L4, L40S, RTX 4090/6000 Ada, H100, H200, B200)"
+)
+
+
+def fp8_refusal(
+    device_type: str, capability: tuple[int, int] | None, gpu_name: str = "", torchao: bool = True
+) -> str | None:
+    """Why ``fp8`` cannot train here (one line naming what it needs), or None when it can.
+
+    ``capability`` is the CUDA compute capability ``(major, minor)`` (None off CUDA); ``torchao``
+    whether the torchao package is importable (False is checked last: the hardware comes first).
+    """
+    if device_type != "cuda" or capability is None:
+        return f"precision fp8 needs {FP8_HARDWARE}; device {device_type} has none: use bf16-mixed"
+    if tuple(capability) < FP8_MIN_CAPABILITY:
+        major, minor = capability
+        return (
+            f"precision fp8 needs {FP8_HARDWARE}; {gpu_name or 'this GPU'} has compute capability "
+            f"{major}.{minor}: use bf16-mixed"
+        )
+    if not torchao:
+        return (
+            "precision fp8 trains through torchao's float8 API and torchao is not installed: "
+            "pip install 'ampflow[fp8]' (or pip install torchao)"
+        )
+    return None
+
+
+def fp8_unsupported_reason(device: Any, *, need_torchao: bool = True) -> str | None:
+    """:func:`fp8_refusal` for a torch device (its real compute capability and name)."""
+    import importlib.util
+
+    import torch
+
+    capability, name = None, ""
+    if device.type == "cuda" and torch.cuda.is_available():
+        capability = tuple(torch.cuda.get_device_capability(device))
+        name = torch.cuda.get_device_name(device)
+    torchao = importlib.util.find_spec("torchao") is not None or not need_torchao
+    return fp8_refusal(device.type, capability, name, torchao)
+
+
+def _device_of(device_type: str) -> Any:
+    import os
+
+    import torch
+
+    if device_type == "cuda" and torch.cuda.is_available():
+        index = int(os.environ.get("LOCAL_RANK", "0")) % max(1, torch.cuda.device_count())
+        return torch.device("cuda", index)
+    return torch.device(device_type)
+
+
+def fp8_layer_filter(module: Any, fqn: str) -> bool:
+    """Which Linear layers run in float8: both dimensions multiples of 16 (the fp8 GEMM's rule);
+    a small classification head (384 -> 3) stays in bf16."""
+    return module.in_features % 16 == 0 and module.out_features % 16 == 0
+
+
+def convert_to_float8(model: Any) -> Any:
+    """Swap ``model``'s eligible ``nn.Linear`` layers for torchao's ``Float8Linear`` (in place).
+
+    torchao's default recipe (dynamic tensorwise scaling, e4m3 forward, e5m2 gradients); the fp32
+    master weights stay as they are. ConfigError when torchao is missing.
+    """
+    try:
+        from torchao.float8 import Float8LinearConfig, convert_to_float8_training
+    except ImportError:
+        raise ConfigError(
+            "precision fp8 trains through torchao's float8 API and torchao is not installed: "
+            "pip install 'ampflow[fp8]' (or pip install torchao)"
+        ) from None
+    return convert_to_float8_training(model, config=Float8LinearConfig(), module_filter_fn=fp8_layer_filter)

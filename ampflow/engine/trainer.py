@@ -32,10 +32,11 @@ from ampflow.data.loading import TrainData
 from ampflow.data.manifest import dataset_hash, dataset_info, read_manifest
 from ampflow.engine import autobatch, checkpoint, energy, parallel
 from ampflow.engine.console import ProgressLog
-from ampflow.engine.devices import bf16_native, device_name, peak_flops
+from ampflow.engine.devices import bf16_native, device_name
 from ampflow.engine.export import example_input, exportable_model
 from ampflow.engine.metrics import flops_per_sample
 from ampflow.engine.optim import build_optimizer
+from ampflow.engine.peaks import resolve_peak
 from ampflow.engine.precision import PrecisionPolicy
 from ampflow.engine.state import TrainState, wrap_and_restore
 from ampflow.engine.step import NonFiniteLossError, Stepper, loss_fn_of, sync
@@ -328,7 +329,12 @@ class Trainer:
                 "figures are empty: run longer (max_steps or epochs) or lower warmup_steps",
                 file=sys.stderr,
             )
-        peak_fs = peak_flops(device, self.policy.spec.compute)
+        # MFU's denominator: the peak_flops setting, the vendor table, else a cached matmul probe (rank 0
+        # measures; the probe's seconds are not training and stay out of train_wall_s)
+        probe_t0 = time.perf_counter()
+        peak = resolve_peak(device, self.policy.spec.compute, c.peak_flops, probe=self.is_main)
+        probe_s = time.perf_counter() - probe_t0
+        peak_fs = peak.flops
         metrics = w.figures(
             batch_size=self.batch_size,
             world=self.world,
@@ -345,9 +351,10 @@ class Trainer:
             skipped_steps=self.policy.skipped_steps,
             steps=self.pos.step,
             batch_size=self.batch_size,
-            train_wall_s=time.perf_counter() - self.wall0,
+            train_wall_s=time.perf_counter() - self.wall0 - probe_s,
             checkpoint_s=self.checkpoint_s,
             validation_s=self.val.seconds,
+            mfu_peak_flops=peak_fs,
             global_batch_size=self.per_step,
             lr_peak=self.lr_plan["peak_lr"],
             lr_scale_factor=self.lr_plan["lr_scale_factor"],
@@ -390,6 +397,9 @@ class Trainer:
             if memory
             else ("cuda_max_allocated" if device.type == "cuda" else "cpu_peak_rss"),
             "peak_flops_per_device": peak_fs,
+            "mfu_peak_flops": peak_fs,
+            "mfu_peak_source": peak.source,
+            "mfu_peak_detail": peak.detail,
             "metrics": metrics,
             "batch_size_search": self.search_report,
             "loss_curve": self.state.progress.loss_curve,

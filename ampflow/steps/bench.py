@@ -393,6 +393,10 @@ def _busy_note(records: list[dict[str, Any]]) -> str:
 
 def _refuse_unsupported(config: RunConfig, precisions: tuple[str, ...]) -> None:
     """Fail before an hour of training when the hardware cannot run a requested mode."""
+    if "fp8" in precisions:  # needs fp8 tensor cores and torchao: the same rule train applies
+        from ampflow.engine.precision import check_supported
+
+        check_supported("fp8", "cpu" if config.device == "cpu" else _device_kind(config.device))
     fp16 = [p for p in precisions if p in CUDA_ONLY_PRECISIONS]
     if not fp16 or config.device == "cuda":
         return
@@ -403,3 +407,9 @@ def _refuse_unsupported(config: RunConfig, precisions: tuple[str, ...]) -> None:
             f"precision {fp16[0]} needs a CUDA device (fp16 autocast on CPU is refused, not emulated); "
             "drop it from --precisions or run on a GPU"
         )
+
+
+def _device_kind(name: str) -> str:
+    import torch
+
+    return name if name != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")

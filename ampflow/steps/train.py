@@ -47,6 +47,7 @@ RESUME_MAY_CHANGE = (
     # in memory or streamed, the same micro-batches come out
     "data_loading",
     "data_workers",
+    "peak_flops",  # MFU's denominator: a reporting choice
 )
 
 

@@ -102,6 +102,8 @@ RESULT_PARAMS = (
     "dataset_hash",
     "fp32_matmul_precision",
     "bf16_emulated",
+    # where MFU's peak FLOP/s came from: table, probe or user (the figure is metric mfu_peak_flops)
+    "mfu_peak_source",
 )
 
 
