@@ -150,6 +150,7 @@ def test_prep_parity(monkeypatch, tmp_path):
             "recipe": ("recipe", "tweets-bow"),
             "data": ("out", data.path),
             "source": ("source", "s3://b/k.csv"),
+            "raw": (None, None),  # checked below
             "seed": ("seed", 7),
             "limit": ("limit", 300),
         },
@@ -157,6 +158,10 @@ def test_prep_parity(monkeypatch, tmp_path):
     # defaults leave the step's own defaults alone
     _run_until_step(prep.python_func, recipe="tweets-bow", data=data)
     assert seen["ns"].source is None and seen["ns"].limit is None
+    # an imported Dataset (dsl.importer) is read at its local path and wins over the `source` string
+    raw = _artifact(dsl.Dataset, tmp_path, "raw")
+    _run_until_step(prep.python_func, recipe="tweets-bow", data=data, raw=raw, source="s3://b/other.csv")
+    assert seen["ns"].source == raw.path
 
 
 def _overrides(ns):
@@ -307,6 +312,7 @@ def test_train_distributed_parity(monkeypatch, tmp_path):
         mlflow_secret="mlflow-creds", node_selector={"pool": "a100"},
         tolerations=[{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"},
                      {"key": "team", "operator": "Equal", "value": "ml"}],
+        queue="team-a", priority_class="", workload_priority="high", queue_timeout=3600.0, run_deadline=0.0,
         dry_run=True, pipeline_run_id="run-7",
     )  # fmt: skip
     ns = seen["ns"]
@@ -319,6 +325,10 @@ def test_train_distributed_parity(monkeypatch, tmp_path):
         "dry_run": ("dry_run", True), "cache_pvc": ("volume", ["shared-cache:/mnt/cache"]),
         "mlflow_secret": ("mlflow_secret", "mlflow-creds"), "node_selector": ("node_selector", ["pool=a100"]),
         "tolerations": (None, None), "settings": (None, None),
+        "queue": ("queue", "team-a"), "workload_priority": ("workload_priority", "high"),
+        # "" and 0 mean "not set": the launcher's defaults apply
+        "priority_class": ("priority_class", None), "queue_timeout": ("queue_timeout", 3600.0),
+        "run_deadline": ("run_deadline", None),
     })  # fmt: skip
     assert _overrides(ns) == ["max_steps=8"]
     # the tolerations arrive whole, as the launcher's own parser reads them
@@ -331,7 +341,7 @@ def test_train_distributed_parity(monkeypatch, tmp_path):
 
 
 def test_train_distributed_dry_run_renders_a_valid_manifest(tmp_path, capsys):
-    """The real launcher, --dry-run: the component's argv becomes a PyTorchJob manifest (no cluster)."""
+    """The real launcher, --dry-run: the component's argv becomes a TrainJob manifest (no cluster)."""
     from ampflow import cli
 
     parser = cli.build_parser()
@@ -348,9 +358,12 @@ def test_train_distributed_dry_run_renders_a_valid_manifest(tmp_path, capsys):
     )  # fmt: skip
     assert job == "ampflow-tweets-bow-8f2a"
     manifest = yaml.safe_load(capsys.readouterr().out.split("running:", 1)[1].split("\n", 1)[1])
-    assert manifest["kind"] == "PyTorchJob"
-    master = manifest["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]
-    mounts = {m["mountPath"] for c in master["containers"] for m in c.get("volumeMounts", [])}
+    assert manifest["kind"] == "TrainJob"
+    pod = manifest["spec"]["runtimePatches"][0]["trainingRuntimeSpec"]["template"]["spec"]["replicatedJobs"][
+        0
+    ]
+    pod = pod["template"]["spec"]["template"]["spec"]
+    mounts = {m["mountPath"] for c in pod["containers"] for m in c.get("volumeMounts", [])}
     assert "/mnt/ampflow-cache" in mounts
 
 
@@ -571,3 +584,37 @@ def test_link_sweep_records_a_pipelines_runs_once_and_never_moves_a_run(tmp_path
     mixed = [*records, {"run_id": other, "precision": "tf32", "tracking_uri": uri}]
     assert link_sweep(mixed, baseline="32-true", tolerance=0.5) is None
     assert schema.TAG_PARENT not in client.get_run(other).data.tags
+
+
+@pytest.mark.slow  # about 8 s: kfp.local starts a subprocess for the real prep
+@pytest.mark.filterwarnings("ignore:.*custom or non-Python base image")
+def test_importer_feeds_prep_under_kfp_local(tmp_path, monkeypatch):
+    """kfp.local (2.17) runs dsl.importer with a local path: the imported Dataset reaches the real prep
+    component, which reads that file (not the recipe's built-in data) and records it as its source."""
+    import csv
+
+    from kfp import local
+
+    monkeypatch.setenv("AMPFLOW_TRACKING", "off")
+    src = tmp_path / "tweets.csv"
+    with src.open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["text", "label"])
+        for label, words in {
+            "negative": "awful sad",
+            "neutral": "plain usual",
+            "positive": "great happy",
+        }.items():
+            w.writerows([f"{words} note{i} {label}x", label] for i in range(20))
+    root = tmp_path / "kfp"
+    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root), raise_on_error=True)
+
+    def imported(uri):
+        raw = dsl.importer(artifact_uri=uri, artifact_class=dsl.Dataset, reimport=True)
+        return prep(recipe="tweets-bow", raw=raw.output).outputs["data"]
+
+    # real types, not this module's postponed (string) annotations: KFP reads them
+    imported.__annotations__ = {"uri": str, "return": dsl.Dataset}
+    data = dsl.pipeline(name="import-and-prep")(imported)(uri=str(src)).output
+    manifest = json.loads((Path(data.path) / "manifest.json").read_text())
+    assert manifest["source"] == str(src) and sum(manifest["rows"].values()) == 60

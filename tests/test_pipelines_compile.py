@@ -140,14 +140,15 @@ def test_benchmark_yaml_carries_cluster_settings():
 
 def test_retrain_yaml_carries_cluster_settings_branches_and_exit_handler():
     spec, platform = _load(COMPILED / "retrain.yaml")
+    # the training sub-pipeline runs after either prep (imported data, recipe data): every task twice
     # single-device train: gpus_per_node accelerators of accelerator_type
     _check_gpu_executor(spec, platform, "exec-train", "gpus_per_node")
     _check_pvc(platform["exec-train"])
-    (policy,) = _retry(spec, "exec-train")
-    assert policy["maxRetryCount"] == 2
+    policies = _retry(spec, "exec-train")
+    assert len(policies) == 2 and all(p["maxRetryCount"] == 2 for p in policies)
     # both distributed branches launch with retries (the launcher reattaches) and the cache PVC
     policies = _retry(spec, "exec-train-distributed")
-    assert len(policies) == 2 and all(p["maxRetryCount"] == 2 for p in policies)
+    assert len(policies) == 4 and all(p["maxRetryCount"] == 2 for p in policies)
     for label in [x for x in platform if x.startswith("exec-train-distributed")]:
         _check_pvc(platform[label])
         _check_mlflow_secret_absent = (
@@ -156,7 +157,7 @@ def test_retrain_yaml_carries_cluster_settings_branches_and_exit_handler():
         assert _check_mlflow_secret_absent
     # evaluate in every branch's sub-pipeline gets the GPU settings and the secret
     evaluates = [label for label in _executors(spec) if label.startswith("exec-evaluate")]
-    assert len(evaluates) == 3
+    assert len(evaluates) == 6
     for label in evaluates:
         _check_gpu_executor(spec, platform, label, "accelerator_count")
     # the branches: multi-node, multi-GPU, single device
@@ -186,7 +187,41 @@ def test_no_secret_or_install_step_in_compiled_yaml(name):
     text = (COMPILED / name).read_text()
     spec, _ = _load(COMPILED / name)
     for label, executor in _executors(spec).items():
+        if "importer" in executor:  # no container: the KFP backend records the artifact itself
+            continue
         container = executor["container"]
         assert "env" not in container, f"{label}: credentials come from the Secret, not inline env"
         assert "pip install" not in " ".join(container.get("command", [])), label
     assert "MLFLOW_TRACKING_PASSWORD=" not in text and "password:" not in text.lower()
+
+
+def test_retrain_imports_external_data_and_passes_the_launch_options():
+    """An external data URI enters through dsl.importer (KFP lineage: Dataset -> prep), only when
+    `source` is set, re-imported on every run; the launch options are pipeline parameters that reach
+    the train_distributed tasks, TrainJob first."""
+    spec, _ = _load(COMPILED / "retrain.yaml")
+    importer = _executors(spec)["exec-importer"]["importer"]
+    assert importer["reimport"] is True and importer["typeSchema"]["schemaTitle"] == "system.Dataset"
+    assert importer["artifactUri"] == {"runtimeParameter": "uri"}
+    tasks = {(comp, name): task for comp, name, task in _all_tasks(spec)}
+    [((comp, _), imp)] = [(k, t) for k, t in tasks.items() if t["componentRef"]["name"] == "comp-importer"]
+    assert imp["inputs"]["parameters"]["uri"] == {"componentInputParameter": "pipelinechannel--source"}
+    assert imp.get("cachingOptions", {}).get("enableCache") is not True
+    prep = tasks[(comp, "prep")]
+    assert prep["inputs"]["artifacts"]["raw"]["taskOutputArtifact"] == {
+        "outputArtifactKey": "artifact",
+        "producerTask": "importer",
+    }
+    conditions = [t["triggerPolicy"].get("condition", "") for t in tasks.values() if "triggerPolicy" in t]
+    assert any("pipelinechannel--source" in c and "!= ''" in c for c in conditions), conditions
+    params = spec["root"]["inputDefinitions"]["parameters"]
+    assert params["job_api"]["defaultValue"] == "trainjob"
+    for name in ("queue", "priority_class", "workload_priority", "queue_timeout", "run_deadline"):
+        assert name in params
+    launches = [t for t in tasks.values() if t["componentRef"]["name"].startswith("comp-train-distributed")]
+    assert len(launches) == 4
+    for task in launches:
+        inputs = task["inputs"]["parameters"]
+        for name in ("queue", "priority_class", "workload_priority", "queue_timeout", "run_deadline"):
+            assert inputs[name]["componentInputParameter"] == f"pipelinechannel--{name}"
+        assert inputs["api"]["componentInputParameter"] == "pipelinechannel--job_api"

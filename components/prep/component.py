@@ -2,11 +2,13 @@
 
 from components.prep import prep
 prep_task = prep(recipe="tweets-bow", limit=300)
+raw = dsl.importer(artifact_uri="s3://bucket/tweets.csv", artifact_class=Dataset, reimport=True)
+prep_task = prep(recipe="tweets-bow", raw=raw.output)      # lineage: the imported Dataset feeds prep
 """
 
 # No `from __future__ import annotations` here: KFP reads the annotations as types.
 from kfp import dsl
-from kfp.dsl import Dataset, Output
+from kfp.dsl import Dataset, Input, Output
 
 from components import TRAINING_IMAGE
 
@@ -15,6 +17,7 @@ from components import TRAINING_IMAGE
 def prep(
     recipe: str,
     data: Output[Dataset],
+    raw: Input[Dataset] = None,
     source: str = "",
     seed: int = 0,
     limit: int = 0,
@@ -23,6 +26,9 @@ def prep(
 ) -> None:
     """Prepare the recipe's dataset (dedupe, stratified split, featurize) into the `data` directory.
 
+    raw: the source as an imported Dataset (``dsl.importer``); read at its local path (the KFP launcher
+    downloads an s3://, gs:// or minio:// artifact there; under kfp.local it is the file itself); it
+    wins over ``source``;
     source: a CSV/JSONL/Parquet path or fsspec URI ("" = the recipe's built-in data);
     limit: keep a stratified subset of N rows (0 = all).
     """
@@ -34,7 +40,7 @@ def prep(
         "prep",
         recipe=recipe,
         out=data.path,
-        source=source,
+        source=raw.path if raw is not None else source,
         seed=seed,
         limit=limit or None,
         cache_dir=cache_dir,

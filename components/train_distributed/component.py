@@ -1,4 +1,4 @@
-"""KFP component: ``ampflow launch``: train on several nodes/GPUs as a Kubeflow PyTorchJob and watch it.
+"""KFP component: ``ampflow launch``: train on several nodes/GPUs as a Kubeflow TrainJob (or PyTorchJob) and watch it.
 
     from components.train_distributed import train_distributed
     train_distributed(recipe="tweets-minilm", data=prep_task.outputs["data"], nodes=2, gpus_per_node=8,
@@ -9,7 +9,7 @@ The task's pod only stages, submits and watches; training runs in the job's pods
 pod's artifacts, so the dataset is staged on the shared PVC (`cache_pvc`, ReadWriteMany, mounted at
 `cache_dir` here and in every job pod), the job writes its run directory there, and the run directory is
 copied back into the `model` artifact when the job succeeded. The pipeline's service account needs RBAC
-to create PyTorchJobs (or TrainJobs).
+to create TrainJobs (or PyTorchJobs).
 """
 
 # No `from __future__ import annotations` here: KFP reads the annotations as types.
@@ -36,20 +36,28 @@ def train_distributed(
     strategy: str = "ddp",
     settings: Optional[List[str]] = None,  # noqa: UP006, UP045
     name: str = "",
-    api: str = "pytorchjob",
+    api: str = "trainjob",
     namespace: str = "",
+    queue: str = "",
+    priority_class: str = "",
+    workload_priority: str = "",
+    queue_timeout: float = 0.0,
+    run_deadline: float = 0.0,
     mlflow_secret: str = "",
     node_selector: Optional[dict] = None,  # noqa: UP045
     tolerations: Optional[list] = None,  # noqa: UP045
     dry_run: bool = False,
     pipeline_run_id: str = "",
 ) -> str:
-    """Launch `ampflow train --strategy ddp|fsdp` as a PyTorchJob (or a TrainJob, `api="trainjob"`).
+    """Launch `ampflow train --strategy ddp|fsdp` as a TrainJob (or a PyTorchJob, `api="pytorchjob"`).
 
     name: the job name ("" = derived from the pipeline run, so that a retried task reattaches to its
     job instead of submitting another). node_selector ({label: value}) and tolerations (Kubernetes
-    toleration objects) apply to the job's pods. Returns the job name. A Failed job or a deadline
-    fails the task (the launcher's exit code).
+    toleration objects) apply to the job's pods. queue: Kueue LocalQueue; priority_class: the pods'
+    PriorityClass (PyTorchJob); workload_priority: Kueue WorkloadPriorityClass ("" = none of them).
+    queue_timeout / run_deadline: seconds the job may wait to start / run once started (0 = no limit /
+    the active deadline + 300 s). Returns the job name. A Failed job or a deadline fails the task (the
+    launcher's exit code).
     """
     import json
     import os
@@ -71,6 +79,8 @@ def train_distributed(
         node_selector=[f"{k}={v}" for k, v in sorted((node_selector or {}).items())],
         # Kubernetes toleration objects pass through as JSON, exactly as the pipeline parameter gives them
         tolerations=[json.dumps(t, sort_keys=True) for t in tolerations or []], dry_run=dry_run,
+        queue=queue or None, priority_class=priority_class or None, workload_priority=workload_priority or None,
+        queue_timeout=queue_timeout or None, run_deadline=run_deadline or None,
     )  # fmt: skip
     run_step(
         "train",
