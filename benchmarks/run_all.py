@@ -20,6 +20,7 @@ BENCHMARKS = {
     "table": "benchmarks.bench_precision_table",  # precision table per recipe
     "tracking": "benchmarks.bench_tracking",  # MLflow logging cost against a real server
     "scaling": "benchmarks.bench_scaling",  # N-process DDP throughput vs N x 1 process
+    "strategies": "benchmarks.bench_strategies",  # ddp, fsdp, tp, pp, fsdp+tp: speed, memory per rank
 }
 
 

@@ -213,6 +213,11 @@ def _validate_spec(s: LaunchSpec) -> None:
     RunConfig(
         recipe=s.recipe, precision=s.precision, compile=s.compile, strategy=s.resolved_strategy
     ).replace(**s.overrides)
+    if s.resolved_strategy in ("tp", "pp", "fsdp+tp"):
+        # nodes x GPUs per node onto the mesh (tp inside a node, dp across nodes by default); torch-free
+        from ampflow.engine.mesh import resolve as resolve_mesh
+
+        resolve_mesh(s.resolved_strategy, s.overrides.get("mesh"), s.world_size, s.procs_per_node)
     clash = sorted(set(s.overrides) & {"recipe", "precision", "strategy", "compile"})
     if clash:
         raise ConfigError(f"--set {clash[0]}=... duplicates --{clash[0]}; use --{clash[0]}")

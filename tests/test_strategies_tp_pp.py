@@ -1,0 +1,166 @@
+"""Tensor, pipeline and 2-D parallelism (issue 14) against one process, with real torchrun (gloo, CPU).
+
+One chain resumes a tiny transformer (2 BERT layers, hidden 32, dropout 0) across layouts:
+tp on 2 processes (steps 0-2), pp on 2 processes with the 1F1B schedule over the 2 micro-batches of
+``grad_accum`` (steps 2-4), FSDP2 x tp on a 2x2 mesh of 4 processes (steps 4-6). After each link the
+gathered weights equal those of one process trained to the same step on the same data and seed, and
+the loss curve equals its curve, within ``ATOL``/``RTOL``: in fp32 the layouts differ only in the order
+of float summation (a split matmul adds partial sums; FSDP2 reduces over ranks), which moves results by
+a few float32 ulps per step. Every link resumes a checkpoint written under another layout.
+
+Bad layouts are refused with exit 2 and one line before any process group is created.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from ampflow.cli import main
+from ampflow.engine import mesh
+from tests.recipes_transformer import NAME, write_dataset
+
+ROOT = Path(__file__).resolve().parents[1]
+# float32 summation-order differences over a few AdamW steps (measured: about 2e-7 on the weights)
+ATOL, RTOL = 1e-5, 1e-4
+COMMON = ["--set", "batch_size=8", "--set", "grad_accum=2", "--set", "warmup_steps=0"]
+# a constant learning rate: a schedule spans max_steps, which each link of the chain extends
+COMMON += ["--set", "lr_schedule=constant", "--set", "lr_warmup_steps=0"]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _torchrun(nproc: int, strategy: str, data: Path, out: Path, steps: int, *extra: str) -> dict:
+    argv = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}"]
+    argv += [f"--master_port={_free_port()}", "-m", "ampflow", "train", "--strategy", strategy]
+    argv += ["--recipe", NAME, "--data", str(data), "--out", str(out), "--set", f"max_steps={steps}"]
+    argv += [*COMMON, *extra]
+    env = {**os.environ, "AMPFLOW_TRACKING": "off", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=600)  # noqa: S603
+    assert proc.returncode == 0, f"{strategy}: {proc.stderr[-3000:]}"
+    return json.loads((out / "result.json").read_text())
+
+
+def _single(data: Path, out: Path, steps: int, *extra: str) -> dict:
+    argv = ["train", "--recipe", NAME, "--data", str(data), "--out", str(out)]
+    assert main([*argv, "--set", f"max_steps={steps}", *COMMON, *extra]) == 0
+    return json.loads((out / "result.json").read_text())
+
+
+def _weights(path: Path) -> dict[str, torch.Tensor]:
+    return torch.load(path, weights_only=True)["model"]
+
+
+def _assert_same(a: dict, b: dict, what: str) -> None:
+    assert set(a) == set(b), what
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], atol=ATOL, rtol=RTOL, msg=lambda m, k=k: f"{what} {k}: {m}")
+
+
+@pytest.mark.slow
+def test_tp_then_pp_then_2x2_mesh_match_one_process(tmp_path, monkeypatch):
+    monkeypatch.setenv("AMPFLOW_TRACKING", "off")
+    data = write_dataset(tmp_path / "data")
+    # the reference: one process, its checkpoint kept after steps 2 and 4
+    ref = tmp_path / "ref"
+    _single(data, ref, 2)
+    shutil.copy(ref / "checkpoint.pt", tmp_path / "ref2.pt")
+    _single(data, ref, 4, "--resume")
+    shutil.copy(ref / "checkpoint.pt", tmp_path / "ref4.pt")
+    straight = _single(data, ref, 6, "--resume")
+
+    run = tmp_path / "chain"
+    tp = _torchrun(2, "tp", data, run, 2)
+    assert (tp["strategy"], tp["mesh"], tp["world_size"]) == ("tp", "tp:2", 2)
+    _assert_same(_weights(run / "checkpoint.pt"), _weights(tmp_path / "ref2.pt"), "tp, step 2")
+
+    pp = _torchrun(2, "pp", data, run, 4, "--resume", "--set", "pp_schedule=1f1b")
+    assert (pp["mesh"], pp["resumed_from_step"]) == ("pp:2", 2)
+    # 2 stages, 2 micro-batches: (p - 1) / (m + p - 1) of the schedule idles
+    assert pp["metrics"]["pp_bubble_fraction"] == pytest.approx(1 / 3)
+    _assert_same(_weights(run / "checkpoint.pt"), _weights(tmp_path / "ref4.pt"), "pp, step 4")
+
+    two_d = _torchrun(4, "fsdp+tp", data, run, 6, "--resume", "--set", "mesh=dp:2,tp:2")
+    assert (two_d["mesh"], two_d["world_size"], two_d["resumed_from_step"]) == ("dp:2,tp:2", 4, 4)
+    final = torch.load(run / "checkpoint.pt", weights_only=True)
+    expected = torch.load(ref / "checkpoint.pt", weights_only=True)
+    _assert_same(final["model"], expected["model"], "fsdp+tp, step 6")
+    # the optimizer state went through every layout too (AdamW moments by parameter name)
+    assert final["optimizer"]["state"].keys() == expected["optimizer"]["state"].keys()
+    for name, st in expected["optimizer"]["state"].items():
+        _assert_same(final["optimizer"]["state"][name], st, f"optimizer {name}")
+    got, want = two_d["loss_curve"], straight["loss_curve"]
+    assert [s for s, _ in got] == [s for s, _ in want] == [1, 2, 3, 4, 5, 6]
+    torch.testing.assert_close([v for _, v in got], [v for _, v in want], atol=ATOL, rtol=RTOL)
+    # the same result schema as ddp / fsdp: global and per-device speed, the max peak over ranks
+    for key in ("samples_per_s", "samples_per_s_per_device", "peak_memory_bytes", "lr_scale_factor"):
+        assert key in two_d["metrics"], key
+
+
+@pytest.mark.parametrize(
+    ("world", "strategy", "extra", "needle"),
+    [
+        (3, "fsdp+tp", ["--set", "mesh=dp:2,tp:2"], "tp:2 does not divide the world size 3"),
+        (6, "fsdp+tp", ["--set", "mesh=dp:2,tp:2"], "covers 4 ranks but the world size is 6"),
+        (4, "pp", [], "2 layers do not split evenly into 4 stages"),
+        (2, "pp", ["--set", "pp_schedule=1f1b"], "needs at least as many micro-batches"),
+        (2, "tp", ["--recipe", "tests.recipes_transformer:no_plan"], "declares no tensor-parallel plan"),
+        (2, "pp", ["--recipe", "tests.recipes_transformer:no_plan"], "declares no pipeline split"),
+        (2, "tp", ["--set", "mesh=pp:2"], "strategy tp uses tp, not pp"),
+    ],
+)
+def test_bad_layouts_exit_2_before_any_process_group(
+    tmp_path, monkeypatch, capsys, world, strategy, extra, needle
+):
+    import torch.distributed as dist
+
+    def refuse(*_a, **_k):  # reaching it would mean the layout was not checked first
+        raise AssertionError("a process group was created for a bad layout")
+
+    monkeypatch.setattr(dist, "init_process_group", refuse)
+    env = {"RANK": "0", "WORLD_SIZE": str(world), "LOCAL_WORLD_SIZE": str(world), "MASTER_ADDR": "127.0.0.1"}
+    for k, v in {**env, "MASTER_PORT": "1", "AMPFLOW_TRACKING": "off"}.items():
+        monkeypatch.setenv(k, v)
+    data = write_dataset(tmp_path / "data", n_train=16, n_val=4, n_test=4)
+    argv = [
+        "train",
+        "--strategy",
+        strategy,
+        "--recipe",
+        NAME,
+        "--data",
+        str(data),
+        "--out",
+        str(tmp_path / "r"),
+    ]
+    # the recipe given in `extra` (if any) comes last and wins
+    assert main([*argv, "--set", "max_steps=1", *extra]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and needle in err[0], err
+    assert not dist.is_initialized()
+
+
+def test_mesh_layouts_map_nodes_and_gpus():
+    # fsdp+tp by default: tensor parallel inside a node (its GPUs), data parallel across nodes
+    assert mesh.resolve("fsdp+tp", None, world=16, local_world=8).shape == {"dp": 2, "tp": 8}
+    assert mesh.resolve("fsdp+tp", "tp:2", world=8).shape == {"dp": 4, "tp": 2}
+    layout = mesh.resolve("fsdp+tp", "dp:2,tp:2", world=4)
+    # tensor parallel innermost: ranks 0,1 form one tensor group, 2,3 the other
+    assert [layout.coord(r, "dp") for r in range(4)] == [0, 0, 1, 1]
+    assert [layout.coord(r, "tp") for r in range(4)] == [0, 1, 0, 1]
+    assert mesh.resolve("pp", None, world=2).shape == {"pp": 2}
+    assert mesh.resolve("ddp", None, world=3).shape == {"dp": 3}
+    assert mesh.bubble_fraction(4, 8) == pytest.approx(3 / 11)
+    assert mesh.bubble_fraction(1, 4) == 0
