@@ -198,7 +198,7 @@ def device_peaks(device: Any, override: Any = None, *, probe: bool = True) -> di
 PROBE_BUDGET_S = 1.0  # per dtype: repeats stop once this much time has gone into timed matmuls
 CPU_MAX_N, CUDA_MAX_N = 2048, 8192
 # grow the matrix until one product takes at least this long (launch and clock overheads vanish)
-MIN_OP_S = {"cpu": 0.02, "cuda": 0.002}
+MIN_OP_S = {"cpu": 0.02, "cuda": 0.001}
 
 
 def _matmul_dtype(compute: str) -> Any:
@@ -259,26 +259,34 @@ def _probe_fp8(device: Any, cap: int) -> tuple[float, str] | None:
 
 
 def _time_square(make: Any, device: Any, n: int, cap: int, compute: str) -> tuple[float, str]:
-    """Grow ``n`` (doubling up to ``cap``) until one product is slow enough to time, then take the best."""
+    """Grow ``n`` (doubling up to ``cap``) until a timed call is slow enough to time, then take the best.
+
+    A timed call runs the product once on a CPU and 10 times back to back on CUDA (so a launch and a
+    synchronise weigh nothing); each size is judged on the best of 3 calls, so a moment of CPU
+    contention does not stop the growth early.
+    """
     from ampflow.engine.step import sync
+
+    reps = 10 if device.type == "cuda" else 1
 
     def once(op: Any) -> float:
         sync(device)
         t0 = time.perf_counter()
-        op()
+        for _ in range(reps):
+            op()
         sync(device)
-        return time.perf_counter() - t0
+        return (time.perf_counter() - t0) / reps
 
     min_op = MIN_OP_S.get(device.type, 0.02)
     op = make(n)
     once(op)  # warm-up: kernel selection, allocator, lazy initialisation
-    first = once(op)
-    while first < min_op and n * 2 <= cap:
+    best = min(once(op) for _ in range(3))
+    while best < min_op and n * 2 <= cap:
         n *= 2
         op = make(n)
         once(op)
-        first = once(op)
-    best, spent, runs = first, first, 1
+        best = min(once(op) for _ in range(3))
+    spent, runs = best * 3, 3
     while spent < PROBE_BUDGET_S and runs < 50:
         dt = once(op)
         best, spent, runs = min(best, dt), spent + dt, runs + 1

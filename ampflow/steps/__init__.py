@@ -1,4 +1,4 @@
-"""Steps: prep, train, evaluate, bench, compare, register, launch, sync, close-runs.
+"""Steps: prep, train, evaluate, bench, compare, register, launch, sync, close-runs, recipes, doctor.
 
 Each step module is importable without torch or mlflow (they load inside ``run``) and exposes:
 
@@ -26,6 +26,7 @@ STEP_MODULES = {
     "sync": "ampflow.steps.sync",
     "close-runs": "ampflow.steps.close_runs",
     "recipes": "ampflow.steps.recipes",
+    "doctor": "ampflow.steps.doctor",
 }
 
 

@@ -208,15 +208,21 @@ def run(
     tolerance: float = 0.5,
     limit: int | None = None,
     overrides: list[str] | None = None,
+    entries: list[SweepEntry] | None = None,
 ) -> dict[str, Any]:
     """Run the sweep; returns the comparison summary (also written to ``out/summary.json``).
 
-    ``overrides`` are ``key=value`` strings applied to every configuration's training. Raises
-    ConfigError for bad input (before anything trains), RuntimeError when every configuration failed.
+    ``overrides`` are ``key=value`` strings applied to every configuration's training; ``entries``
+    runs a subset of ``sweep.entries()`` in its order (``ampflow doctor --gpu``: every precision
+    uncompiled, and bf16-mixed compiled too). Raises ConfigError for bad input (before anything
+    trains), RuntimeError when every configuration failed.
     """
     if paths.out is None:
         raise ConfigError("--out is required")
-    entries = sweep.entries()
+    if entries is None:
+        entries = sweep.entries()
+    elif not entries or any(e not in sweep.entries() for e in entries):
+        raise ConfigError("entries must be a non-empty subset of the sweep's configurations")
     _refuse_unsupported(config, sweep.precisions)
     out = Path(paths.out)
     # one sweep per --out at a time: a second would mix its runs into this one's report and MLflow runs
