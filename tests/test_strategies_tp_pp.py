@@ -119,6 +119,7 @@ def test_tp_then_pp_then_2x2_mesh_match_one_process(tmp_path, monkeypatch):
         (2, "tp", ["--recipe", "tests.recipes_transformer:no_plan"], "declares no tensor-parallel plan"),
         (2, "pp", ["--recipe", "tests.recipes_transformer:no_plan"], "declares no pipeline split"),
         (2, "tp", ["--set", "mesh=pp:2"], "strategy tp uses tp, not pp"),
+        (2, "tp", ["--set", "batch_size=auto"], "batch_size=auto is not supported with strategy tp"),
     ],
 )
 def test_bad_layouts_exit_2_before_any_process_group(

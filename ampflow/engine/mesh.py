@@ -119,12 +119,16 @@ def check(
     Raises ConfigError: the mesh does not fit the world size; a recipe without ``tp_plan`` under tp
     or fsdp+tp, without ``pipeline_split`` / ``pipeline_layers`` under pp; a layer count that does not
     split evenly into the stages; 1F1B with fewer micro-batches (``grad_accum``) than stages; a batch
-    size the data-parallel degree does not divide; ``compile`` or ``16-mixed`` with a mesh strategy.
+    size the data-parallel degree does not divide; ``compile`` or ``batch_size=auto`` with a mesh
+    strategy; ``16-mixed`` or ``val_every`` with pp.
     """
     layout = resolve(config.strategy, config.mesh, world, local_world)
     s = config.strategy
     if s in MESH_STRATEGIES and config.compile:
         raise ConfigError(f"compile is not supported with strategy {s} yet; drop --compile or use ddp/fsdp")
+    if s in MESH_STRATEGIES and config.batch_size == "auto":
+        # the search times the whole model in each process: it says nothing about a split one
+        raise ConfigError(f"batch_size=auto is not supported with strategy {s}; give batch_size=N")
     if s in ("tp", "fsdp+tp") and not callable(getattr(recipe, "tp_plan", None)):
         raise ConfigError(
             f"strategy {s}: recipe {config.recipe!r} declares no tensor-parallel plan (a tp_plan(model, tp) "

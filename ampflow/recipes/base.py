@@ -20,6 +20,17 @@ The data contract between ``prep`` and ``train``/``evaluate``:
   ``label_names`` in ``info``.
 - ``build_model(info)`` returns an ``nn.Module`` whose ``forward(**inputs)`` takes every array except
   ``labels`` as a keyword tensor and returns logits ``[batch, num_classes]``.
+
+Optional, for the mesh strategies (see :mod:`ampflow.engine.mesh`; a recipe without them is refused
+for that strategy with exit 2, :mod:`ampflow.recipes.transformer` declares them for a BERT encoder):
+- ``tp_plan(model, tp) -> {pattern: "colwise" | "rowwise"}`` for ``tp`` and ``fsdp+tp``: which Linear
+  layers split how over ``tp`` ranks (``*`` in a pattern matches one dotted segment of a module name;
+  Megatron-LM's pairing: a column split followed by a row split). Raise ConfigError for a ``tp`` the
+  model cannot take (heads not divisible).
+- ``pipeline_split(model) -> (first, layers, last)`` and ``pipeline_layers(info) -> int`` for ``pp``:
+  ``first(**inputs)`` returns a state tensor, each layer maps state to state, ``last(state)`` returns
+  logits; each part lists in ``owns`` the submodule names it computes with; ``pipeline_layers`` gives
+  ``len(layers)`` before the model exists (checked against the stage count before any process group).
 """
 
 from __future__ import annotations
