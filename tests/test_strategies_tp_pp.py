@@ -165,3 +165,15 @@ def test_mesh_layouts_map_nodes_and_gpus():
     assert mesh.resolve("ddp", None, world=3).shape == {"dp": 3}
     assert mesh.bubble_fraction(4, 8) == pytest.approx(3 / 11)
     assert mesh.bubble_fraction(1, 4) == 0
+
+
+def test_launch_checks_nodes_times_gpus_against_the_mesh_and_passes_it_on():
+    from ampflow.config import ConfigError
+    from ampflow.kube.manifests import LaunchSpec, container_command
+
+    spec = {"recipe": "tweets-minilm", "data": "/data", "image": "reg/ampflow:1", "strategy": "fsdp+tp"}
+    with pytest.raises(ConfigError, match="covers 12 ranks but the world size is 8"):
+        LaunchSpec(**spec, nodes=2, gpus_per_node=4, overrides={"mesh": "dp:3,tp:4"})
+    argv = container_command(LaunchSpec(**spec, nodes=2, gpus_per_node=4, overrides={"mesh": "dp:2,tp:4"}))
+    assert "--nnodes=2" in argv and "--nproc-per-node=4" in argv
+    assert argv[argv.index("--strategy") + 1] == "fsdp+tp" and "mesh=dp:2,tp:4" in argv
