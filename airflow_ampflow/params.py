@@ -39,8 +39,9 @@ def default_args() -> dict[str, Any]:
 
 
 def common_params() -> dict[str, Param]:
-    """The params both DAGs take: what to train on, ``--set`` overrides, where the steps run, and
-    whether a regression against earlier runs fails the run."""
+    """The params both DAGs take: what to train on, ``--set`` overrides, where the steps run, the
+    MLflow Connection, the shared-cluster settings (:func:`cluster_params`), and whether a regression
+    against earlier runs fails the run."""
     return {
         "recipe": Param(
             "tweets-bow", type="string", minLength=1, description="built-in recipe or module:function"
@@ -81,8 +82,12 @@ def common_params() -> dict[str, Param]:
 
 
 def cluster_params() -> dict[str, Param]:
-    """The shared-cluster params (kubernetes mode): Kueue queue, priority class, the job API of a
-    distributed train, and the two deadlines ``ampflow launch`` separates (README: Kubernetes)."""
+    """The shared-cluster params (kubernetes mode): Kueue queue, priority class and workload priority,
+    the job API of a distributed train, and the two deadlines ``ampflow launch`` separates (a queue
+    timeout while pending, a run deadline once running). Each becomes the ``launch`` flag of the same
+    name (``--queue``, ``--priority-class``, ``--workload-priority``, ``--api``, ``--queue-timeout``,
+    ``--run-deadline``) through :func:`ampflow.commands.plan_step`; ``queue`` and ``priority_class``
+    also reach the task pods."""
     return {
         "queue": Param(
             None,
@@ -98,6 +103,13 @@ def cluster_params() -> dict[str, Param]:
             pattern=_K8S_NAME,
             description="kubernetes: the pods' priorityClassName (a distributed TrainJob takes it from "
             "its runtime: use api pytorchjob)",
+        ),
+        "workload_priority": Param(
+            None,
+            type=["null", "string"],
+            maxLength=63,
+            pattern=_K8S_NAME,
+            description="kubernetes, distributed: Kueue WorkloadPriorityClass (label kueue.x-k8s.io/priority-class)",
         ),
         "api": Param(
             "trainjob",

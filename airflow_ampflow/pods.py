@@ -100,6 +100,7 @@ def cluster_options(params: Any) -> dict[str, Any]:
         "api": params.get("api") or None,
         "queue": params.get("queue") or None,
         "priority_class": params.get("priority_class") or None,
+        "workload_priority": params.get("workload_priority") or None,
         "queue_timeout": params.get("queue_timeout"),
         "run_deadline": params.get("run_deadline"),
     }

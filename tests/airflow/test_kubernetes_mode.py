@@ -267,3 +267,125 @@ def test_the_clean_up_task_runs_ampflow_close_runs_in_a_cpu_pod(dags):
     assert root.startswith("/mnt/ampflow/")  # the run directories on the PVC the pod mounts
     assert "nvidia.com/gpu" not in (c.resources.limits or {})
     assert [e.secret_ref.name for e in c.env_from] == ["mlflow-creds"]
+
+
+def test_shared_cluster_params_reach_the_task_pods_and_the_launch_argv(dags):
+    """queue/priority_class label and prioritise the task pods; with workload_priority, api and the
+    two deadlines they become the launcher's flags (spelled by step_argv)."""
+    dag = dags["retrain"]
+    conf = {
+        "queue": "team-a",
+        "priority_class": "high",
+        "workload_priority": "batch",
+        "api": "pytorchjob",
+        "queue_timeout": 3600,
+        "run_deadline": 7200,
+    }
+    ctx = context(dag, "evaluate", conf=conf)
+    pod = step_op(dag, "evaluate", {"recipe": "tweets-bow", "data": "/d", "checkpoint": "/c", "out": "/o"})
+    pod = pod.configure_pod(ctx).build_pod_request_obj(ctx)
+    assert pod.metadata.labels["kueue.x-k8s.io/queue-name"] == "team-a"
+    assert pod.spec.priority_class_name == "high"
+
+    ctx = context(dag, "train", conf={**conf, "nodes": 2, "gpus_per_node": 4})
+    launcher = step_op(dag, "train", TRAIN_OPTS).configure_pod(ctx)
+    argv = launcher.cmds + launcher.arguments
+    flags = dict(zip(argv[2::2], argv[3::2], strict=False))
+    assert argv[:2] == ["ampflow", "launch"]
+    assert flags["--queue"] == "team-a" and flags["--priority-class"] == "high"
+    assert flags["--workload-priority"] == "batch" and flags["--api"] == "pytorchjob"
+    assert flags["--queue-timeout"] == "3600" and flags["--run-deadline"] == "7200"
+
+    # the defaults: a TrainJob, no queue, launch's own deadlines
+    ctx = context(dag, "train", conf={"nodes": 2, "gpus_per_node": 4})
+    argv = step_op(dag, "train", TRAIN_OPTS).configure_pod(ctx).arguments
+    assert argv[argv.index("--api") + 1] == "trainjob"
+    assert not {"--queue", "--priority-class", "--queue-timeout", "--run-deadline"} & set(argv)
+
+
+def test_cluster_params_are_validated_at_trigger_time(dags):
+    from airflow.sdk.exceptions import ParamValidationError
+
+    dag = dags["benchmark"]
+    for bad in ({"queue": "Team_A"}, {"api": "mpijob"}, {"run_deadline": 0}, {"priority_class": "x" * 64}):
+        with pytest.raises(ParamValidationError):
+            context(dag, "train", conf=bad)
+
+
+def test_the_mlflow_connection_reaches_the_pod_without_its_credentials(dags, monkeypatch):
+    """The Connection (AIRFLOW_CONN_MLFLOW_DEFAULT, JSON form) names the server in the pod and in the
+    job; its login and password appear nowhere in the manifest: the pod reads them from the Secret."""
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_MLFLOW_DEFAULT",
+        json.dumps(
+            {
+                "conn_type": "http",
+                "host": "mlflow.ml.svc",
+                "port": 5000,
+                "login": "bot",
+                "password": "hunter2-not-in-pods",
+                "extra": {"insecure_tls": True},
+            }
+        ),
+    )
+    dag = dags["retrain"]
+    ctx = context(dag, "evaluate")
+    op = step_op(dag, "evaluate", {"recipe": "tweets-bow", "data": "/d", "checkpoint": "/c", "out": "/o"})
+    pod = op.configure_pod(ctx).build_pod_request_obj(ctx)
+    env = {e.name: e.value for e in pod.spec.containers[0].env}
+    assert env["MLFLOW_TRACKING_URI"] == "http://mlflow.ml.svc:5000"
+    assert env["MLFLOW_TRACKING_INSECURE_TLS"] == "true"
+    manifest = json.dumps(pod.to_dict(), default=str)
+    assert "hunter2-not-in-pods" not in manifest and "MLFLOW_TRACKING_USERNAME" not in manifest
+    assert [e.secret_ref.name for e in pod.spec.containers[0].env_from] == ["mlflow-creds"]
+
+    ctx = context(dag, "train", conf={"nodes": 2, "gpus_per_node": 4})
+    argv = step_op(dag, "train", TRAIN_OPTS).configure_pod(ctx).arguments
+    assert argv[argv.index("--tracking-uri") + 1] == "http://mlflow.ml.svc:5000"
+    assert "hunter2-not-in-pods" not in " ".join(argv)
+
+
+class RunningTI(TI):
+    """What the pod operator's deferral reads from the task instance besides its identity."""
+
+    start_date = None
+
+    def xcom_push(self, key, value):
+        pass
+
+
+def test_kubernetes_mode_defers_to_the_providers_pod_trigger(dags, monkeypatch):
+    """The task is itself the provider's deferrable pod operator: execute creates the pod (the API
+    server replaced by a stand-in that accepts it as requested) and defers to KubernetesPodTrigger; the
+    resumed task sets its pod settings again before the provider collects, then trims the XCom."""
+    from airflow.providers.cncf.kubernetes.operators.pod import KubernetesPodOperator
+    from airflow.sdk.exceptions import TaskDeferred
+
+    dag = dags["retrain"]
+    ctx = context(dag, "compare")
+    ctx["ti"] = RunningTI(dag.dag_id, "compare", ctx["run_id"])
+    opts = {
+        "recipe": "tweets-bow",
+        "runs": ["/mnt/ampflow/r/runs/candidate"],
+        "out": "/mnt/ampflow/r/compare",
+    }
+    op = step_op(dag, "compare", opts)
+    op.get_or_create_pod = lambda pod_request_obj, context: pod_request_obj  # the API server's stand-in
+    with pytest.raises(TaskDeferred) as deferred:
+        op.execute(ctx)
+    classpath, kwargs = deferred.value.trigger.serialize()
+    assert classpath.endswith("KubernetesPodTrigger")
+    assert deferred.value.method_name == "trigger_reentry"
+    assert kwargs["pod_namespace"] == "ml-train" and kwargs["pod_name"].startswith("ampflow-retrain-compare-")
+
+    fresh = step_op(dag, "compare", opts)  # a resumed task is a new operator object
+    seen = {}
+
+    def provider_reentry(self, context, event):
+        seen.update(namespace=self.namespace, xcom=self.do_xcom_push, conn=self.kubernetes_conn_id)
+        return {"verdict": "ok", "loss_curve": [1.0, 0.5]}
+
+    monkeypatch.setattr(KubernetesPodOperator, "trigger_reentry", provider_reentry)
+    value = fresh.trigger_reentry(ctx, {"status": "success", "name": "p", "namespace": "ml-train"})
+    assert seen == {"namespace": "ml-train", "xcom": True, "conn": "kubernetes_default"}
+    assert value == {"verdict": "ok"}
