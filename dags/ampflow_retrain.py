@@ -12,11 +12,15 @@ A run started by the asset reads the asset's file URI as `--source` unless the `
 `local` runs each step as a subprocess of `ampflow` (Variable `ampflow_bin` or env `AMPFLOW_BIN`);
 `kubernetes` runs each step as a pod on the training image (Variable `ampflow_kubernetes` holds the
 namespace, image, GPU, node selector, tolerations, MLflow Secret and PVC); with `nodes` ×
-`gpus_per_node` > 1 training runs as a PyTorchJob through `ampflow launch`.
+`gpus_per_node` > 1 training runs as a TrainJob (a PyTorchJob with `api`) through `ampflow launch`;
+`queue`, `priority_class`, `workload_priority`, `queue_timeout` and `run_deadline` are launch's Kueue
+and deadline flags. **MLflow:** the server comes from the Airflow Connection the `mlflow_conn_id`
+param names (default `mlflow_default`), else the worker's environment (README: Airflow).
 
 **Retries:** a retry after a worker crash reconnects to the running step process or pod (task state
-store) and a PyTorchJob is reattached by its deterministic name; a retried `train` resumes from its
-last checkpoint. Bad input (exit 2) fails at once, without retries.
+store) and a job is reattached by its deterministic name; a retried `train` resumes from its
+last checkpoint. Bad input (exit 2) fails at once, without retries. Every wait is deferred: while a
+step, pod or job runs, the triggerer watches it and no worker slot is held.
 
 **Gate:** `compare` records the candidate as a sweep in MLflow (the parent run `ampflow bench`
 creates, tagged with this DAG run's id) and checks it against earlier sweeps of the recipe on the same
@@ -87,7 +91,7 @@ with DAG(
         "precision": precision_param(description="precision mode of the candidate"),
         "compile": Param(False, type="boolean", description="torch.compile the candidate"),
         "strategy": Param("single", type="string", enum=list(STRATEGIES)),
-        "nodes": Param(1, type="integer", minimum=1, description="kubernetes: PyTorchJob nodes"),
+        "nodes": Param(1, type="integer", minimum=1, description="kubernetes: TrainJob/PyTorchJob nodes"),
         "gpus_per_node": Param(1, type="integer", minimum=1, description="kubernetes: GPUs per node"),
         "tolerance": tolerance_param(),
         "model_name": Param(
