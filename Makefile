@@ -10,7 +10,7 @@ export PYTHONHASHSEED := 0
 MLFLOW_DB ?= $(CURDIR)/mlruns.db
 DEMO_OUT ?= $(CURDIR)/demo-out
 
-.PHONY: setup test demo bench lint format compile images e2e-cluster mlflow-ui clean airflow-venv test-airflow mutation
+.PHONY: setup test demo bench lint format compile images e2e-cluster mlflow-ui clean airflow-venv test-airflow mutation gpu-check
 
 setup: $(STAMP)
 
@@ -85,6 +85,16 @@ test-airflow: airflow-venv setup
 
 bench: setup
 	$(BIN)/python -m benchmarks.run_all $(BENCH_ARGS)
+
+# the GPU readiness check (README, "GPU check"): environment, CUDA checks, every precision on
+# tweets-minilm at 256 tokens, report in $(GPU_CHECK_OUT)/; exit 2 on a machine without CUDA.
+# torchao (fp8) is installed here only: it matters only on a GPU with compute capability 8.9+.
+GPU_CHECK_OUT ?= $(CURDIR)/gpu-check
+gpu-check: setup
+	@$(BIN)/python -c "import sys, torch; c = torch.cuda.is_available() and torch.cuda.get_device_capability(); \
+	  sys.exit(0 if c and c >= (8, 9) else 1)" && ! $(BIN)/python -c "import torchao" 2>/dev/null && \
+	  { $(PIP) install -e ".[fp8]" 2>&1 | grep -v "^WARNING: Location"; } || true
+	timeout 600 $(BIN)/ampflow doctor --gpu --out $(GPU_CHECK_OUT) $(GPU_CHECK_ARGS)
 
 # opt-in: `ampflow launch` against a real cluster (kind + the Kubeflow operators: README, section kube)
 e2e-cluster: setup

@@ -22,6 +22,8 @@ from html import escape
 from pathlib import Path
 from typing import Any
 
+from ampflow.config import PEAK_DTYPES
+
 SCHEMA = "ampflow.gpu_check/1"
 MIB = 1024**2
 
@@ -92,11 +94,11 @@ def _num(v: Any, fmt: str = "{:.1f}", missing: str = "-") -> str:
 
 
 def _tflops(v: Any) -> str:
-    """TFLOP/s with three significant digits (a CPU's 0.0731 as well as a B200's 2,250)."""
+    """TFLOP/s: one decimal from 100 up (an H100's 989.5), else three significant digits (a CPU's 0.0731)."""
     if v is None:
         return "-"
     t = v / 1e12
-    return f"{t:,.0f}" if t >= 100 else f"{t:.3g}"
+    return f"{t:,.1f}" if t >= 100 else f"{t:.3g}"
 
 
 def environment_lines(env: dict[str, Any]) -> list[str]:
@@ -126,7 +128,9 @@ def environment_lines(env: dict[str, Any]) -> list[str]:
 def peaks_table(env: dict[str, Any]) -> list[str]:
     """The MFU peaks per dtype: TFLOP/s, source (table|probe|user) and where the figure comes from."""
     lines = ["| dtype | peak TFLOP/s (dense) | source | from |", "|---|---:|---|---|"]
-    for dtype, p in (env.get("peaks") or {}).items():
+    peaks = env.get("peaks") or {}
+    for dtype in [d for d in PEAK_DTYPES if d in peaks] + [d for d in peaks if d not in PEAK_DTYPES]:
+        p = peaks[dtype]
         lines.append(
             f"| {dtype} | {_tflops(p.get('flops'))} | {p.get('source') or '-'} | {p.get('detail')} |"
         )
