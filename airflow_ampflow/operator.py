@@ -315,6 +315,7 @@ class AmpflowStepOperator(ResumableJobMixin, KubernetesPodOperator):
                 deadline=deadline,
                 log_offset=log_offset,
                 mlflow_conn_id=(context.get("params") or {}).get("mlflow_conn_id"),
+                stop_on_kill=not self.keep_on_kill,
             ),
             method_name="execute_complete",
             # Airflow 3.3 does not carry execution_timeout into a deferral: the trigger ends the try at

@@ -152,6 +152,19 @@ def main(argv: list[str]) -> int:
     # a step that inherited MLFLOW_RUN_ID would log into someone else's run
     env.pop("MLFLOW_RUN_ID", None)
     env.setdefault("PYTHONUNBUFFERED", "1")
+    child: subprocess.Popen[bytes] | None = None
+    pending: list[int] = []
+
+    def forward(signum: int, _frame: object) -> None:
+        # SIGTERM reaches the step so that it closes its MLflow run as KILLED; one that arrives
+        # before the step exists is passed on as soon as it does (not lost with the keeper)
+        if child is None:
+            pending.append(signum)
+        else:
+            child.send_signal(signum)
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
     with open(log_path, "ab", buffering=0) as log:
         log.write(("$ " + " ".join(command) + "\n").encode())
         try:
@@ -162,13 +175,8 @@ def main(argv: list[str]) -> int:
             log.write(f"{KEEPER}: cannot start {command[0]!r}: {exc}\n".encode())
             _write_status(status_path, 127)
             return 127
-
-        def forward(signum: int, _frame: object) -> None:
-            # SIGTERM reaches the step so that it closes its MLflow run as KILLED
+        for signum in pending:
             child.send_signal(signum)
-
-        signal.signal(signal.SIGTERM, forward)
-        signal.signal(signal.SIGINT, forward)
         returncode = child.wait()
     _write_status(status_path, returncode)
     return 0

@@ -39,6 +39,9 @@ class LocalStepTrigger(BaseTrigger):
     :param log_offset: bytes of the step's log already relayed (a re-deferral continues there).
     :param mlflow_conn_id: the Connection whose secrets the relayed lines must not show; fetching it
         registers them with the triggerer's secrets masker.
+    :param stop_on_kill: when a user kills the deferred task (mark failed/success, clear), stop the step
+        (SIGTERM through its keeper, so it closes its MLflow run as KILLED); ``False`` keeps it running
+        (the operator's ``on_kill_action="keep"``).
 
     The event's payload: ``status`` (``succeeded``, ``failed:<exit code>``, ``lost`` or ``timeout``),
     ``step`` and ``log_offset``.
@@ -53,6 +56,7 @@ class LocalStepTrigger(BaseTrigger):
         deadline: float | None = None,
         log_offset: int = 0,
         mlflow_conn_id: str | None = None,
+        stop_on_kill: bool = True,
     ) -> None:
         super().__init__()
         self.step = step
@@ -61,6 +65,7 @@ class LocalStepTrigger(BaseTrigger):
         self.deadline = deadline
         self.log_offset = int(log_offset)
         self.mlflow_conn_id = mlflow_conn_id
+        self.stop_on_kill = bool(stop_on_kill)
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
         return (
@@ -72,6 +77,7 @@ class LocalStepTrigger(BaseTrigger):
                 "deadline": self.deadline,
                 "log_offset": self.log_offset,
                 "mlflow_conn_id": self.mlflow_conn_id,
+                "stop_on_kill": self.stop_on_kill,
             },
         )
 
@@ -101,3 +107,10 @@ class LocalStepTrigger(BaseTrigger):
                 yield TriggerEvent({"status": status, "step": self.step, "log_offset": follower.offset})
                 return
             await asyncio.sleep(self.poll_interval)
+
+    async def on_kill(self) -> None:
+        """A user killed the deferred task (Airflow 3.3+ calls this in the triggerer, the deferred
+        counterpart of the operator's ``on_kill``): stop the step unless it is to be kept."""
+        if self.stop_on_kill:
+            self.log.info("task killed: stopping local step pid %s", self.step["pid"])
+            await asyncio.to_thread(process.stop, self.step)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import signal
 import sys
 import time
 from datetime import timedelta
@@ -164,7 +165,13 @@ def test_the_trigger_survives_serialization_as_the_triggerer_rebuilds_it():
         "argv": ["a", "b"],
     }
     trigger = LocalStepTrigger(
-        step=ident, label="train", poll_interval=0.5, deadline=1.5e9, log_offset=17, mlflow_conn_id="mlf"
+        step=ident,
+        label="train",
+        poll_interval=0.5,
+        deadline=1.5e9,
+        log_offset=17,
+        mlflow_conn_id="mlf",
+        stop_on_kill=False,
     )
     classpath, kwargs = trigger.serialize()
     assert classpath == "airflow_ampflow.triggers.LocalStepTrigger"
@@ -172,6 +179,7 @@ def test_the_trigger_survives_serialization_as_the_triggerer_rebuilds_it():
     rebuilt = import_string(classpath)(**deserialize(stored))
     assert rebuilt.serialize() == (classpath, kwargs)
     assert rebuilt.step == ident and rebuilt.log_offset == 17 and rebuilt.deadline == 1.5e9
+    assert rebuilt.stop_on_kill is False
 
 
 def test_the_trigger_module_imports_without_torch_mlflow_or_the_pod_operator():
@@ -203,14 +211,24 @@ def test_the_trigger_follows_a_real_step_and_reports_its_exit_code(tmp_path):
 
     # past the try's deadline the event says so and the step is left to the operator
     ident = process.start(
-        [sys.executable, "-c", "import time; time.sleep(60)"], tmp_path / "t", dict(os.environ)
+        [sys.executable, "-c", "import time; print('ready', flush=True); time.sleep(60)"],
+        tmp_path / "t",
+        dict(os.environ),
     )
+    deadline = time.monotonic() + 120  # a bound on a loaded machine, not a measurement
+    log = Path(ident["log"])
+    while not (log.exists() and b"ready" in log.read_bytes()) and time.monotonic() < deadline:
+        time.sleep(0.05)
     try:
         event = asyncio.run(anext(LocalStepTrigger(step=ident, label="x", deadline=time.time() - 1).run()))
         assert event.payload["status"] == "timeout" and process.state(ident) == "running"
+        # a user killing the deferred task: kept with stop_on_kill=False, stopped (SIGTERM) otherwise
+        asyncio.run(LocalStepTrigger(step=ident, label="x", stop_on_kill=False).on_kill())
+        assert process.state(ident) == "running"
+        asyncio.run(LocalStepTrigger(step=ident, label="x").on_kill())
+        assert process.state(ident) == f"failed:{-signal.SIGTERM}"
     finally:
         process.stop(ident)
-    assert process.state(ident) != "running"
 
 
 # -- through dag.test() -----------------------------------------------------------------------------
