@@ -390,6 +390,9 @@ def test_two_process_gloo_matches_one_process(tmp_path, strategy, extra):
         "max_steps=10",
         "--set",
         "batch_size=32",
+        # validation too: each rank scores its shard and the counts are summed (issue 13)
+        "--set",
+        "val_every=4",
         *extra,
     ]
     env = {
@@ -436,6 +439,10 @@ def test_two_process_gloo_matches_one_process(tmp_path, strategy, extra):
     one_curve = [loss for _, loss in result(tmp_path / "one")["loss_curve"]]
     multi_curve = [loss for _, loss in r["loss_curve"]]
     assert multi_curve == pytest.approx(one_curve, rel=1e-4)  # rank-averaged loss == global mean loss
+    one_val, multi_val = result(tmp_path / "one")["val_curve"], r["val_curve"]
+    assert [p[0] for p in multi_val] == [p[0] for p in one_val] == [4, 8, 10]
+    # each rank's shard, counts summed == the whole split (128 examples), up to an example near a tie
+    assert [p[2] for p in multi_val] == pytest.approx([p[2] for p in one_val], abs=1 / 128)
 
 
 def test_submodules_left_in_eval_mode_are_trained_in_train_mode(tmp_path, monkeypatch):
