@@ -93,6 +93,11 @@ def _num(v: Any, fmt: str = "{:.1f}", missing: str = "-") -> str:
     return missing if v is None else fmt.format(v)
 
 
+def _pct(v: Any) -> str:
+    """A share as a percentage: one decimal, two under 1 % (a CPU's or a tiny model's MFU)."""
+    return "-" if v is None else (f"{v:.1%}" if v >= 0.01 else f"{v:.2%}")
+
+
 def _tflops(v: Any) -> str:
     """TFLOP/s: one decimal from 100 up (an H100's 989.5), else three significant digits (a CPU's 0.0731)."""
     if v is None:
@@ -148,7 +153,7 @@ def configs_table(rows: list[dict[str, Any]]) -> list[str]:
         mem = r.get("peak_memory_bytes")
         lines.append(
             f"| {r['config_id']} | {_num(r.get('batch_size'), '{}')} | {_num(r.get('samples_per_s'))} "
-            f"| {_num(r.get('mfu'), '{:.1%}')} | {_num(mem and mem / MIB, '{:,.0f}')} "
+            f"| {_pct(r.get('mfu'))} | {_num(mem and mem / MIB, '{:,.0f}')} "
             f"| {_num(r.get('speedup_vs_32_true'), '{:.2f}x')} | {_num(r.get('speedup_vs_tf32'), '{:.2f}x')} "
             f"| {_num(r.get('time_to_target_s'), '{:.1f}', 'not reached')} "
             f"| {_num(r.get('joules_per_sample'), '{:.3f}')} | {_num(r.get('accuracy'), '{:.4f}')} "
