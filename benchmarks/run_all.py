@@ -23,6 +23,7 @@ BENCHMARKS = {
     "strategies": "benchmarks.bench_strategies",  # ddp, fsdp, tp, pp, fsdp+tp: speed, memory per rank
     "padding": "benchmarks.bench_padding",  # tweets-minilm: bucket vs fixed 64-token padding, paired accuracy
     "streaming": "benchmarks.bench_streaming",  # data larger than a cgroup memory limit, streamed
+    "time_to_target": "benchmarks.bench_time_to_target",  # tweets-minilm: bf16-mixed vs 32-true to a val accuracy
 }
 
 
