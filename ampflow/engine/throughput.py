@@ -14,7 +14,7 @@ from typing import Any
 from ampflow.data.batching import DataOrder
 from ampflow.engine import parallel
 from ampflow.engine.devices import MemoryMeter, MemoryReading
-from ampflow.engine.metrics import dynamo_graph_count, step_time_stats
+from ampflow.engine.metrics import dynamo_graph_count, percentile, step_time_stats
 from ampflow.engine.step import sync
 
 
@@ -122,6 +122,8 @@ class ThroughputWindow:
             peak, reserved = (
                 int(v) or None for v in parallel.all_reduce([peak or 0, reserved or 0], "max", device)
             )
+        per_rank = per_rank_step_p50(self.step_times, device) if world > 1 else None
+        stats = step_time_stats(self.step_times)
         mfu = (
             flops_per_sample * sps / (world * peak_flops)
             if (flops_per_sample and sps and peak_flops)
@@ -131,7 +133,9 @@ class ThroughputWindow:
             "samples_per_s": sps,
             "samples_per_s_per_device": sps / world if sps else None,
             "tokens_per_s": tokens / timed_s if tokens and timed_s > 0 else None,
-            **step_time_stats(self.step_times),
+            **stats,
+            "per_rank_step_time_p50_s": per_rank,
+            "straggler_rank": straggler_rank(per_rank, stats["step_time_p90_s"], stats["step_time_p50_s"]),
             "data_wait_frac": sum(self.data_times) / timed_s if timed_s > 0 else None,
             "peak_memory_bytes": peak,
             "peak_memory_reserved_bytes": reserved,
@@ -165,3 +169,37 @@ def count_tokens(
         sel = torch.from_numpy(idx[lo : lo + 4096]).to(device)
         total += int(recipe.tokens_in_batch({k: v.index_select(0, sel) for k, v in inputs.items()}))
     return total
+
+
+def per_rank_step_p50(step_times: list[float], device: Any) -> list[float | None]:
+    """Every rank's step-time p50 (seconds), in rank order, on every rank: a collective, all ranks call.
+
+    Gathered through a sum all-reduce of one slot per rank (None for a rank that timed no step).
+    In synchronous DDP/FSDP the gradient collectives make the ranks' wall step times converge, so
+    what separates a straggler here is its own work outside them: data loading, host stalls, a
+    slower device before the first collective of the step.
+    """
+    import torch.distributed as dist
+
+    p50 = percentile(step_times, 50)
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return [p50]
+    slots = [0.0] * dist.get_world_size()
+    slots[dist.get_rank()] = -1.0 if p50 is None else p50
+    return [None if v < 0 else v for v in parallel.all_reduce(slots, "sum", device)]
+
+
+def straggler_rank(
+    per_rank_p50: list[float | None] | None, p90: float | None, p50: float | None
+) -> int | None:
+    """The rank whose step-time p50 exceeds every other rank's by more than the run's step-time spread
+    (p90 - p50, seconds), or None: fewer than two ranks timed, no spread known, or no rank stands out.
+
+    Pure. A difference within the spread is noise, not a straggler (GUIDE: "within noise").
+    """
+    timed = [(t, r) for r, t in enumerate(per_rank_p50 or []) if t is not None]
+    if len(timed) < 2 or p90 is None or p50 is None:
+        return None
+    timed.sort(reverse=True)
+    (slowest, rank), (runner_up, _) = timed[0], timed[1]
+    return rank if slowest - runner_up > p90 - p50 else None

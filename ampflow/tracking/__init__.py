@@ -135,8 +135,70 @@ def start_run(
     """
     import os
 
-    if rank != 0 or os.environ.get("AMPFLOW_TRACKING", "").strip().lower() in {"off", "0", "false", "no"}:
+    off = os.environ.get("AMPFLOW_TRACKING", "").strip().lower() in {"off", "0", "false", "no"}
+    # a multi-node training: rank 0 hands its run id to every rank (a collective, so the condition is
+    # the same environment on every rank), and each other node logs its system metrics there
+    share = kind == "train" and not off and multi_node()
+    if rank != 0 or off:
+        return _node_metrics(_share_run_id(None)) if share else NullTracker()
+    tracker: Tracker | None = None
+    try:
+        tracker = _open_run(kind, config, run_dir, parent_run_id, require, tags, attach_to, resume)
+    finally:
+        if share:  # also when opening failed: the other ranks wait for this
+            _share_run_id(getattr(tracker, "run_id", None))
+    return tracker
+
+
+def multi_node() -> bool:
+    """Whether this process is one of a job spanning several nodes (torchrun's WORLD_SIZE exceeds
+    LOCAL_WORLD_SIZE; both are set in every process torchrun starts)."""
+    import os
+
+    try:
+        return int(os.environ.get("WORLD_SIZE", "1")) > int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    except ValueError:
+        return False
+
+
+def _share_run_id(run_id: str | None) -> str | None:
+    from ampflow.engine import parallel
+
+    return parallel.broadcast_object(run_id)
+
+
+def _node_metrics(run_id: str | None) -> Tracker:
+    """The first process of a node other than rank 0's: its system metrics on rank 0's run."""
+    import os
+
+    try:
+        from ampflow.tracking.tracker import NodeSystemMetrics, system_metrics_enabled
+    except ImportError:  # no mlflow on this node: nothing to log with
         return NullTracker()
+
+    if run_id and os.environ.get("LOCAL_RANK", "0") == "0" and system_metrics_enabled():
+        return _WithNodeMetrics(NodeSystemMetrics(run_id))
+    return NullTracker()
+
+
+class _WithNodeMetrics(NullTracker):
+    def __init__(self, node: Any) -> None:
+        self.node = node
+
+    def close(self, status: Status = "FINISHED") -> None:
+        self.node.close(status)
+
+
+def _open_run(
+    kind: str,
+    config: Any,
+    run_dir: str | Path | None,
+    parent_run_id: str | None,
+    require: bool,
+    tags: dict[str, str] | None,
+    attach_to: str | Path | None,
+    resume: bool,
+) -> Tracker:
     try:
         from ampflow.tracking.tracker import MlflowTracker
     except ImportError as exc:  # the tracking extra is not installed

@@ -12,6 +12,7 @@ a tracker is made.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -61,6 +62,23 @@ def _env_flag(name: str) -> bool | None:
     return value.strip().lower() not in {"0", "false", "no", "off"}
 
 
+def system_metrics_node_id() -> str | None:
+    """The node id under which this node's system metrics are logged, or None on a single node.
+
+    MLflow's own ``MLFLOW_SYSTEM_METRICS_NODE_ID`` wins; else ``node-<GROUP_RANK>`` (torchrun's node
+    rank, the operators' ``PET_NODE_RANK``) in a multi-node job. MLflow then names the metrics
+    ``system/<node id>/<metric>``, so every node's figures share the one run without colliding.
+    """
+    explicit = os.environ.get("MLFLOW_SYSTEM_METRICS_NODE_ID")
+    if explicit:
+        return explicit
+    from ampflow.tracking import multi_node
+
+    if not multi_node():
+        return None
+    return f"node-{os.environ.get('GROUP_RANK') or os.environ.get('PET_NODE_RANK') or '0'}"
+
+
 def system_metrics_enabled() -> bool:
     """On by default; ``AMPFLOW_SYSTEM_METRICS=0`` (or MLflow's own variable set to false) turns it off."""
     for name in ("AMPFLOW_SYSTEM_METRICS", "MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING"):
@@ -77,6 +95,8 @@ class MlflowTracker:
     ``require`` is set and the server cannot be reached. Without ``require`` an unreachable server
     only means spooling to ``run_dir/tracking/`` (``run_id`` stays None until it answers).
     """
+
+    model_uri: str | None = None  # the logged model's URI once log_model succeeded
 
     def __init__(
         self,
@@ -403,6 +423,7 @@ class MlflowTracker:
                 **({schema.TAG_MODEL_INPUTS: ",".join(names)} if names else {}),
             }
         )
+        self.model_uri = info.model_uri  # for the step's closing lines
 
     def _save_model_offline(self, model: Any, example: Any, name: str, names: list[str]) -> None:
         local = self.run_dir / FOLDER / f"{name}-{int(time.time())}"
@@ -496,7 +517,9 @@ def _start_system_metrics(run_id: str, uri: str) -> Any:
         logging.getLogger("mlflow.system_metrics").setLevel(logging.WARNING)
 
         interval = float(os.environ.get("AMPFLOW_SYSTEM_METRICS_INTERVAL_S", "10"))
-        monitor = SystemMetricsMonitor(run_id, sampling_interval=interval, tracking_uri=uri)
+        monitor = SystemMetricsMonitor(
+            run_id, sampling_interval=interval, tracking_uri=uri, node_id=system_metrics_node_id()
+        )
         monitor.start()
         return monitor
     except Exception as exc:
@@ -546,3 +569,17 @@ def _attached_state(attach_to: str | Path | None, kind: str, run_dir: Path) -> d
             except (OSError, ValueError):
                 return None
     return None
+
+
+class NodeSystemMetrics:
+    """Another node's share of a multi-node run: its system metrics, logged to rank 0's run under its
+    own node id; nothing else (rank 0 logs the training). ``close`` stops the monitor."""
+
+    def __init__(self, run_id: str) -> None:
+        self.monitor = _start_system_metrics(run_id, tracking_uri())
+
+    def close(self, status: str = "FINISHED") -> None:
+        if self.monitor is not None:
+            with contextlib.suppress(Exception):
+                self.monitor.finish()
+            self.monitor = None
