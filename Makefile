@@ -24,9 +24,12 @@ $(STAMP): pyproject.toml
 	@$(BIN)/python -c "import torch, mlflow, kfp, ampflow; assert torch.__version__.startswith('2.13.0'), torch.__version__"
 	@rm -f $(VENV)/.installed-* && touch $(STAMP)
 
-# the main suite, then the Airflow DAG tests in their own venv (see airflow-venv)
+# the main suite, then the Airflow DAG tests in their own venv (see airflow-venv); TEST_WORKERS pytest
+# workers each (pytest-xdist, a test file's tests stay on one worker: they share module fixtures)
+TEST_WORKERS ?= 2
+XDIST = -n $(TEST_WORKERS) --dist loadfile
 test: setup airflow-venv
-	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q $(XDIST) $(PYTEST_ARGS)
 	$(MAKE) --no-print-directory test-airflow
 
 # mutation testing of the decision code (pyproject's [tool.mutmut]: comparability, verdict, noise,
@@ -64,7 +67,7 @@ mlflow-ui: setup
 # Airflow gets its own venv: the cncf-kubernetes provider needs kubernetes>=36, kfp pins <31.
 # Airflow's constraints file is not reachable offline, so the few pins that matter are spelled out here.
 AIRFLOW_VENV := .venv-airflow
-AIRFLOW_PINS := "apache-airflow==3.3.2" "apache-airflow-providers-cncf-kubernetes==10.25.0" "pytest>=8" "pytest-timeout>=2.3"
+AIRFLOW_PINS := "apache-airflow==3.3.2" "apache-airflow-providers-cncf-kubernetes==10.25.0" "pytest>=8" "pytest-timeout>=2.3" "pytest-xdist==3.8.0"
 AIRFLOW_STAMP := $(AIRFLOW_VENV)/.installed-$(shell echo '$(AIRFLOW_PINS)' | cat - pyproject.toml | sha256sum | cut -c1-12)
 
 airflow-venv: $(AIRFLOW_STAMP)
@@ -81,7 +84,7 @@ $(AIRFLOW_STAMP): pyproject.toml
 	@rm -f $(AIRFLOW_VENV)/.installed-* && touch $(AIRFLOW_STAMP)
 
 test-airflow: airflow-venv setup
-	$(AIRFLOW_VENV)/bin/python -m pytest -q -p no:cacheprovider tests/airflow $(PYTEST_ARGS)
+	$(AIRFLOW_VENV)/bin/python -m pytest -q -p no:cacheprovider $(XDIST) tests/airflow $(PYTEST_ARGS)
 
 bench: setup
 	$(BIN)/python -m benchmarks.run_all $(BENCH_ARGS)
