@@ -83,6 +83,13 @@ METRIC_KEYS = {
     "cost_per_run",
     "cost_per_1k_samples",
     "cost_to_target",
+    # the learning-rate rule's resolved values (issue 14; factor 1.0 under the default rule "none")
+    "global_batch_size",
+    "lr_peak",
+    "lr_scale_factor",
+    # per-rank step times and the straggler verdict (issue 16; one rank here, so no straggler)
+    "per_rank_step_time_p50_s",
+    "straggler_rank",
 }
 
 
@@ -120,6 +127,9 @@ def test_short_run_loss_falls_and_result_schema(data, tmp_path):
     assert r["config"]["batch_size"] == 32 and r["config"]["learning_rate"] == 0.01  # recipe defaults
     m = r["metrics"]
     assert m["steps"] == 40 and m["timed_steps"] == 37 and m["batch_size"] == 32
+    # lr_scaling defaults to none: one process at the recipe's batch keeps the recipe's rate
+    assert m["global_batch_size"] == 32 and m["lr_scale_factor"] == 1.0 and m["lr_peak"] == 0.01
+    assert m["straggler_rank"] is None and m["per_rank_step_time_p50_s"] is None  # one rank: no gather
     # no data-sheet peak on a CPU: MFU is against this CPU's probed matmul peak, and says so
     assert r["mfu_peak_source"] == "probe" and m["mfu_peak_flops"] == r["peak_flops_per_device"] > 0
     assert m["mfu"] == pytest.approx(m["flops_per_sample"] * m["samples_per_s"] / m["mfu_peak_flops"])
