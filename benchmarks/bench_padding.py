@@ -2,7 +2,7 @@
 
     python -m benchmarks.bench_padding                          # 32-true, 60 steps, 1 repeat (~3 min, 2 cores)
     python -m benchmarks.bench_padding --steps 200 --repeats 3 --precision bf16-mixed
-    python -m benchmarks.bench_padding --quick                  # smoke run: 6 steps, 1 repeat
+    python -m benchmarks.bench_padding --quick                  # smoke run: 6 steps, 1,500 tweets
 
 Both configurations are the real ``ampflow train`` on the same prepared tweets-minilm split (made once
 into ``bench-out/data/tweets-minilm`` when absent), same seed, batch, steps, learning rate and
@@ -33,16 +33,20 @@ RECIPE = "tweets-minilm"
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_DATA = ROOT / "bench-out" / "data" / RECIPE
 DEFAULT_JSON = ROOT / "bench-out" / "padding.json"
+# --quick: 1,500 tweets (150 test examples), so that the two evaluations take seconds
+QUICK_DATA, QUICK_ROWS = ROOT / "bench-out" / "data" / f"{RECIPE}-1500", 1500
 MODES = {"max": "fixed 64 tokens", "bucket": "buckets 16/32/48/64"}
 
 
-def ensure_data(data: Path) -> None:
-    """Prepare tweets-minilm into ``data`` once (deterministic: later runs reuse it)."""
+def ensure_data(data: Path, limit: int | None = None) -> None:
+    """Prepare tweets-minilm into ``data`` once (deterministic: later runs reuse it); ``limit`` keeps a
+    stratified subset of that many tweets."""
     if (data / "manifest.json").is_file():
         return
     print(f"preparing {RECIPE} into {data} (once)", flush=True)
     data.parent.mkdir(parents=True, exist_ok=True)
     cmd = [sys.executable, "-m", "ampflow", "prep", "--recipe", RECIPE, "--out", str(data)]
+    cmd += ["--limit", str(limit)] if limit else []
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
 
 
@@ -137,10 +141,14 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, default=32, help="batch size (default 32)")
     p.add_argument("--repeats", type=int, default=1, help="runs per configuration, interleaved (default 1)")
     p.add_argument("--json", default=str(DEFAULT_JSON), help=f"figures as JSON (default {DEFAULT_JSON})")
-    p.add_argument("--quick", action="store_true", help="smoke run: 6 steps, 2 untimed, 1 repeat")
+    p.add_argument(
+        "--quick", action="store_true", help="smoke run: 6 steps, 2 untimed, 1 repeat, 1,500 tweets prepared"
+    )
     args = p.parse_args(argv)
     if args.quick:
         args.steps, args.warmup, args.repeats = 6, 2, 1
+        if args.data == str(DEFAULT_DATA):
+            args.data = str(QUICK_DATA)
     if args.steps <= args.warmup or min(args.warmup, args.batch_size - 1, args.repeats - 1) < 0:
         p.error("need --steps > --warmup >= 0, --batch-size >= 1 and --repeats >= 1")
     return args
@@ -151,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
     from ampflow.compare.stats import mcnemar
 
     data = Path(args.data)
-    ensure_data(data)
+    ensure_data(data, QUICK_ROWS if data == QUICK_DATA else None)
     runs: dict[str, list[dict[str, Any]]] = {m: [] for m in MODES}
     with tempfile.TemporaryDirectory(prefix="bench-padding-") as tmp:
         try:
