@@ -571,24 +571,34 @@ class SweepEntry:
     compile: bool
     repeat: int = 0
     overrides: dict[str, Any] = field(default_factory=dict)
+    strategy: str = "single"
 
     @property
     def config_id(self) -> str:
-        return config_id(self.precision, self.compile)
+        return config_id(self.precision, self.compile, self.strategy)
 
     @property
     def id(self) -> str:
         """``config_id``, suffixed ``-r<N>`` from the second repeat on (``bf16-mixed-r1``)."""
         return f"{self.config_id}-r{self.repeat}" if self.repeat else self.config_id
 
+    @property
+    def distributed(self) -> bool:
+        """Whether the entry trains in several processes (every strategy but ``single``)."""
+        return self.strategy != "single"
+
     def to_dict(self) -> dict[str, Any]:
-        """The JSON-able form a KFP ParallelFor item or an Airflow mapped task carries."""
-        return {"id": self.id, "precision": self.precision, "compile": self.compile, "repeat": self.repeat}
+        """The JSON-able form a KFP ParallelFor item or an Airflow mapped task carries (``strategy``
+        only when it is not ``single``: the pipelines sweep single-process training only)."""
+        item = {"id": self.id, "precision": self.precision, "compile": self.compile, "repeat": self.repeat}
+        if self.distributed:
+            item["strategy"] = self.strategy
+        return item
 
 
 @dataclass(frozen=True)
 class SweepSpec:
-    """A benchmark sweep: precisions x compile modes, each trained ``repeats`` times.
+    """A benchmark sweep: precisions x compile modes x strategies, each trained ``repeats`` times.
 
     The one description of a sweep that ``ampflow bench``, the KFP benchmark pipeline and the Airflow
     benchmark DAG all parse into; :meth:`entries` is the order every one of them runs in. Validation
@@ -596,12 +606,18 @@ class SweepSpec:
 
         >>> SweepSpec.from_words("32-true,bf16-mixed", "off,on", repeats=2).entries()[1].id
         '32-true-compiled'
+        >>> [e.id for e in SweepSpec.from_words("32-true,bf16-mixed", strategies="single,ddp").entries()]
+        ['32-true', '32-true-ddp', 'bf16-mixed', 'bf16-mixed-ddp']
+
+    The baseline is a precision; with several strategies its configuration is the uncompiled run of
+    the first strategy listed (``single`` first compares every layout against one process).
     """
 
     precisions: tuple[str, ...]
     compile_modes: tuple[bool, ...] = (False,)
     repeats: int = 1
     baseline: str = BASELINE_PRECISION
+    strategies: tuple[str, ...] = ("single",)
 
     def __post_init__(self) -> None:
         if not self.precisions:
@@ -618,14 +634,30 @@ class SweepSpec:
             raise ConfigError(
                 f"baseline {self.baseline!r} is not in precisions ({', '.join(self.precisions)})"
             )
+        if not self.strategies:
+            raise ConfigError(f"strategies must list at least one of {', '.join(STRATEGIES)}")
+        for s in self.strategies:
+            _check_literal("strategy", s, STRATEGIES)
+        if len(set(self.strategies)) != len(self.strategies):
+            raise ConfigError(f"strategies lists a strategy twice: {', '.join(self.strategies)}")
 
     @classmethod
     def from_words(
-        cls, precisions: str, compile: str = "off", repeats: int = 1, baseline: str = BASELINE_PRECISION
+        cls,
+        precisions: str,
+        compile: str = "off",
+        repeats: int = 1,
+        baseline: str = BASELINE_PRECISION,
+        strategies: str = "single",
     ) -> SweepSpec:
-        """From the CLI's comma-separated words: ``--precisions 32-true,bf16-mixed --compile off,on``."""
+        """From the CLI's comma-separated words: ``--precisions 32-true,bf16-mixed --compile off,on
+        --strategies single,ddp``."""
         return cls.from_lists(
-            parse_list("precision", precisions), parse_list("compile", compile), repeats, baseline
+            parse_list("precision", precisions),
+            parse_list("compile", compile),
+            repeats,
+            baseline,
+            parse_list("strategy", strategies),
         )
 
     @classmethod
@@ -635,25 +667,43 @@ class SweepSpec:
         compile_modes: list[Any] | tuple[Any, ...] = ("off",),
         repeats: int = 1,
         baseline: str = BASELINE_PRECISION,
+        strategies: list[str] | tuple[str, ...] = ("single",),
     ) -> SweepSpec:
         """From lists, as a KFP pipeline parameter or an Airflow Param carries them.
 
         ``compile_modes`` items are booleans or any of :data:`COMPILE_WORDS`; duplicates collapse.
+        ``strategies`` items are :data:`STRATEGIES` names (a name listed twice is refused).
         """
         modes = tuple(dict.fromkeys(_compile_mode(w) for w in compile_modes))
         reps = _as_int("repeats", repeats) if isinstance(repeats, str) else repeats
-        return cls(tuple(str(p).strip() for p in precisions), modes, reps, baseline)
+        return cls(
+            tuple(str(p).strip() for p in precisions),
+            modes,
+            reps,
+            baseline,
+            tuple(str(s).strip() for s in strategies),
+        )
 
     @property
     def compile_words(self) -> list[str]:
         """The compile dimension as ``off``/``on`` words (the CLI's and the DAG's spelling)."""
         return ["on" if c else "off" for c in self.compile_modes]
 
+    @property
+    def distributed(self) -> bool:
+        """Whether any configuration trains in several processes (a strategy other than ``single``)."""
+        return any(s != "single" for s in self.strategies)
+
     def entries(self) -> list[SweepEntry]:
-        """The sweep's configurations in a fixed order; repeats interleave so drift hits every config."""
+        """The sweep's configurations in a fixed order; repeats interleave so drift hits every config.
+
+        Repeat, then precision, then compile mode, then strategy (innermost): the layouts of one
+        precision train back to back, and a single-strategy sweep keeps the order it always had.
+        """
         return [
-            SweepEntry(precision=p, compile=c, repeat=r)
+            SweepEntry(precision=p, compile=c, repeat=r, strategy=s)
             for r in range(self.repeats)
             for p in self.precisions
             for c in self.compile_modes
+            for s in self.strategies
         ]

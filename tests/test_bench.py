@@ -115,3 +115,98 @@ def test_busy_machine_is_called_out_in_the_report():
     note = bench._busy_note(records)
     assert "bf16-mixed (load 2.4/core)" in note and "32-true" not in note
     assert bench._busy_note(records[:1]) == ""
+
+
+# -- strategies: a dimension of the sweep (issue 14) -------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("extra", "named"),
+    [
+        (["--strategies", "single,ddp", "--nproc-per-node", "1"], "--nproc-per-node must be at least 2"),
+        (["--strategies", "single,zero3"], "strategy must be one of single, ddp, fsdp, tp, pp, fsdp+tp"),
+        (["--strategies", "tp", "--set", "mesh=tp:4"], "mesh tp:4 covers 4 ranks but the world size is 2"),
+        (
+            ["--set", "strategy=ddp"],
+            "--set strategy: the sweep sets strategy per configuration; use --strategies",
+        ),
+        (["--strategies", "ddp", "--engine", "kfp-local"], "--engine kfp-local sweeps single-process"),
+    ],
+)
+def test_bad_strategy_sweeps_exit_2_before_anything_runs(tmp_path, capsys, extra, named):
+    from ampflow.cli import main
+
+    out = tmp_path / "b"
+    argv = [
+        "bench",
+        "--recipe",
+        "tests.recipes_fixture:tiny_nodrop",
+        "--out",
+        str(out),
+        "--precisions",
+        "32-true",
+    ]
+    assert main([*argv, *extra]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and named in err[0]
+    assert not out.exists()
+
+
+def test_bench_help_names_strategies_and_process_count(capsys):
+    from ampflow.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["bench", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "--strategies STRATEGIES" in text and "default: single" in text
+    assert "--nproc-per-node NPROC_PER_NODE" in text and "default: 2" in text
+
+
+def test_a_distributed_entry_trains_under_torchrun_and_evaluates_in_one_process(tmp_path, monkeypatch):
+    calls = []
+    monkeypatch.setattr(bench, "_run_child", lambda argv, log, label=None: calls.append(argv) or 0)
+    monkeypatch.setattr(bench, "_free_port", lambda: 29611)
+    ddp = bench.SweepSpec.from_words("32-true", strategies="single,ddp").entries()[1]
+    record = bench._run_entry(ddp, "[2/2]", "tiny", tmp_path / "data", tmp_path, None, {"max_steps": "3"}, 3)
+    train, evaluate = calls
+    assert train[:7] == [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=3",
+                         "--master_port=29611", "-m", "ampflow"]  # fmt: skip
+    assert train[7] == "train" and train[train.index("--strategy") + 1] == "ddp"
+    assert train[-2:] == ["--set", "max_steps=3"] and train[train.index("--out") + 1] == str(
+        tmp_path / "runs" / "32-true-ddp"
+    )
+    assert evaluate[:4] == [sys.executable, "-m", "ampflow", "evaluate"]
+    assert (record["id"], record["strategy"], record["nproc"], record["status"]) == (
+        "32-true-ddp",
+        "ddp",
+        3,
+        "ok",
+    )
+    # a single entry is the plain command it always was: no launcher, no --strategy
+    calls.clear()
+    bench._run_entry(
+        bench.SweepSpec.from_words("32-true").entries()[0], "[1/1]", "tiny", tmp_path, tmp_path, None, {}
+    )
+    assert calls[0][:4] == [sys.executable, "-m", "ampflow", "train"] and "--strategy" not in calls[0]
+
+
+@pytest.mark.slow
+def test_a_sweep_over_strategies_compares_single_and_ddp(tmp_path):
+    """One real sweep: single and ddp (2 processes, gloo) from the same data, one comparison."""
+    out = tmp_path / "strategies"
+    proc = _bench(out, "--precisions", "32-true", "--strategies", "single,ddp", "--set", "max_steps=6",
+                  "--set", "warmup_steps=2", recipe="tests.recipes_fixture:tiny_nodrop")  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert [(r["id"], r["strategy"], r["status"]) for r in summary["runs"]] == [
+        ("32-true", "single", "ok"),
+        ("32-true-ddp", "ddp", "ok"),
+    ]
+    ddp = json.loads((out / "runs" / "32-true-ddp" / "result.json").read_text())
+    assert (ddp["strategy"], ddp["world_size"]) == ("ddp", 2)
+    # two configurations, never two repeats of 32-true; the baseline is the single-process run
+    rows = {c["config_id"]: c for c in summary["configs"]}
+    assert set(rows) == {"32-true", "32-true-ddp"} and rows["32-true"]["is_baseline"]
+    assert rows["32-true-ddp"]["strategy"] == "ddp" and rows["32-true-ddp"]["repeats"] == 1
+    assert (out / "runs" / "32-true-ddp" / "eval" / "eval.json").is_file()
+    assert "| 32-true-ddp |" in proc.stdout

@@ -122,6 +122,48 @@ def test_config_id_is_one_spelling():
     assert (entry.config_id, entry.id) == ("32-true-compiled", "32-true-compiled-r2")
 
 
+def test_sweep_strategies_are_a_dimension_named_in_the_ids():
+    """Strategy innermost: the layouts of one precision run back to back; single keeps the old ids."""
+    spec = SweepSpec.from_words("32-true,bf16-mixed", "off,on", repeats=2, strategies="single, ddp")
+    assert spec == SweepSpec.from_lists(
+        ["32-true", "bf16-mixed"], [False, True], 2, strategies=["single", "ddp"]
+    )
+    entries = spec.entries()
+    assert [e.id for e in entries[:8]] == [
+        "32-true", "32-true-ddp", "32-true-compiled", "32-true-compiled-ddp",
+        "bf16-mixed", "bf16-mixed-ddp", "bf16-mixed-compiled", "bf16-mixed-compiled-ddp",
+    ]  # fmt: skip
+    assert [e.id for e in entries[8:10]] == ["32-true-r1", "32-true-ddp-r1"]
+    assert len({e.id for e in entries}) == len(entries) == 16
+    assert spec.distributed and [e.distributed for e in entries[:2]] == [False, True]
+    # the default is one process: the ids, the order and the pipelines' items are what they always were
+    plain = SweepSpec.from_words("32-true,bf16-mixed", "off,on")
+    assert plain.strategies == ("single",) and not plain.distributed
+    assert [e.id for e in plain.entries()] == [e.id for e in spec.entries()[:8:2]]
+    assert "strategy" not in plain.entries()[0].to_dict()
+    assert entries[1].to_dict() == {
+        "id": "32-true-ddp", "precision": "32-true", "compile": False, "repeat": 0, "strategy": "ddp",
+    }  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("strategies", "match"),
+    [
+        ("single,zero3", "strategy must be one of single, ddp, fsdp, tp, pp, fsdp\\+tp; got 'zero3'"),
+        ("ddp,ddp", "strategies lists a strategy twice: ddp, ddp"),
+        (" , ", "strategy must list at least one value"),
+    ],
+)
+def test_sweep_spec_refuses_bad_strategies_naming_the_field(strategies, match):
+    with pytest.raises(ConfigError, match=match):
+        SweepSpec.from_words("32-true", strategies=strategies)
+    if strategies != " , ":
+        with pytest.raises(ConfigError, match=match):
+            SweepSpec.from_lists(["32-true"], strategies=strategies.split(","))
+    with pytest.raises(ConfigError, match="strategies must list at least one"):
+        SweepSpec.from_lists(["32-true"], strategies=[])
+
+
 def test_overrides_schema_is_generated_from_the_run_configuration():
     """The Airflow trigger form refuses a typo'd key or a wrong type before any task runs (issue 12)."""
     import jsonschema

@@ -3,12 +3,21 @@
     ampflow bench --recipe tweets-bow --precisions 32-true,bf16-mixed --compile off --out bench/
     ampflow bench --recipe mnist-cnn --precisions 32-true,bf16-mixed,bf16-true --compile off,on \\
         --repeats 3 --out bench/ --set max_steps=200
+    ampflow bench --recipe tweets-bow --precisions 32-true --strategies single,ddp,fsdp \\
+        --nproc-per-node 2 --out bench/
 
 Every configuration trains in its own ``ampflow train`` process, one after another, never two at a
 time: a fresh process gives each config the same allocator, thread pool and compile cache state, and
 timing two configs at once on shared cores would measure contention, not precision. Repeats are
 interleaved (all configs once, then again) so slow drift of the machine hits every config alike.
 The same seed and the same prepared data serve every configuration.
+
+Strategies are a dimension of the sweep like precisions (``SweepSpec.entries``: repeat, precision,
+compile, then strategy innermost). A configuration of a strategy other than ``single`` trains under
+torchrun on this machine (:func:`torchrun_program`, ``--nproc-per-node`` processes, a free port each
+time); its checkpoint is one gathered file, so evaluation stays one plain ``ampflow evaluate``
+process. Layouts that cannot work (a process count below 2, a mesh that does not fit it, a recipe
+without a tensor-parallel plan or a pipeline split) are refused before anything trains.
 
 Layout of ``--out``::
 
@@ -36,14 +45,20 @@ from ampflow.config import (
     BASELINE_PRECISION,
     CUDA_ONLY_PRECISIONS,
     PRECISIONS,
+    STRATEGIES,
     ConfigError,
     RunConfig,
     SweepEntry,
     SweepSpec,
+    parse_overrides,
 )
 from ampflow.steps import Paths, add_set_argument
 
-HELP = "prep once, train + evaluate every precision/compile configuration, print the comparison"
+HELP = "prep once, train + evaluate every precision/compile/strategy configuration, print the comparison"
+# the process count of a distributed configuration when --nproc-per-node is not given
+DEFAULT_NPROC_PER_NODE = 2
+# settings that are the sweep's own dimensions: --precisions, --compile, --strategies set them
+_SWEPT_KEYS = {"precision": "--precisions", "compile": "--compile", "strategy": "--strategies"}
 # `--help` lists every RunConfig key: this step passes them all on
 TAKES_ALL_SET_KEYS = True
 
@@ -57,6 +72,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help=f"comma-separated precision modes ({', '.join(PRECISIONS)}); default: %(default)s",
     )
     p.add_argument("--compile", dest="compile_modes", default="off", help="off, on, or off,on (default: off)")
+    p.add_argument(
+        "--strategies",
+        default="single",
+        help=f"comma-separated strategies ({', '.join(STRATEGIES)}); all but single train under torchrun "
+        "with --nproc-per-node processes; default: %(default)s",
+    )
+    p.add_argument(
+        "--nproc-per-node",
+        type=int,
+        default=DEFAULT_NPROC_PER_NODE,
+        help="processes per distributed configuration (torchrun --nproc_per_node; at least 2); "
+        "default: %(default)s",
+    )
     p.add_argument(
         "--repeats", type=int, default=1, help="train each configuration N times (medians, spread)"
     )
@@ -74,9 +102,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def cli(args: argparse.Namespace) -> int:
-    sweep = SweepSpec.from_words(args.precisions, args.compile_modes, args.repeats, args.baseline)
+    sweep = SweepSpec.from_words(
+        args.precisions, args.compile_modes, args.repeats, args.baseline, args.strategies
+    )
+    _refuse_swept_overrides(args.overrides)
     config = RunConfig(recipe=args.recipe).with_overrides(args.overrides)
     if args.engine == "kfp-local":
+        if sweep.distributed:
+            raise ConfigError(
+                "--engine kfp-local sweeps single-process training only; use --strategies single "
+                "or --engine local"
+            )
         run_benchmark_locally = _kfp_local_runner()
         summary = run_benchmark_locally(
             recipe=args.recipe,
@@ -97,6 +133,7 @@ def cli(args: argparse.Namespace) -> int:
         tolerance=args.tolerance,
         limit=args.limit,
         overrides=args.overrides,
+        nproc_per_node=args.nproc_per_node,
     )
     print()
     print(summary["markdown"])
@@ -106,6 +143,91 @@ def cli(args: argparse.Namespace) -> int:
         print(f"ampflow bench: {len(failed)} configuration(s) failed: {', '.join(failed)}", file=sys.stderr)
         return 1
     return 0
+
+
+def _refuse_swept_overrides(overrides: list[str] | None) -> None:
+    """``--set precision=...`` (or compile, strategy) would give every configuration the same value."""
+    for pair in overrides or []:
+        key = pair.split("=", 1)[0].strip()
+        if key in _SWEPT_KEYS:
+            raise ConfigError(f"--set {key}: the sweep sets {key} per configuration; use {_SWEPT_KEYS[key]}")
+
+
+def check_nproc(sweep: SweepSpec, nproc_per_node: int, mesh: str | None = None) -> None:
+    """Refuse a process count the sweep's distributed strategies cannot run on (ConfigError, exit 2).
+
+    Every strategy but ``single`` needs at least 2 processes, and each one's layout (its default mesh,
+    or ``mesh`` from ``--set mesh=...``, which every configuration gets) must cover exactly
+    ``nproc_per_node`` ranks (:func:`ampflow.engine.mesh.resolve`, torch-free). A single-strategy
+    sweep ignores the count.
+    """
+    if not sweep.distributed:
+        return
+    from ampflow.engine import mesh as meshes
+
+    distributed = [s for s in sweep.strategies if s != "single"]
+    if isinstance(nproc_per_node, bool) or not isinstance(nproc_per_node, int) or nproc_per_node < 2:
+        raise ConfigError(
+            f"--nproc-per-node must be at least 2 for strategies {', '.join(distributed)} "
+            f"(got {nproc_per_node!r}); use --strategies single for one process"
+        )
+    for strategy in sweep.strategies:
+        meshes.resolve(strategy, mesh, nproc_per_node, nproc_per_node)
+
+
+def torchrun_program(nproc_per_node: int, master_port: int | None = None) -> tuple[str, ...]:
+    """The program that runs ``ampflow`` under torchrun on this machine, for :meth:`StepPlan.argv
+    <ampflow.commands.StepPlan.argv>`: ``python -m torch.distributed.run --nproc_per_node=N
+    --master_port=P -m ampflow`` (``P``: a free port when not given).
+
+        >>> torchrun_program(2, 29512)[-5:]
+        ('--nproc_per_node=2', '--master_port=29512', '-m', 'ampflow')
+    """
+    port = master_port if master_port is not None else _free_port()
+    return (
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        f"--nproc_per_node={nproc_per_node}",
+        f"--master_port={port}",
+        "-m",
+        "ampflow",
+    )
+
+
+def _free_port() -> int:
+    """A TCP port free on the loopback now (torchrun's rendezvous of one configuration)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _check_layouts(
+    config: RunConfig, sweep: SweepSpec, data_dir: Path, nproc_per_node: int, overrides: list[str] | None
+) -> None:
+    """Every layout rule train applies before its process group (``ampflow.engine.mesh.check``: the
+    recipe's tensor-parallel plan, its pipeline split, compile or ``batch_size=auto`` with a mesh
+    strategy ...), for each distributed configuration, before the first one trains (ConfigError)."""
+    if not sweep.distributed:
+        return
+    from ampflow.data.manifest import dataset_info, read_manifest
+    from ampflow.engine import mesh as meshes
+    from ampflow.recipes import get_recipe
+    from ampflow.steps.train import recipe_defaults
+
+    recipe = get_recipe(config.recipe)
+    info = dataset_info(read_manifest(data_dir))
+    # as train resolves it: the --set keys and the swept fields are the user's, the rest the recipe's
+    explicit = set(parse_overrides(overrides)) | set(_SWEPT_KEYS)
+    seen = set()
+    for e in sweep.entries():
+        if e.distributed and e.config_id not in seen:
+            seen.add(e.config_id)
+            entry_config = config.replace(strategy=e.strategy, precision=e.precision, compile=e.compile)
+            resolved = entry_config.resolve(recipe_defaults(recipe), explicit)
+            meshes.check(resolved, recipe, info, nproc_per_node, nproc_per_node)
 
 
 def _kfp_local_runner() -> Any:
@@ -209,12 +331,14 @@ def run(
     limit: int | None = None,
     overrides: list[str] | None = None,
     entries: list[SweepEntry] | None = None,
+    nproc_per_node: int = DEFAULT_NPROC_PER_NODE,
 ) -> dict[str, Any]:
     """Run the sweep; returns the comparison summary (also written to ``out/summary.json``).
 
     ``overrides`` are ``key=value`` strings applied to every configuration's training; ``entries``
     runs a subset of ``sweep.entries()`` in its order (``ampflow doctor --gpu``: every precision
-    uncompiled, and bf16-mixed compiled too). Raises ConfigError for bad input (before anything
+    uncompiled, and bf16-mixed compiled too); ``nproc_per_node``: the torchrun process count of the
+    configurations whose strategy is not ``single``. Raises ConfigError for bad input (before anything
     trains), RuntimeError when every configuration failed.
     """
     if paths.out is None:
@@ -224,10 +348,11 @@ def run(
     elif not entries or any(e not in sweep.entries() for e in entries):
         raise ConfigError("entries must be a non-empty subset of the sweep's configurations")
     _refuse_unsupported(config, sweep.precisions)
+    check_nproc(sweep, nproc_per_node, config.mesh)
     out = Path(paths.out)
     # one sweep per --out at a time: a second would mix its runs into this one's report and MLflow runs
     with locking.hold(out, "--out"):
-        return _sweep(config, paths, out, sweep, entries, tolerance, limit, overrides)
+        return _sweep(config, paths, out, sweep, entries, tolerance, limit, overrides, nproc_per_node)
 
 
 def _sweep(
@@ -239,6 +364,7 @@ def _sweep(
     tolerance: float,
     limit: int | None,
     overrides: list[str] | None,
+    nproc_per_node: int = DEFAULT_NPROC_PER_NODE,
 ) -> dict[str, Any]:
     """Prep once, then train and evaluate each entry under the sweep's parent run, then compare."""
     from ampflow import tracking
@@ -249,6 +375,7 @@ def _sweep(
     _set_aside_previous_runs(out)
     print(f"[prep] {config.recipe} -> {data_dir}", flush=True)
     prep.run(config, Paths.of(out=data_dir, source=paths.source), limit=limit)
+    _check_layouts(config, sweep, data_dir, nproc_per_node, overrides)
 
     parent = tracking.start_run("sweep", config=config, run_dir=out, tags={TAG_SWEEP_SIZE: str(len(entries))})
     status = "FAILED"
@@ -259,6 +386,7 @@ def _sweep(
                 recipe=config.recipe,
                 precisions=list(sweep.precisions),
                 compile_modes=list(sweep.compile_words),
+                strategies=list(sweep.strategies),
                 repeats=sweep.repeats,
                 baseline=sweep.baseline,
                 tolerance=tolerance,
@@ -268,7 +396,9 @@ def _sweep(
         records = []
         for i, entry in enumerate(entries, 1):
             tag = f"[{i}/{len(entries)}] {entry.id}"
-            records.append(_run_entry(entry, tag, config.recipe, data_dir, out, parent.run_id, settings))
+            records.append(
+                _run_entry(entry, tag, config.recipe, data_dir, out, parent.run_id, settings, nproc_per_node)
+            )
         summary = _compare(records, out, sweep.baseline, tolerance, parent.run_id)
         status = "FINISHED" if all(r["status"] == "ok" for r in records) else "FAILED"
         return summary
@@ -297,9 +427,14 @@ def _run_entry(
     out: Path,
     parent_run_id: str | None,
     settings: dict[str, str],
+    nproc_per_node: int = DEFAULT_NPROC_PER_NODE,
 ) -> dict[str, Any]:
-    """Train then evaluate one configuration in child processes; returns its record for the summary."""
+    """Train then evaluate one configuration in child processes; returns its record for the summary.
+
+    A distributed entry trains under :func:`torchrun_program`; evaluation is one process either way.
+    """
     program = (sys.executable, "-m", "ampflow")
+    train_program = torchrun_program(nproc_per_node) if entry.distributed else program
     run_dir = out / "runs" / entry.id
     log_path = run_dir / "train.log"
     t0 = time.perf_counter()
@@ -313,11 +448,12 @@ def _run_entry(
             "out": str(run_dir),
             "precision": entry.precision,
             "compile": entry.compile,
+            "strategy": entry.strategy if entry.distributed else None,
             "parent_run_id": parent_run_id,
         },
         overrides=settings,
     )
-    rc = _run_child(train.argv(program), log_path, label=f"{tag}: training")
+    rc = _run_child(train.argv(train_program), log_path, label=f"{tag}: training")
     if rc == 0:
         print(f"{tag}: evaluating", flush=True)
         evaluate = plan_step(
@@ -331,7 +467,8 @@ def _run_entry(
             },
         )
         rc = _run_child(evaluate.argv(program), log_path)
-    # the child itself adds ~1 to the load average; more than that means a competing job
+    # the child itself adds ~1 to the load average (torchrun's workers ~1 each); more means a competing job
+    nproc = nproc_per_node if entry.distributed else 1
     load_per_core = max(load_before, _load())
     if rc != 0:
         print(
@@ -343,8 +480,10 @@ def _run_entry(
         "id": entry.id,
         "precision": entry.precision,
         "compile": entry.compile,
+        "strategy": entry.strategy,
+        "nproc": nproc,
         "load_per_core": round(load_per_core, 2),
-        "busy": load_per_core > 1.0 + 1.0 / (os.cpu_count() or 1),
+        "busy": load_per_core > 1.0 + nproc / (os.cpu_count() or 1),
         "repeat": entry.repeat,
         "run_dir": str(run_dir),
         "status": "ok" if rc == 0 else "failed",

@@ -38,26 +38,33 @@ def sweep_params(
     repeats: int,
     baseline: str,
     tolerance: float,
+    strategies: list[str] | None = None,
 ) -> dict[str, Any]:
-    """The sweep's own params, as every sweep parent run logs them (beside the shared config)."""
+    """The sweep's own params, as every sweep parent run logs them (beside the shared config).
+
+    ``strategies``: the sweep's strategy dimension (None: ``single``, every sweep before strategies).
+    """
     return {
         "recipe": recipe,
         "precisions": ",".join(precisions),
         "compile_modes": ",".join(compile_modes),
+        "strategies": ",".join(strategies or ["single"]),
         "repeats": repeats,
         "baseline": baseline,
         "tolerance_pp": tolerance,
     }
 
 
-def _sweep_shape(records: list[dict[str, Any]]) -> tuple[list[str], list[str], int]:
-    """Precisions and compile modes in first-seen order, and repeats (most runs of one configuration)."""
+def _sweep_shape(records: list[dict[str, Any]]) -> tuple[list[str], list[str], list[str], int]:
+    """Precisions, compile modes and strategies in first-seen order, and repeats (most runs of one
+    configuration)."""
     precisions = list(dict.fromkeys(str(r.get("precision")) for r in records))
     modes = list(dict.fromkeys("on" if r.get("compile") else "off" for r in records))
+    strategies = list(dict.fromkeys(str(r.get("strategy") or "single") for r in records))
     per_config = Counter(
         schema.config_id(r.get("precision"), r.get("compile"), r.get("strategy")) for r in records
     )
-    return precisions, modes, max(per_config.values())
+    return precisions, modes, strategies, max(per_config.values())
 
 
 def _shared_config(runs: list[Any]) -> dict[str, str]:
@@ -136,13 +143,14 @@ def _link(records: list[dict[str, Any]], *, baseline: str, tolerance: float, uri
         first.info.experiment_id, start_time=start, tags=tags, run_name=f"sweep {recipe}".strip()
     )
     pid = parent.info.run_id
-    precisions, modes, repeats = _sweep_shape(records)
+    precisions, modes, strategies, repeats = _sweep_shape(records)
     params = {
         **_shared_config(runs),
         **sweep_params(
             recipe=recipe,
             precisions=precisions,
             compile_modes=modes,
+            strategies=strategies,
             repeats=repeats,
             baseline=baseline,
             tolerance=tolerance,
