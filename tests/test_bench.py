@@ -210,3 +210,18 @@ def test_a_sweep_over_strategies_compares_single_and_ddp(tmp_path):
     assert rows["32-true-ddp"]["strategy"] == "ddp" and rows["32-true-ddp"]["repeats"] == 1
     assert (out / "runs" / "32-true-ddp" / "eval" / "eval.json").is_file()
     assert "| 32-true-ddp |" in proc.stdout
+
+
+def test_the_sweep_run_records_its_strategies():
+    from ampflow.tracking.sweeps import _sweep_shape, sweep_params
+
+    common = {"recipe": "r", "precisions": ["32-true"], "compile_modes": ["off"], "repeats": 1}
+    assert sweep_params(**common, baseline="32-true", tolerance=0.5)["strategies"] == "single"
+    assert (
+        sweep_params(**common, baseline="32-true", tolerance=0.5, strategies=["single", "ddp"])["strategies"]
+        == "single,ddp"
+    )
+    # a pipeline's runs recorded as a sweep afterwards: the strategies come from the runs themselves
+    records = [{"precision": "32-true", "compile": False, "strategy": s} for s in ("single", "ddp", "ddp")]
+    assert _sweep_shape(records) == (["32-true"], ["off"], ["single", "ddp"], 2)
+    assert _sweep_shape([{"precision": "32-true", "compile": True}]) == (["32-true"], ["on"], ["single"], 1)

@@ -516,3 +516,51 @@ def test_tolerance_only_reason_in_full_and_the_uncompiled_baseline(tmp_path):
         )
         == "b"
     )
+
+
+# -- strategy is a compared dimension (issue 14: bench sweeps over strategies) -------------------------
+
+
+def write_strategy_run(root: Path, name: str, strategy: str, **kw):
+    """A finished run trained under ``strategy`` (result.json's strategy and config, as train writes them)."""
+    run = write_run(root, name, **kw)
+    result = json.loads((run / "result.json").read_text())
+    result["strategy"] = result["config"]["strategy"] = strategy
+    result["world_size"] = 1 if strategy == "single" else 2
+    (run / "result.json").write_text(json.dumps(result))
+    return run
+
+
+def test_runs_differing_in_strategy_are_comparable_configurations_never_repeats(tmp_path):
+    runs = [write_strategy_run(tmp_path, "single", "single", thr=100.0),
+            write_strategy_run(tmp_path, "ddp", "ddp", thr=180.0),
+            write_strategy_run(tmp_path, "ddp-r1", "ddp", thr=176.0, seed=1),
+            write_strategy_run(tmp_path, "fsdp-bf16", "fsdp", precision="bf16-mixed", thr=150.0)]  # fmt: skip
+    s = compare_runs(runs, previous=[])
+    assert s["mismatches"] == [] and "strategy" in s["compared"]
+    # the id names the strategy; the same precision under two strategies is two rows, the seed a repeat
+    assert [(c["config_id"], c["strategy"], c["repeats"]) for c in s["configs"]] == [
+        ("32-true", "single", 1),
+        ("32-true-ddp", "ddp", 2),
+        ("bf16-mixed-fsdp", "fsdp", 1),
+    ]
+    assert by_id(s)["32-true"]["is_baseline"] and by_id(s)["32-true-ddp"]["speedup"] == pytest.approx(1.78)
+    assert "| 32-true-ddp |" in render_markdown(s)
+    # strategy is compared, never a setting that must match: it is not something to allow
+    assert "strategy" not in comparable.allowed_fields()
+    # anything else that differs beside the strategy is still refused
+    other = write_strategy_run(tmp_path, "ddp-lr", "ddp", learning_rate=2e-3)
+    with pytest.raises(ConfigError, match=r"learning_rate differs"):
+        compare_runs([runs[0], other], previous=[])
+
+
+def test_without_a_single_run_the_baseline_is_the_first_strategy_listed(tmp_path):
+    from ampflow.compare.verdict import group_by_config, pick_baseline
+
+    records = [
+        {"precision": "32-true", "compile": False, "strategy": s, "metrics": {}} for s in ("ddp", "fsdp")
+    ]
+    groups = group_by_config(records)
+    assert list(groups) == ["32-true-ddp", "32-true-fsdp"]
+    assert pick_baseline(groups, "32-true") == "32-true-ddp"
+    assert pick_baseline(groups, "32-true-fsdp") == "32-true-fsdp"
