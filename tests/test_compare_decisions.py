@@ -127,6 +127,7 @@ def test_seed_and_bookkeeping_may_differ_within_repeats(tmp_path):
         "checkpoint_every",
         "allow_16_true",
         "max_nonfinite_steps",
+        "peak_flops",
     )
 
 
