@@ -225,3 +225,22 @@ def test_the_sweep_run_records_its_strategies():
     records = [{"precision": "32-true", "compile": False, "strategy": s} for s in ("single", "ddp", "ddp")]
     assert _sweep_shape(records) == (["32-true"], ["off"], ["single", "ddp"], 2)
     assert _sweep_shape([{"precision": "32-true", "compile": True}]) == (["32-true"], ["on"], ["single"], 1)
+
+
+def test_a_recipe_without_a_tensor_parallel_plan_is_refused_before_anything_trains(tmp_path, capsys):
+    from ampflow.cli import main
+
+    out = tmp_path / "b"
+    argv = [
+        "bench",
+        "--recipe",
+        "tests.recipes_fixture:tiny_nodrop",
+        "--out",
+        str(out),
+        "--precisions",
+        "32-true",
+    ]
+    assert main([*argv, "--strategies", "single,tp", "--set", "max_steps=2"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "strategy tp: recipe 'tests.recipes_fixture:tiny_nodrop' declares no" in err[0]
+    assert (out / "data").is_dir() and not (out / "runs").exists()

@@ -180,7 +180,7 @@ def torchrun_program(nproc_per_node: int, master_port: int | None = None) -> tup
     <ampflow.commands.StepPlan.argv>`: ``python -m torch.distributed.run --nproc_per_node=N
     --master_port=P -m ampflow`` (``P``: a free port when not given).
 
-        >>> torchrun_program(2, 29512)[-5:]
+        >>> torchrun_program(2, 29512)[-4:]
         ('--nproc_per_node=2', '--master_port=29512', '-m', 'ampflow')
     """
     port = master_port if master_port is not None else _free_port()
