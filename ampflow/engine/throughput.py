@@ -11,7 +11,6 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from ampflow.data.batching import DataOrder
 from ampflow.engine import parallel
 from ampflow.engine.devices import MemoryMeter, MemoryReading
 from ampflow.engine.metrics import dynamo_graph_count, percentile, step_time_stats
@@ -148,27 +147,6 @@ class ThroughputWindow:
             # process CPU time of the window: with one thread, a load-independent cost figure
             "timed_cpu_s": (self.cpu_end - self.cpu_start) if self.start is not None else None,
         }
-
-
-def count_tokens(
-    recipe: Any, inputs: dict[str, Any], order: DataOrder, batches: list[tuple[int, int]]
-) -> int:
-    """Tokens of the exact samples of the timed window, counted after it (outside the clock).
-
-    0 when the recipe has no ``tokens_in_batch`` or nothing was timed.
-    """
-    import numpy as np
-    import torch
-
-    if not hasattr(recipe, "tokens_in_batch") or not batches:
-        return 0
-    idx = np.concatenate([order.global_indices(e, s) for e, s in batches])
-    total = 0
-    device = next(iter(inputs.values())).device
-    for lo in range(0, len(idx), 4096):
-        sel = torch.from_numpy(idx[lo : lo + 4096]).to(device)
-        total += int(recipe.tokens_in_batch({k: v.index_select(0, sel) for k, v in inputs.items()}))
-    return total
 
 
 def per_rank_step_p50(step_times: list[float], device: Any) -> list[float | None]:
