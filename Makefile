@@ -10,7 +10,7 @@ export PYTHONHASHSEED := 0
 MLFLOW_DB ?= $(CURDIR)/mlruns.db
 DEMO_OUT ?= $(CURDIR)/demo-out
 
-.PHONY: setup test demo bench lint format compile images e2e-cluster mlflow-ui clean airflow-venv test-airflow mutation gpu-check
+.PHONY: setup test demo bench lint format compile images e2e-cluster mlflow-ui clean airflow-venv test-airflow mutation gpu-check bench-venv
 
 setup: $(STAMP)
 
@@ -86,7 +86,29 @@ $(AIRFLOW_STAMP): pyproject.toml
 test-airflow: airflow-venv setup
 	$(AIRFLOW_VENV)/bin/python -m pytest -q -p no:cacheprovider $(XDIST) tests/airflow $(PYTEST_ARGS)
 
-bench: setup
+# bench_peers' peers (Lightning Fabric, Accelerate) in a venv of their own, beside the same torch and
+# an editable ampflow: never in ampflow's dependencies
+BENCH_VENV := .venv-bench
+BENCH_PINS := "lightning==2.6.6" "accelerate==1.15.0" "transformers==5.24.0"
+BENCH_STAMP := $(BENCH_VENV)/.installed-$(shell echo '$(BENCH_PINS)' | cat - pyproject.toml | sha256sum | cut -c1-12)
+BENCH_PIP := $(BENCH_VENV)/bin/python -m pip --disable-pip-version-check -q
+
+bench-venv: $(BENCH_STAMP)
+
+$(BENCH_STAMP): pyproject.toml
+	@command -v $(PY) >/dev/null || { echo "ampflow needs $(PY) on PATH"; exit 1; }
+	@test -x $(BENCH_VENV)/bin/python || $(PY) -m venv $(BENCH_VENV)
+	@echo "installing the benchmark peers into $(BENCH_VENV) (first time: a few minutes)"
+	# torch first and pinned, so that the peers' requirements cannot move it
+	$(BENCH_PIP) install "torch==2.13.0" 2>&1 | grep -v "^WARNING: Location" || true
+	$(BENCH_PIP) install $(BENCH_PINS) 2>&1 | grep -v "^WARNING: Location" || true
+	$(BENCH_PIP) install -e ".[train]" 2>&1 | grep -v "^WARNING: Location" || true
+	@$(BENCH_VENV)/bin/python -c "import torch, lightning, accelerate, transformers, ampflow.engine.trainer; \
+	  got = (torch.__version__[:6], lightning.__version__, accelerate.__version__, transformers.__version__); \
+	  assert got == ('2.13.0', '2.6.6', '1.15.0', '5.24.0'), got"
+	@rm -f $(BENCH_VENV)/.installed-* && touch $(BENCH_STAMP)
+
+bench: setup bench-venv
 	$(BIN)/python -m benchmarks.run_all $(BENCH_ARGS)
 
 # the GPU readiness check (README, "GPU check"): environment, CUDA checks, every precision on

@@ -17,6 +17,7 @@ import time
 
 BENCHMARKS = {
     "overhead": "benchmarks.bench_overhead",  # harness vs a hand-written loop, data-wait share
+    "peers": "benchmarks.bench_peers",  # tweets-minilm: ampflow vs a plain loop, Lightning Fabric, Accelerate
     "table": "benchmarks.bench_precision_table",  # precision table per recipe
     "tracking": "benchmarks.bench_tracking",  # MLflow logging cost against a real server
     "scaling": "benchmarks.bench_scaling",  # N-process DDP throughput vs N x 1 process
