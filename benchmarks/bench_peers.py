@@ -1,7 +1,7 @@
 """Peers on the transformer workload: ampflow against a hand-written loop, Lightning Fabric and Accelerate.
 
     make bench-venv                                              # the peers' venv (.venv-bench), once
-    .venv-bench/bin/python -m benchmarks.bench_peers             # the peer table (about 5-8 min on 2 cores)
+    .venv-bench/bin/python -m benchmarks.bench_peers             # the peer table (about 8 min on 2 idle cores)
     .venv-bench/bin/python -m benchmarks.bench_peers --quick     # smoke run: 1 repeat, 4 steps, 32-true
     python -m benchmarks.bench_peers --precisions 32-true,bf16-mixed --steps 36 --warmup 6 --repeats 3
 
@@ -528,8 +528,8 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="bench_peers", description=__doc__.splitlines()[0])
     p.add_argument("--peers", default=",".join(PEERS), help=f"comma-separated, of {', '.join(PEERS)}")
     p.add_argument("--precisions", default=",".join(PRECISIONS))
-    p.add_argument("--steps", type=int, default=16, help="optimizer steps per run (default 16)")
-    p.add_argument("--warmup", type=int, default=4, help="leading steps left out of the timing (default 4)")
+    p.add_argument("--steps", type=int, default=8, help="optimizer steps per run (default 8)")
+    p.add_argument("--warmup", type=int, default=2, help="leading steps left out of the timing (default 2)")
     p.add_argument("--repeats", type=int, default=3, help="interleaved repeats (default 3)")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--seed", type=int, default=0)
