@@ -1,9 +1,9 @@
 """``ampflow register``: register a sweep's recommended model; move the alias ``champion`` only when the
 candidate holds its own against the current champion on the CURRENT test split.
 
-    ampflow register --summary bench/summary.json --data data/ --model-name tweets-bow --tolerance 0.5
+    ampflow register --summary bench/summary.json --data data/tweets --model-name tweets-bow --tolerance 0.5
     ampflow register --summary bench/summary.json --data bench/data      # default name ampflow-<recipe>
-    ampflow register --summary out/summary.json --data data/ --allow-unloadable-champion
+    ampflow register --summary out/summary.json --data data/tweets --allow-unloadable-champion
 
 What is compared: the candidate (the recommended configuration's best evaluated repeat, loaded from its
 ``ampflow.model_uri``) and the current champion (loaded by its alias, ``models:/NAME@champion``) are
