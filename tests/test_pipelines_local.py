@@ -59,13 +59,16 @@ def test_benchmark_pipeline_runs_locally_reports_and_fails_on_a_regression(
 ):
     """A benchmark run, recorded as a sweep; then a second one, made slower (the tiny recipe sleeps in
     every forward pass; its settings stay equal, so the runs are comparable), checked against it:
-    with fail_on_regression its compare step exits 3 and the run fails."""
+    with fail_on_regression its compare step exits 3 and the run fails. The terminal gets one line
+    per task state change, kfp.local's executor detail goes to the log file named at the end, and a
+    failed task's last lines reach stderr."""
     from ampflow.config import SweepSpec
     from ampflow.tracking import schema
     from pipelines.local import find_task_dir, run_benchmark_locally
 
     monkeypatch.setenv("PYTHONPATH", str(Path(__file__).resolve().parents[1]))  # the tiny recipe
     out = tmp_path / "bench"
+    capfd.readouterr()
     summary = run_benchmark_locally(
         recipe="tests.recipes_fixture:tiny",
         sweep=SweepSpec.from_lists(["32-true", "bf16-mixed"], ["off"], repeats=1, baseline="bf16-mixed"),
@@ -79,6 +82,21 @@ def test_benchmark_pipeline_runs_locally_reports_and_fails_on_a_regression(
     assert [c["config_id"] for c in summary["configs"]] == ["bf16-mixed", "32-true"]
     assert summary["recommended"] in ("32-true", "bf16-mixed")
     assert (out / "report.html").read_text().lstrip().lower().startswith("<!doctype html")
+
+    printed, errors = capfd.readouterr()
+    lines = printed.splitlines()
+    log = out / "kfp-local.log"
+    assert "executor_input" in log.read_text() and "executor_input" not in printed + errors
+    assert str(log) in lines[0] and str(log) in lines[-1] and "succeeded" in lines[-1]
+    states = [re.sub(r"^kfp-local \[\s*[\d.]+ s\] ", "", line) for line in lines[1:-1]]
+    assert len(states) == 2 * 7, printed  # prep, sweep-plan, 2 x (train, evaluate), compare
+    tasks = [s.split(":")[0] for s in states[::2]]
+    assert {tasks[0], tasks[1]} == {"prep", "sweep-plan"} and tasks[-1] == "compare", printed
+    # each configuration trained, then evaluated, named by its configuration
+    assert sorted(tasks[2:6:2]) == ["train 32-true", "train bf16-mixed"], printed
+    assert [t.replace("evaluate", "train") for t in tasks[3:6:2]] == tasks[2:6:2], printed
+    assert all(s.endswith(": running") for s in states[::2])
+    assert all(re.search(r": succeeded in [\d.]+ s$", s) for s in states[1::2]), printed
     assert "32-true" in (out / "report.md").read_text()
 
     # the figures compare used are the ones each train task wrote into its Model artifact
@@ -108,7 +126,10 @@ def test_benchmark_pipeline_runs_locally_reports_and_fails_on_a_regression(
             overrides=TINY,
             fail_on_regression=True,
         )
-    assert "ampflow compare exited 3" in "".join(capfd.readouterr())
+    printed, errors = capfd.readouterr()
+    assert re.search(r"compare: failed after [\d.]+ s", errors) and "compare | " in errors
+    assert "ampflow compare exited 3" in errors, errors
+    assert str(tmp_path / "bench-slow" / "kfp-local.log") in errors.splitlines()[-1]
 
     runs = _experiment_runs(mlflow_client)
     sweeps = sorted(
