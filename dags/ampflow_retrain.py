@@ -7,6 +7,10 @@ always runs and marks FAILED any MLflow run of this DAG run that a killed step l
 **When:** on the cron in `AIRFLOW_VAR_AMPFLOW_RETRAIN_CRON` (default `0 3 * * *`, UTC), **or** when the
 asset `ampflow_training_data` is updated (a producer DAG with `outlets=[Asset("ampflow_training_data")]`).
 A run started by the asset reads the asset's file URI as `--source` unless the `source` param is set.
+`AIRFLOW_VAR_AMPFLOW_RETRAIN_CRON=none` leaves the asset alone. The DAG starts paused and has no
+`start_date`: unpausing it never starts a run for a slot that has passed (the first cron run is the
+next slot after the unpause; `catchup=False`). After a pause, unpausing runs the latest missed slot
+once, as `catchup=False` does.
 
 **Where:** param `execution_mode` (else Variable `ampflow_execution_mode`, else `local`):
 `local` runs each step as a subprocess of `ampflow` (Variable `ampflow_bin` or env `AMPFLOW_BIN`);
@@ -40,10 +44,10 @@ Trigger by hand: `airflow dags trigger ampflow_retrain -c '{"overrides": {"max_s
 from __future__ import annotations
 
 import os
+from datetime import timedelta
 from typing import Any
 from urllib.parse import urlparse
 
-import pendulum
 from airflow.sdk import (
     DAG,
     Asset,
@@ -71,16 +75,26 @@ TRAINING_DATA = Asset(
     uri=parse_time_setting("ampflow_training_data_uri", "file:///var/lib/ampflow/training-data.csv"),
 )
 
+
+def retrain_schedule(cron: str) -> Any:
+    """The cron slot or a new-data event, whichever comes first; asset-only when ``cron`` is empty or
+    ``none``. The first cron run is the next slot *after* the DAG is unpaused: ``run_immediately=0``
+    (Airflow's default runs a slot that passed less than a tenth of the period ago) and no
+    ``start_date`` (with one, catchup off still runs the latest past slot at once)."""
+    if cron.strip().lower() in ("", "none"):
+        return [TRAINING_DATA]
+    return AssetOrTimeSchedule(
+        timetable=CronTriggerTimetable(cron, timezone="UTC", run_immediately=timedelta(0)),
+        assets=[TRAINING_DATA],
+    )
+
+
 with DAG(
     dag_id="ampflow_retrain",
     description="Retrain on a schedule or on new data; register only a model that passes the champion gate",
-    schedule=AssetOrTimeSchedule(
-        timetable=CronTriggerTimetable(
-            parse_time_setting("ampflow_retrain_cron", "0 3 * * *"), timezone="UTC"
-        ),
-        assets=[TRAINING_DATA],
-    ),
-    start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
+    schedule=retrain_schedule(parse_time_setting("ampflow_retrain_cron", "0 3 * * *")),
+    # no start_date, catchup off and run_immediately=0 in retrain_schedule: unpausing never starts a run
+    # for a cron slot that has already passed (README, Airflow: "Unpausing")
     catchup=False,
     max_active_runs=1,
     default_args=default_args(),

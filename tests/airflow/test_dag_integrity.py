@@ -75,14 +75,36 @@ def test_retrain_is_scheduled_by_cron_or_by_the_training_data_asset(dagbag):
     assert [a.name for a in dag.timetable.asset_condition.objects] == ["ampflow_training_data"]
 
 
-def test_retrain_cron_comes_from_the_environment_variable():
+@pytest.mark.parametrize(("cron", "expected"), [("15 1 * * 1", "15 1 * * 1"), ("none", "assets only")])
+def test_retrain_cron_comes_from_the_environment_variable(cron, expected):
     probe = (
         f"import sys; sys.path.insert(0, {str(DAGS)!r})\n"
-        "import ampflow_retrain as m; print(m.dag.timetable.timetable.expression)\n"
+        "import ampflow_retrain as m; t = m.dag.timetable\n"
+        "print(t.timetable.expression if hasattr(t, 'timetable') else 'assets only')\n"
     )
-    env = {**__import__("os").environ, "AIRFLOW_VAR_AMPFLOW_RETRAIN_CRON": "15 1 * * 1"}
+    env = {**__import__("os").environ, "AIRFLOW_VAR_AMPFLOW_RETRAIN_CRON": cron}
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=env, check=True)  # noqa: S603
-    assert out.stdout.strip().splitlines()[-1] == "15 1 * * 1"
+    assert out.stdout.strip().splitlines()[-1] == expected
+
+
+@pytest.mark.parametrize("unpaused_at", ["04:00", "23:45", "02:59"])
+def test_unpausing_retrain_never_starts_a_run_for_a_slot_that_has_passed(dagbag, monkeypatch, unpaused_at):
+    """Issue 11: unpausing fired the latest cron slot at once, on the full data with default settings.
+    The scheduler's own computation, on the serialized DAG, with the clock set to the unpause: the first
+    run is the next 03:00 UTC, never today's 03:00 that has passed (a start_date in the past would make
+    catchup=False run it; Airflow's default run_immediately runs a slot less than 2.4 h old)."""
+    import airflow.timetables.trigger as trigger
+    import pendulum
+    from airflow.serialization.serialized_objects import DagSerialization
+
+    dag = dagbag.dags["ampflow_retrain"]
+    assert dag.start_date is None and dag.catchup is False
+    hour, minute = map(int, unpaused_at.split(":"))
+    now = pendulum.datetime(2026, 11, 29, hour, minute, tz="UTC")
+    monkeypatch.setattr(trigger, "utcnow", lambda: now)
+    scheduled = DagSerialization.from_dict(DagSerialization.to_dict(dag))
+    first = scheduled.next_dagrun_info(last_automated_run_info=None).run_after
+    assert first > now and first.hour == 3 and first - now <= pendulum.duration(days=1)
 
 
 def test_retrain_chain_and_gate(dagbag):
