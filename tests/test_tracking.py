@@ -215,7 +215,8 @@ def test_a_deleted_experiment_is_a_refusal_not_an_outage(tracking_env, mlflow_cl
 
 
 def test_train_names_its_mlflow_run_and_ui_link_last(tracking_env, mlflow_client, tmp_path, capsys):
-    """Issue 11: the last line says where the run went, with a link a person can open."""
+    """Issue 11: the last lines name every file written, the logged model, and where the run went,
+    with a link a person can open; evaluate's too."""
     from ampflow.cli import main
     from tests.recipes_fixture import NAME, write_dataset
 
@@ -236,8 +237,25 @@ def test_train_names_its_mlflow_run_and_ui_link_last(tracking_env, mlflow_client
         )
         == 0
     )
-    last = capsys.readouterr().out.strip().splitlines()[-1]
+    lines = capsys.readouterr().out.strip().splitlines()
     run_id = json.loads((tmp_path / "r" / "tracking" / "state.json").read_text())["run_id"]
-    exp_id = mlflow_client.get_run(run_id).info.experiment_id
-    assert last.startswith(f"MLflow run {run_id} (experiment ")
-    assert last.endswith(f"{tracking_env.uri}/#/experiments/{exp_id}/runs/{run_id}")
+    run = mlflow_client.get_run(run_id)
+    exp_id = run.info.experiment_id
+    link = f"{tracking_env.uri}/#/experiments/{exp_id}/runs/{run_id}"
+    assert lines[-1].startswith(f"MLflow run {run_id} (experiment ") and lines[-1].endswith(link)
+    # before it, every file the run wrote and the logged model
+    assert lines[-4:-1] == [
+        f"result:     {tmp_path / 'r' / 'result.json'}",
+        f"checkpoint: {tmp_path / 'r' / 'checkpoint.pt'}",
+        f"model:      {run.data.tags['ampflow.model_uri']} (mlflow.pytorch.load_model loads it)",
+    ]
+
+    # evaluate ends the same way, on the same run
+    args = ["--recipe", NAME, "--data", str(data), "--checkpoint", str(tmp_path / "r")]
+    assert main(["evaluate", *args, "--out", str(tmp_path / "r" / "eval")]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[-3:-1] == [
+        f"eval:        {tmp_path / 'r' / 'eval' / 'eval.json'}",
+        f"predictions: {tmp_path / 'r' / 'eval' / 'predictions.jsonl'}",
+    ]
+    assert lines[-1].startswith(f"MLflow run {run_id} (experiment ") and lines[-1].endswith(link)

@@ -1,7 +1,7 @@
 """``ampflow evaluate``: accuracy, macro-F1, loss, ECE and the confusion matrix of a trained run.
 
-    ampflow evaluate --recipe tweets-bow --data data/ --checkpoint runs/bf16 --out runs/bf16/eval
-    ampflow evaluate --recipe tweets-bow --data data/ --checkpoint runs/bf16 --out runs/bf16/eval --set device=cpu
+    ampflow evaluate --recipe tweets-bow --data data/tweets --checkpoint runs/bf16 --out runs/bf16/eval
+    ampflow evaluate --recipe tweets-bow --data data/tweets --checkpoint runs/bf16 --out runs/bf16/eval --set device=cpu
 
 Loads ``--checkpoint`` (a run directory or its ``checkpoint.pt``) with its resolved configuration,
 runs the dataset's test split under the same precision's autocast in batches of ``eval_batch_size``
@@ -67,6 +67,9 @@ def cli(args: argparse.Namespace) -> int:
         f"{result['macro_f1']:.4f}, loss {result['loss']:.4f}, ECE {result['ece']:.4f} on {result['n']} "
         f"{result['split']} examples -> {Path(args.out) / EVAL_FILE}"
     )
+    # the last lines: every file written, then the MLflow run (nothing when tracking is off)
+    print(f"eval:        {Path(args.out) / EVAL_FILE}")
+    print(f"predictions: {Path(args.out) / PREDICTIONS_FILE}")
     if result.get("mlflow"):
         print(result["mlflow"])
     return 0

@@ -1,8 +1,8 @@
 """``ampflow train``: train one recipe under one precision mode; write checkpoints and ``result.json``.
 
-    ampflow train --recipe tweets-bow --data data/ --out runs/bf16 --precision bf16-mixed --set max_steps=200
-    ampflow train --recipe tweets-bow --data data/ --out runs/bf16 --resume      # continue after a kill
-    torchrun --nproc_per_node=2 -m ampflow train --strategy ddp --recipe tweets-bow --data data/ --out runs/ddp
+    ampflow train --recipe tweets-bow --data data/tweets --out runs/bf16 --precision bf16-mixed --set max_steps=200
+    ampflow train --recipe tweets-bow --data data/tweets --out runs/bf16 --resume      # continue after a kill
+    torchrun --nproc_per_node=2 -m ampflow train --strategy ddp --recipe tweets-bow --data data/tweets --out runs/ddp
 
 Writes into ``--out``: ``checkpoint.pt`` (every ``checkpoint_every`` steps and at the end) and
 ``result.json`` (schema ``ampflow.train.result/1``, see the README's engine section). A fresh run into a
@@ -96,9 +96,19 @@ def cli(args: argparse.Namespace) -> int:
     )
     if int(os.environ.get("RANK", "0")) == 0:  # under torchrun only rank 0 speaks
         print(summary_line(result))
-        if result.get("mlflow"):
-            print(result["mlflow"])
+        print(closing_lines(result, Path(args.out)))
     return 0
+
+
+def closing_lines(result: dict[str, Any], out: Path) -> str:
+    """The last lines: every file the run wrote, the logged model, and the MLflow run (its id, the
+    store, and a UI link when the store is a server; nothing when tracking is off)."""
+    lines = [f"result:     {out / RESULT_FILE}", f"checkpoint: {result['checkpoint']}"]
+    if result.get("model_uri"):
+        lines.append(f"model:      {result['model_uri']} (mlflow.pytorch.load_model loads it)")
+    if result.get("mlflow"):
+        lines.append(result["mlflow"])
+    return "\n".join(lines)
 
 
 def summary_line(result: dict[str, Any]) -> str:
@@ -299,7 +309,11 @@ def _train(
                 tracker.log_train_result(result, out)
                 tracker.log_model(trained["model"], input_example=trained["example"])
                 # for the last lines a person reads (not in result.json, written above)
-                result = {**result, "mlflow": tracker.where()}
+                result = {
+                    **result,
+                    "mlflow": tracker.where(),
+                    "model_uri": getattr(tracker, "model_uri", None),
+                }
         return result
     finally:
         parallel.shutdown(dist_info)
