@@ -1,7 +1,7 @@
 """Peers on the transformer workload: ampflow against a hand-written loop, Lightning Fabric and Accelerate.
 
     make bench-venv                                              # the peers' venv (.venv-bench), once
-    .venv-bench/bin/python -m benchmarks.bench_peers             # the peer table (about 8 min on 2 idle cores)
+    .venv-bench/bin/python -m benchmarks.bench_peers             # the peer table (about 6 min per precision, 2 cores)
     .venv-bench/bin/python -m benchmarks.bench_peers --quick     # smoke run: 1 repeat, 4 steps, 32-true
     python -m benchmarks.bench_peers --precisions 32-true,bf16-mixed --steps 36 --warmup 6 --repeats 3
 
@@ -17,7 +17,9 @@ no peer inherits another's allocator, thread-pool or import state; repeats are i
 once per precision, then again, the order rotated each repeat) so slow drift of the machine hits all.
 Prints per precision the median samples/s, the spread (min-max over repeats) and the ratio of each
 peer's median to the fastest peer's; writes every run's figures as JSON (``--json``). Nothing is
-asserted. bf16 on a CPU without ``avx512_bf16``/``amx_bf16`` is emulated (slow); the table says so.
+asserted. bf16 on a CPU without ``avx512_bf16``/``amx_bf16`` is emulated; the table says so, and where
+its matmuls run at a fraction of fp32's speed (on an AVX2-only CPU about 1 %: a bf16 run would take
+hours) the default leaves the bf16 modes out with a line saying so; ``--precisions`` runs them anyway.
 
 The peers (Lightning 2.6.6, Accelerate 1.15.0, transformers 5.24.0) live in ``.venv-bench`` and never in
 ampflow's dependencies; run from another interpreter, this module starts its runs with
@@ -30,6 +32,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import math
 import os
 import statistics
 import subprocess
@@ -53,6 +56,8 @@ BENCH_PYTHON = ROOT / ".venv-bench" / "bin" / "python"
 DEFAULT_DATA = ROOT / "bench-out" / "data" / RECIPE
 DEFAULT_JSON = ROOT / "bench-out" / "peers.json"
 SCHEMA = "ampflow.bench.peers/1"
+# bf16 matmuls this many times slower than fp32 (emulated): the bf16 modes are left out by default
+SLOW_BF16 = 4.0
 # a worker that prints this line (then exits 3) could not import its peer: reported as missing
 MISSING = "PEER-MISSING:"
 
@@ -436,21 +441,69 @@ def _worker_argv(python: str, args: argparse.Namespace, peer: str, precision: st
     return argv
 
 
+def matmul_gflops(threads: int, n: int = 512, tries: int = 3) -> dict[str, float]:
+    """Dense ``n x n`` matmul GFLOP/s of this CPU in fp32 and bf16, with ``threads`` torch threads (0:
+    torch's default): the best of ``tries``, the two dtypes alternating so that a busy moment of the
+    machine hits both. About 3 s where bf16 is emulated without vector support."""
+    import torch
+
+    if threads:
+        torch.set_num_threads(threads)
+    operands = {
+        name: (torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype))
+        for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16))
+    }
+    best = dict.fromkeys(operands, math.inf)
+    for _ in range(tries):
+        for name, (a, b) in operands.items():
+            t0 = time.perf_counter()
+            a @ b
+            best[name] = min(best[name], time.perf_counter() - t0)
+    return {name: 2 * n**3 / s / 1e9 for name, s in best.items()}
+
+
+def choose_precisions(
+    asked: str | None, emulated: bool, rates: dict[str, float] | None
+) -> tuple[list[str], str]:
+    """The precisions to run and a line saying what was left out and why ("" when nothing was).
+
+    Asked for explicitly: exactly those. By default all of :data:`PRECISIONS`, except that on a CPU
+    whose bf16 is emulated and whose bf16 matmuls run more than :data:`SLOW_BF16` times slower than
+    fp32 the bf16 modes are left out: there every bf16 run would take many times the whole default
+    benchmark (measured: 0.3 against 28 GFLOP/s on a 2-core AVX2-only EPYC).
+    """
+    if asked:
+        return asked.split(","), ""
+    if not (emulated and rates and rates["fp32"] > SLOW_BF16 * rates["bf16"]):
+        return list(PRECISIONS), ""
+    left = [p for p in PRECISIONS if "bf16" in p]
+    return [p for p in PRECISIONS if p not in left], (
+        f"{' and '.join(left)} left out: bf16 is emulated on this CPU and its matmuls ran "
+        f"{rates['fp32'] / rates['bf16']:.0f}x slower than fp32 ({rates['bf16']:.1f} against "
+        f"{rates['fp32']:.1f} GFLOP/s); --precisions {','.join(PRECISIONS)} runs them anyway"
+    )
+
+
 def drive(args: argparse.Namespace) -> int:
     python = args.python or (str(BENCH_PYTHON) if BENCH_PYTHON.exists() else sys.executable)
     peers = args.peers.split(",")
-    precisions = args.precisions.split(",")
     data = Path(args.data)
     ensure_data(data, python)
+    import torch
+
     from ampflow.engine.devices import cpu_has_native_bf16
 
-    emulated = not cpu_has_native_bf16()
+    emulated = not torch.cuda.is_available() and not cpu_has_native_bf16()
+    rates = matmul_gflops(args.threads) if emulated else None
+    precisions, left_out = choose_precisions(args.precisions, emulated, rates)
     print(
         f"{RECIPE}: batch {args.batch_size} x 64 tokens, {args.steps} steps ({args.warmup} untimed), "
-        f"{args.repeats} interleaved repeats, peers {', '.join(peers)}; python {python}"
-        + ("; bf16 is emulated on this CPU (no avx512_bf16/amx_bf16): slow" if emulated else ""),
+        f"{args.repeats} interleaved repeats, peers {', '.join(peers)}, precisions {', '.join(precisions)}; "
+        f"python {python}" + ("; bf16 is emulated on this CPU (no avx512_bf16/amx_bf16)" if emulated else ""),
         flush=True,
     )
+    if left_out:
+        print(left_out, flush=True)
     runs: list[dict[str, Any]] = []
     failed: list[str] = []
     missing: dict[str, str] = {}
@@ -511,6 +564,9 @@ def drive(args: argparse.Namespace) -> int:
             k: getattr(args, k) for k in ("steps", "warmup", "repeats", "batch_size", "seed", "threads")
         },
         "bf16_emulated": emulated,
+        "matmul_gflops": rates,
+        "precisions": precisions,
+        "left_out": left_out or None,
         "missing": missing,
         "failed": failed,
         "summary": rows,
@@ -527,9 +583,13 @@ def drive(args: argparse.Namespace) -> int:
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="bench_peers", description=__doc__.splitlines()[0])
     p.add_argument("--peers", default=",".join(PEERS), help=f"comma-separated, of {', '.join(PEERS)}")
-    p.add_argument("--precisions", default=",".join(PRECISIONS))
-    p.add_argument("--steps", type=int, default=8, help="optimizer steps per run (default 8)")
-    p.add_argument("--warmup", type=int, default=2, help="leading steps left out of the timing (default 2)")
+    p.add_argument(
+        "--precisions",
+        help=f"comma-separated, of {', '.join(PRECISIONS)} (default: all; bf16 only where it is not "
+        "emulated at a fraction of fp32's speed)",
+    )
+    p.add_argument("--steps", type=int, default=16, help="optimizer steps per run (default 16)")
+    p.add_argument("--warmup", type=int, default=4, help="leading steps left out of the timing (default 4)")
     p.add_argument("--repeats", type=int, default=3, help="interleaved repeats (default 3)")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--seed", type=int, default=0)
@@ -551,7 +611,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick:
         args.steps, args.warmup, args.repeats, args.precisions = 4, 1, 1, "32-true"
     bad = [x for x in args.peers.split(",") if x not in PEERS] + [
-        x for x in args.precisions.split(",") if x not in PRECISIONS
+        x for x in (args.precisions or "").split(",") if x and x not in PRECISIONS
     ]
     if bad:
         print(
