@@ -10,8 +10,11 @@ configuration the samples/s, the steps and the training-clock seconds to the tar
 time-to-train, validation and checkpoint writes excluded: :mod:`ampflow.engine.validation`) and the
 speedup to target against 32-true, as the compare step computes it (:mod:`ampflow.compare.efficiency`).
 
-On a CPU without native bf16 (``avx512_bf16``/AMX) bf16 is emulated and slower than fp32: the table
-says so rather than hiding it. ``--limit`` keeps a stratified subset so the val split (10 %) stays
+On a CPU without native bf16 (``avx512_bf16``/AMX) bf16 is emulated: the table says so, and where its
+matmuls run many times slower than fp32 (the rule of :func:`benchmarks.bench_peers.choose_precisions`)
+the bf16 modes are left out by default, with a line saying so: one emulated bf16-mixed step of
+tweets-minilm took about 42 s on a 2-core AVX2-only EPYC. ``--precisions`` runs them anyway;
+``--recipe tweets-bow`` (an embedding bag, not matmul-bound) shows a bf16 comparison on such a CPU. ``--limit`` keeps a stratified subset so the val split (10 %) stays
 small enough to validate often.
 """
 
@@ -25,16 +28,41 @@ from pathlib import Path
 from ampflow.compare.verdict import median_of
 from ampflow.config import RunConfig, SweepSpec
 from ampflow.steps import Paths, bench
+from benchmarks.bench_peers import SLOW_BF16
 
 
 def _fmt(value: float | None, spec: str) -> str:
     return "never" if value is None else format(value, spec)
 
 
+def _precisions(asked: str | None) -> tuple[list[str], str]:
+    """32-true and bf16-mixed, or what was asked; bf16 left out (and said) where emulated and slow."""
+    if asked:
+        return asked.split(","), ""
+    import torch
+
+    from ampflow.engine.devices import cpu_has_native_bf16
+    from benchmarks.bench_peers import matmul_gflops
+
+    default = ["32-true", "bf16-mixed"]
+    if torch.cuda.is_available() or cpu_has_native_bf16():
+        return default, ""
+    rates = matmul_gflops(threads=0)
+    if rates["fp32"] <= SLOW_BF16 * rates["bf16"]:
+        return default, ""
+    return ["32-true"], (
+        f"bf16-mixed left out: bf16 is emulated on this CPU and its matmuls ran {rates['fp32'] / rates['bf16']:.0f}x "
+        f"slower than fp32 ({rates['bf16']:.1f} against {rates['fp32']:.1f} GFLOP/s); --precisions 32-true,bf16-mixed "
+        "runs it anyway"
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--recipe", default="tweets-minilm")
-    ap.add_argument("--precisions", default="32-true,bf16-mixed")
+    ap.add_argument(
+        "--precisions", help="default: 32-true,bf16-mixed (bf16 left out where emulated and slow)"
+    )
     ap.add_argument("--target", type=float, default=0.60, help="target val accuracy (default: %(default)s)")
     ap.add_argument(
         "--val-every", type=int, default=5, help="steps between validations (default: %(default)s)"
@@ -49,6 +77,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", help="keep the sweep here (default: a temporary directory)")
     args = ap.parse_args(argv)
     os.environ.setdefault("AMPFLOW_TRACKING", "off")
+    precisions, left_out = _precisions(args.precisions)
+    if left_out:
+        print(left_out, flush=True)
+    if len(precisions) < 2:
+        print("nothing to compare against 32-true: pass --precisions or --recipe tweets-bow", flush=True)
+        return 0
     settings = [
         f"max_steps={args.max_steps}",
         f"val_every={args.val_every}",
@@ -62,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
             cfg,
             Paths.of(out=root / "sweep"),
             limit=args.limit,
-            sweep=SweepSpec.from_lists(args.precisions.split(","), repeats=args.repeats),
+            sweep=SweepSpec.from_lists(precisions, repeats=args.repeats),
             overrides=settings,
         )
     print(
