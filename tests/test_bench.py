@@ -82,13 +82,6 @@ def test_sweep_trains_every_config_and_compares_against_the_baseline(tmp_path):
         for k, n in (("summary:", "summary.json"), ("report:", "report.md"), ("html report:", "report.html"))
     ]
 
-    # a second sweep into the same directory runs, and keeps the first one's runs
-    again = _bench(out, "--precisions", "32-true", "--set", "max_steps=6", "--set", "warmup_steps=2")
-    assert again.returncode == 0, again.stderr[-2000:]
-    kept = [p for p in out.iterdir() if p.name.startswith("runs-")]
-    assert len(kept) == 1 and (kept[0] / "bf16-mixed-r1" / "result.json").is_file()
-    assert json.loads((out / "summary.json").read_text())["runs"][0]["id"] == "32-true"
-
 
 @pytest.mark.slow
 def test_a_failing_sweep_exits_1_and_says_where_to_look(tmp_path):
@@ -105,6 +98,22 @@ def test_a_failing_sweep_exits_1_and_says_where_to_look(tmp_path):
     assert proc.returncode == 1
     assert "32-true: FAILED" in proc.stderr
     assert "train.log" in proc.stderr
+
+
+def test_a_second_sweep_into_the_same_out_keeps_the_first_ones_runs(tmp_path, capsys):
+    """make demo twice: the old runs move aside (named by time), never overwritten nor in the way."""
+    out = tmp_path / "sweep"
+    bench._set_aside_previous_runs(out)  # nothing there yet: nothing moves
+    assert not out.exists()
+    (out / "runs" / "bf16-mixed-r1").mkdir(parents=True)
+    (out / "runs" / "bf16-mixed-r1" / "result.json").write_text("{}")
+    bench._set_aside_previous_runs(out)
+    (kept,) = [p for p in out.iterdir() if p.name.startswith("runs-")]
+    assert (kept / "bf16-mixed-r1" / "result.json").read_text() == "{}" and not (out / "runs").exists()
+    assert f"kept in {kept}" in capsys.readouterr().out
+    (out / "runs").mkdir()  # an empty runs folder (a sweep that failed before training) stays
+    bench._set_aside_previous_runs(out)
+    assert (out / "runs").is_dir() and len([p for p in out.iterdir() if p.name.startswith("runs-")]) == 1
 
 
 def test_busy_machine_is_called_out_in_the_report():
