@@ -10,7 +10,7 @@ export PYTHONHASHSEED := 0
 MLFLOW_DB ?= $(CURDIR)/mlruns.db
 DEMO_OUT ?= $(CURDIR)/demo-out
 
-.PHONY: setup test demo bench lint format compile images e2e-cluster mlflow-ui clean airflow-venv test-airflow mutation gpu-check bench-venv
+.PHONY: setup test test-main demo bench lint format compile images e2e-cluster mlflow-ui clean airflow-venv test-airflow mutation gpu-check bench-venv
 
 setup: $(STAMP)
 
@@ -24,13 +24,19 @@ $(STAMP): pyproject.toml
 	@$(BIN)/python -c "import torch, mlflow, kfp, ampflow; assert torch.__version__.startswith('2.13.0'), torch.__version__"
 	@rm -f $(VENV)/.installed-* && touch $(STAMP)
 
-# the main suite, then the Airflow DAG tests in their own venv (see airflow-venv); TEST_WORKERS pytest
-# workers each (pytest-xdist, a test file's tests stay on one worker: they share module fixtures)
+# the main suite and, beside it, the Airflow DAG tests in their own venv (see airflow-venv). The main
+# suite runs on TEST_WORKERS pytest-xdist workers (a test file's tests stay on one worker: they share
+# module fixtures), the Airflow suite on AIRFLOW_TEST_WORKERS; tests pin torch to one thread and wait on
+# servers and subprocesses a good part of the time, so three workers keep a 2-core machine busy.
+# Output is synchronised per line; each suite ends with its own summary line.
 TEST_WORKERS ?= 2
+AIRFLOW_TEST_WORKERS ?= 1
 XDIST = -n $(TEST_WORKERS) --dist loadfile
 test: setup airflow-venv
+	@$(MAKE) --no-print-directory -j2 --output-sync=line test-main test-airflow
+
+test-main: setup
 	$(BIN)/python -m pytest -q $(XDIST) $(PYTEST_ARGS)
-	$(MAKE) --no-print-directory test-airflow
 
 # mutation testing of the decision code (pyproject's [tool.mutmut]: comparability, verdict, noise,
 # regression, stats) against the fast pure tests; not part of make test. mutmut works in ./mutants
@@ -84,7 +90,7 @@ $(AIRFLOW_STAMP): pyproject.toml
 	@rm -f $(AIRFLOW_VENV)/.installed-* && touch $(AIRFLOW_STAMP)
 
 test-airflow: airflow-venv setup
-	$(AIRFLOW_VENV)/bin/python -m pytest -q -p no:cacheprovider $(XDIST) tests/airflow $(PYTEST_ARGS)
+	$(AIRFLOW_VENV)/bin/python -m pytest -q -p no:cacheprovider -n $(AIRFLOW_TEST_WORKERS) --dist loadfile tests/airflow $(PYTEST_ARGS)
 
 # bench_peers' peers (Lightning Fabric, Accelerate) in a venv of their own, beside the same torch and
 # an editable ampflow: never in ampflow's dependencies
