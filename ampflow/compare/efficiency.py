@@ -54,7 +54,7 @@ def _row_target(group: dict[str, Any], base: dict[str, Any]) -> dict[str, Any]:
     elif reached < n:
         note = f"reached the target {target:g} in only {reached} of {n} runs (its time-to-target figures are of those)"
     else:
-        note = f"reached the target {target:g} in {'every one' if n > 1 else 'its'} run{'s' if n > 1 else ''}"
+        note = f"reached the target {target:g} in {f'all {n} runs' if n > 1 else 'its run'}"
     speedup = None
     if group["config_id"] == base["config_id"] or reached < n:
         pass  # the baseline has no speedup over itself; a partial reach is said in the note already
