@@ -162,6 +162,27 @@ def test_minilm_pooling_ignores_padding(prepared):
     torch.testing.assert_close(short, longer, atol=1e-4, rtol=1e-4)
 
 
+@pytest.mark.parametrize("name", sorted(LIMITS))
+def test_every_parameter_reaches_the_loss(prepared, name):
+    """DDP refuses a model with a parameter that gets no gradient ("Expected to have finished reduction
+    in the prior iteration"): MiniLM's BERT pooler did, so `--strategy ddp` failed on tweets-minilm."""
+    out = _prep(prepared, name)
+    model = get_recipe(name).build_model(read_manifest(out)["info"]).train()
+    inputs, labels = batch(out, "train", 4)
+    torch.nn.functional.cross_entropy(model(**inputs), labels).backward()
+    assert [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None] == []
+
+
+def test_minilm_checkpoints_with_the_old_pooler_still_load(prepared):
+    out = _prep(prepared, "tweets-minilm")
+    model = get_recipe("tweets-minilm").build_model(read_manifest(out)["info"])
+    state = dict(model.state_dict())
+    assert not [k for k in state if ".pooler." in k]
+    state["encoder.pooler.dense.weight"] = torch.zeros(384, 384)  # as written before the pooler went
+    state["encoder.pooler.dense.bias"] = torch.zeros(384)
+    model.load_state_dict(state, strict=True)
+
+
 def test_mnist_pixels_and_low_precision_weights(prepared):
     out = _prep(prepared, "mnist-cnn")
     pixels = np.asarray(load_split(out, "train")["pixels"])

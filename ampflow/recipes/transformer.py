@@ -125,9 +125,14 @@ def classifier(encoder: Any, num_classes: int, dropout: float = 0.1) -> torch.nn
     class MeanPooledClassifier(nn.Module):
         def __init__(self) -> None:
             super().__init__()
+            # BERT's pooler (dense + tanh on the first token) never reaches the loss of a mean-pooled
+            # head: its weights would get no gradient, which DDP refuses ("Expected to have finished
+            # reduction in the prior iteration") and FSDP shards for nothing
+            encoder.pooler = None
             self.encoder = encoder
             self.dropout = nn.Dropout(dropout)
             self.head = nn.Linear(int(encoder.config.hidden_size), num_classes)
+            self.register_load_state_dict_pre_hook(_drop_pooler)
             # parameter-free views of the parts above (they hold no weights of their own)
             self.__dict__["first"] = First(self)
             self.__dict__["layers"] = [Layer(self, i) for i in range(len(encoder.encoder.layer))]
@@ -140,6 +145,12 @@ def classifier(encoder: Any, num_classes: int, dropout: float = 0.1) -> torch.nn
             return self.last(state)
 
     return MeanPooledClassifier()
+
+
+def _drop_pooler(module: Any, state_dict: dict[str, Any], prefix: str, *_: Any) -> None:
+    """Checkpoints written while the classifier still carried BERT's (unused) pooler load as before."""
+    for key in [k for k in state_dict if k.startswith(prefix + "encoder.pooler.")]:
+        del state_dict[key]
 
 
 def torch_cat(hidden: Any, mask: Any) -> Any:
