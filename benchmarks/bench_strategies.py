@@ -109,7 +109,8 @@ def main(argv: list[str] | None = None) -> int:
             try:
                 res = _train(name, data, Path(tmp) / name.replace("+", "_"), args)
             except RuntimeError as exc:
-                print(f"  {name}: FAILED {str(exc).splitlines()[0]}", flush=True)
+                # the child's last line is its error (the first is only "failed (exit 1):")
+                print(f"  {name}: FAILED {str(exc).strip().splitlines()[-1]}", flush=True)
                 continue
             m = res["metrics"]
             rows.append((name, res.get("mesh") or f"dp:{res['world_size']}", res["world_size"], m))
