@@ -45,8 +45,8 @@ def _experiment_runs(client):
 
 
 def _task_names(run_dir: Path) -> set[str]:
-    """Tasks that ran, by component name (kfp.local numbers the copies in sub-pipelines: register-3)."""
-    return {re.sub(r"-\d+$", "", p.parent.name) for p in run_dir.rglob("executor_output.json")}
+    """Tasks that ran, by component name (kfp.local numbers the copies in sub-pipelines, nested ones twice: register-3-2)."""
+    return {re.sub(r"(-\d+)+$", "", p.parent.name) for p in run_dir.rglob("executor_output.json")}
 
 
 def _only_run_dir(root: Path) -> Path:
