@@ -286,6 +286,25 @@ def test_bad_config_exits_2_with_one_line(data, tmp_path, capsys, extra, needle)
     assert not (tmp_path / "bad" / "checkpoint.pt").exists()
 
 
+@pytest.mark.parametrize(
+    "extra",
+    [
+        ("--strategy", "ddp"),
+        ("--strategy", "fsdp+tp", "--set", "mesh=dp:3,tp:2"),  # said "tp:2 does not divide the world size 1"
+        ("--strategy", "pp"),
+    ],
+)
+def test_a_distributed_strategy_outside_torchrun_names_the_launcher_and_writes_nothing(
+    data, tmp_path, capsys, extra
+):
+    """Found by a new-user trial: outside torchrun the world size is 1, so the mesh arithmetic blamed
+    the mesh, and the ddp refusal came after --out was created."""
+    assert train(data, tmp_path / "bad", *extra) == 2
+    err = capsys.readouterr().err.strip()
+    assert f"strategy {extra[1]} needs a launcher: torchrun" in err and "\n" not in err
+    assert not (tmp_path / "bad").exists()
+
+
 def test_unknown_recipe_and_not_a_dataset(data, tmp_path, capsys):
     assert train(data, tmp_path / "r", recipe="no-such-recipe") == 2
     assert "unknown recipe 'no-such-recipe'" in capsys.readouterr().err

@@ -122,18 +122,19 @@ def check(
     size the data-parallel degree does not divide; ``compile`` or ``batch_size=auto`` with a mesh
     strategy; ``16-mixed`` or ``val_every`` with pp.
     """
-    layout = resolve(config.strategy, config.mesh, world, local_world)
     s = config.strategy
-    if s in MESH_STRATEGIES and config.compile:
-        raise ConfigError(f"compile is not supported with strategy {s} yet; drop --compile or use ddp/fsdp")
-    if s in MESH_STRATEGIES and config.batch_size == "auto":
-        # the search times the whole model in each process: it says nothing about a split one
-        raise ConfigError(f"batch_size=auto is not supported with strategy {s}; give batch_size=N")
+    # what the recipe cannot do comes before the mesh arithmetic: no mesh would make it work
     if s in ("tp", "fsdp+tp") and not callable(getattr(recipe, "tp_plan", None)):
         raise ConfigError(
             f"strategy {s}: recipe {config.recipe!r} declares no tensor-parallel plan (a tp_plan(model, tp) "
             "method, see ampflow.recipes.base); use ddp or fsdp"
         )
+    layout = resolve(s, config.mesh, world, local_world)
+    if s in MESH_STRATEGIES and config.compile:
+        raise ConfigError(f"compile is not supported with strategy {s} yet; drop --compile or use ddp/fsdp")
+    if s in MESH_STRATEGIES and config.batch_size == "auto":
+        # the search times the whole model in each process: it says nothing about a split one
+        raise ConfigError(f"batch_size=auto is not supported with strategy {s}; give batch_size=N")
     if s == "pp":
         if not (
             callable(getattr(recipe, "pipeline_split", None))

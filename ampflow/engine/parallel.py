@@ -58,6 +58,15 @@ def current() -> DistInfo:
     return DistInfo()
 
 
+def require_launcher(strategy: str) -> None:
+    """Raise ConfigError when a distributed ``strategy`` runs outside torchrun (no RANK/MASTER_ADDR)."""
+    if strategy != "single" and ("RANK" not in os.environ or "MASTER_ADDR" not in os.environ):
+        raise ConfigError(
+            f"strategy {strategy} needs a launcher: torchrun --nproc_per_node=N -m ampflow train --strategy "
+            f"{strategy} ... (or --strategy single)"
+        )
+
+
 def init(strategy: str, device_kind: str, mesh: str | None = None) -> DistInfo:
     """Join the process group torchrun describes (gloo on CPU, NCCL on CUDA) for every strategy but single.
 
@@ -77,11 +86,7 @@ def init(strategy: str, device_kind: str, mesh: str | None = None) -> DistInfo:
         return current()
     if dist.is_available() and dist.is_initialized():
         return current()
-    if "RANK" not in os.environ or "MASTER_ADDR" not in os.environ:
-        raise ConfigError(
-            f"strategy {strategy} needs a launcher: torchrun --nproc_per_node=N -m ampflow train --strategy "
-            f"{strategy} ... (or --strategy single)"
-        )
+    require_launcher(strategy)
     layout = None
     if strategy in meshes.MESH_STRATEGIES:
         local = os.environ.get("LOCAL_WORLD_SIZE")

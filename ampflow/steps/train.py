@@ -326,6 +326,11 @@ def _check_layout(config: RunConfig, recipe: Any, data_dir: Path) -> None:
 
     if config.strategy == "single":
         return
+    from ampflow.engine.parallel import require_launcher
+
+    # no launcher is the cause a user must hear first: outside torchrun the world size is 1 and every
+    # mesh would "not divide" it; and it is refused before --out exists (a refusal writes nothing)
+    require_launcher(config.strategy)
     local = os.environ.get("LOCAL_WORLD_SIZE")
     world = int(os.environ.get("WORLD_SIZE", "1"))
     mesh.check(config, recipe, dataset_info(read_manifest(data_dir)), world, int(local) if local else None)
