@@ -400,7 +400,11 @@ def test_a_row_and_the_recommendation_in_full(tmp_path):
             write_run(tmp_path, "c0", precision="bf16-mixed", thr=150.0, acc=0.899, predictions=cand),
             write_run(tmp_path, "c1", precision="bf16-mixed", thr=160.0, acc=0.899, seed=1)]  # fmt: skip
     s = compare_runs(runs, previous=[])
-    row = {k: v for k, v in by_id(s)["bf16-mixed"].items() if k not in ("figures", "run_dirs", "loss_curve", "val_curve")}
+    row = {
+        k: v
+        for k, v in by_id(s)["bf16-mixed"].items()
+        if k not in ("figures", "run_dirs", "loss_curve", "val_curve")
+    }
     assert row == {
         "config_id": "bf16-mixed", "precision": "bf16-mixed", "compile": False, "strategy": "single",
         "repeats": 2, "is_baseline": False, "run_ids": [None, None], "bf16_emulated": False,
@@ -410,7 +414,7 @@ def test_a_row_and_the_recommendation_in_full(tmp_path):
         "accuracy_test": {"test": "mcnemar-exact", "n": 1000, "only_reference": 2, "only_candidate": 1,
                           "p_value": 1.0, "alpha": 0.05, "min_detectable_pp": 0.6, "significantly_worse": False},
         "macro_f1_delta_pp": -0.1, "ece_delta": 0.0, "verdict": "pass",
-        "reason": "accuracy -0.10 pp, within 0.5 pp and not significantly worse (McNemar p=1 on 1000 examples, "
+        "reason": "accuracy -0.10 pp, not more than 0.5 pp below and not significantly worse (McNemar p=1 on 1000 examples, "
                   "detectable >= 0.60 pp)",
         "speed_verdict": "faster", "speed_reason": "1.55x the baseline's samples/s",
         "time_to_target": {"reached": None, "of": 2, "speedup": None, "note": "no target_accuracy set"},
@@ -500,7 +504,7 @@ def test_tolerance_only_reason_in_full_and_the_uncompiled_baseline(tmp_path):
     cand = write_run(tmp_path, "bf16-mixed", precision="bf16-mixed", thr=150.0, acc=0.795)
     row = by_id(compare_runs([base, cand], tolerance=0.5, previous=[]))["bf16-mixed"]
     assert row["reason"] == (
-        "accuracy -0.50 pp, within 0.5 pp (no paired test: bf16-mixed and the baseline 32-true have no "
+        "accuracy -0.50 pp, not more than 0.5 pp below (no paired test: bf16-mixed and the baseline 32-true have no "
         "per-example results (predictions.jsonl); tolerance only)"
     )
     # --baseline 32-true picks the uncompiled group even when a compiled one is seen first

@@ -128,7 +128,7 @@ def accuracy_verdict(
         if within:
             return (
                 "pass",
-                f"accuracy {delta_pp:+.2f} pp, within {tolerance_pp} pp (no paired test: no per-example results)",
+                f"accuracy {delta_pp:+.2f} pp, not more than {tolerance_pp} pp below (no paired test: no per-example results)",
             )
         return (
             "fail",
@@ -144,5 +144,5 @@ def accuracy_verdict(
         )
     return (
         "pass",
-        f"accuracy {delta_pp:+.2f} pp, within {tolerance_pp} pp and not significantly worse ({test})",
+        f"accuracy {delta_pp:+.2f} pp, not more than {tolerance_pp} pp below and not significantly worse ({test})",
     )

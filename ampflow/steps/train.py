@@ -95,8 +95,9 @@ def cli(args: argparse.Namespace) -> int:
         explicit=explicit,
     )
     if int(os.environ.get("RANK", "0")) == 0:  # under torchrun only rank 0 speaks
-        print(summary_line(result))
-        print(closing_lines(result, Path(args.out)))
+        # flushed: under torchrun a buffered tail was lost when the process group tore down
+        print(summary_line(result), flush=True)
+        print(closing_lines(result, Path(args.out)), flush=True)
     return 0
 
 
