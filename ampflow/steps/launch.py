@@ -54,7 +54,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--compile", action="store_true", help="torch.compile the model")
     add_set_argument(g, "run configuration override for the pods (repeatable), e.g. --set max_steps=500")
     k = p.add_argument_group("the job")
-    k.add_argument("--nodes", type=int, required=True, help="pods (one Master, the rest Workers)")
+    k.add_argument(
+        "--nodes",
+        type=int,
+        required=True,
+        help="nodes, one pod each (TrainJob numNodes; PyTorchJob: one Master, the rest Workers)",
+    )
     k.add_argument(
         "--gpus-per-node",
         type=int,

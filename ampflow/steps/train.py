@@ -57,7 +57,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", required=True, help="prepared dataset directory (from `ampflow prep`)")
     p.add_argument("--out", required=True, help="run directory: checkpoint.pt, result.json")
     p.add_argument("--precision", help=f"precision mode: {', '.join(PRECISIONS)} (default 32-true)")
-    p.add_argument("--strategy", help=f"{', '.join(STRATEGIES)} (ddp/fsdp under torchrun; default single)")
+    p.add_argument(
+        "--strategy",
+        help=f"{', '.join(STRATEGIES)} (every one but single runs under torchrun; default single)",
+    )
     p.add_argument(
         "--compile", action="store_true", help="torch.compile the model (compile time reported apart)"
     )
