@@ -194,7 +194,11 @@ class RunConfig:
         for name, value in fallbacks.items():
             if getattr(self, name) is None and changes.get(name) is None:
                 changes[name] = value
-        if self.lr_scaling != "none" and self.lr_reference_batch is None and "lr_reference_batch" not in changes:
+        if (
+            self.lr_scaling != "none"
+            and self.lr_reference_batch is None
+            and "lr_reference_batch" not in changes
+        ):
             # the batch the learning rate was tuned at: the recipe's own batch size (x 1 accumulation)
             ref = defaults.get("batch_size")
             changes["lr_reference_batch"] = ref if isinstance(ref, int) else DEFAULT_BATCH_SIZE
@@ -421,8 +425,10 @@ def _validate(c: RunConfig, only: set[str] | None = None) -> None:
     if checks("pp_schedule"):
         _check_literal("pp_schedule", c.pp_schedule, PP_SCHEDULES)
     ref = c.lr_reference_batch
-    if checks("lr_reference_batch") and ref is not None and (
-        isinstance(ref, bool) or not isinstance(ref, int) or ref < 1
+    if (
+        checks("lr_reference_batch")
+        and ref is not None
+        and (isinstance(ref, bool) or not isinstance(ref, int) or ref < 1)
     ):
         raise ConfigError(f"lr_reference_batch must be a positive integer or none, got {ref!r}")
     if checks("mesh") and c.mesh is not None:

@@ -81,7 +81,10 @@ def main(argv: list[str] | None = None) -> int:
     if left_out:
         print(left_out, flush=True)
     if len(precisions) < 2:
-        print("nothing to compare against 32-true: --precisions 32-true,bf16-mixed runs bf16 anyway (quick on --recipe tweets-bow, an embedding bag)", flush=True)
+        print(
+            "nothing to compare against 32-true: --precisions 32-true,bf16-mixed runs bf16 anyway (quick on --recipe tweets-bow, an embedding bag)",
+            flush=True,
+        )
         return 0
     settings = [
         f"max_steps={args.max_steps}",
