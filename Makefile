@@ -27,13 +27,19 @@ $(STAMP): pyproject.toml
 # the main suite and, beside it, the Airflow DAG tests in their own venv (see airflow-venv). The main
 # suite runs on TEST_WORKERS pytest-xdist workers (a test file's tests stay on one worker: they share
 # module fixtures), the Airflow suite on AIRFLOW_TEST_WORKERS; tests pin torch to one thread and wait on
-# servers and subprocesses a good part of the time, so three workers keep a 2-core machine busy.
-# Output is synchronised per line; each suite ends with its own summary line.
+# servers and subprocesses a good part of the time, so three workers keep a 2-core machine busy. The
+# main suite's progress shows on the terminal; the Airflow suite's output goes to .test-airflow.log and
+# is printed whole when both are done. Either failing fails the target.
 TEST_WORKERS ?= 2
 AIRFLOW_TEST_WORKERS ?= 1
 XDIST = -n $(TEST_WORKERS) --dist loadfile
 test: setup airflow-venv
-	@$(MAKE) --no-print-directory -j2 --output-sync=line test-main test-airflow
+	@$(MAKE) --no-print-directory test-airflow > .test-airflow.log 2>&1 & airflow=$$!; \
+	echo "main suite (the Airflow suite runs beside it, output in .test-airflow.log)"; \
+	$(BIN)/python -m pytest -q $(XDIST) $(PYTEST_ARGS); main=$$?; \
+	wait $$airflow; air=$$?; \
+	echo; echo "== Airflow suite (tests/airflow):"; cat .test-airflow.log; \
+	echo "main suite exit $$main, Airflow suite exit $$air"; test $$main -eq 0 -a $$air -eq 0
 
 test-main: setup
 	$(BIN)/python -m pytest -q $(XDIST) $(PYTEST_ARGS)
