@@ -463,11 +463,14 @@ def matmul_gflops(threads: int, n: int = 512, tries: int = 3) -> dict[str, float
 
 
 def choose_precisions(
-    asked: str | None, emulated: bool, rates: dict[str, float] | None
+    asked: str | None,
+    emulated: bool,
+    rates: dict[str, float] | None,
+    default: tuple[str, ...] = PRECISIONS,
 ) -> tuple[list[str], str]:
     """The precisions to run and a line saying what was left out and why ("" when nothing was).
 
-    Asked for explicitly: exactly those. By default all of :data:`PRECISIONS`, except that on a CPU
+    Asked for explicitly: exactly those. Otherwise all of ``default`` (:data:`PRECISIONS`), except that on a CPU
     whose bf16 is emulated and whose bf16 matmuls run more than :data:`SLOW_BF16` times slower than
     fp32 the bf16 modes are left out: there every bf16 run would take many times the whole default
     benchmark (measured: 0.3 against 28 GFLOP/s on a 2-core AVX2-only EPYC).
@@ -475,12 +478,12 @@ def choose_precisions(
     if asked:
         return asked.split(","), ""
     if not (emulated and rates and rates["fp32"] > SLOW_BF16 * rates["bf16"]):
-        return list(PRECISIONS), ""
-    left = [p for p in PRECISIONS if "bf16" in p]
-    return [p for p in PRECISIONS if p not in left], (
+        return list(default), ""
+    left = [p for p in default if "bf16" in p]
+    return [p for p in default if p not in left], (
         f"{' and '.join(left)} left out: bf16 is emulated on this CPU and its matmuls ran "
         f"{rates['fp32'] / rates['bf16']:.0f}x slower than fp32 ({rates['bf16']:.1f} against "
-        f"{rates['fp32']:.1f} GFLOP/s); --precisions {','.join(PRECISIONS)} runs them anyway"
+        f"{rates['fp32']:.1f} GFLOP/s); --precisions {','.join(default)} runs them anyway"
     )
 
 

@@ -28,7 +28,7 @@ from pathlib import Path
 from ampflow.compare.verdict import median_of
 from ampflow.config import RunConfig, SweepSpec
 from ampflow.steps import Paths, bench
-from benchmarks.bench_peers import SLOW_BF16
+from benchmarks.bench_peers import choose_precisions, matmul_gflops
 
 
 def _fmt(value: float | None, spec: str) -> str:
@@ -42,19 +42,10 @@ def _precisions(asked: str | None) -> tuple[list[str], str]:
     import torch
 
     from ampflow.engine.devices import cpu_has_native_bf16
-    from benchmarks.bench_peers import matmul_gflops
 
-    default = ["32-true", "bf16-mixed"]
-    if torch.cuda.is_available() or cpu_has_native_bf16():
-        return default, ""
-    rates = matmul_gflops(threads=0)
-    if rates["fp32"] <= SLOW_BF16 * rates["bf16"]:
-        return default, ""
-    return ["32-true"], (
-        f"bf16-mixed left out: bf16 is emulated on this CPU and its matmuls ran {rates['fp32'] / rates['bf16']:.0f}x "
-        f"slower than fp32 ({rates['bf16']:.1f} against {rates['fp32']:.1f} GFLOP/s); --precisions 32-true,bf16-mixed "
-        "runs it anyway"
-    )
+    emulated = not torch.cuda.is_available() and not cpu_has_native_bf16()
+    rates = matmul_gflops(threads=0) if emulated else None
+    return choose_precisions(None, emulated, rates, default=("32-true", "bf16-mixed"))
 
 
 def main(argv: list[str] | None = None) -> int:
