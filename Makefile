@@ -5,6 +5,9 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-12)
 PIP := $(BIN)/python -m pip --disable-pip-version-check -q
+# an editable install writes ampflow.egg-info into the source tree: `make test` installs two venvs at
+# once, so their editable installs take turns
+EDITABLE_LOCK := flock $(CURDIR)/.editable-install.lock
 export PYTHONHASHSEED := 0
 # the demo's MLflow store (an embedded SQLite database under the working directory)
 MLFLOW_DB ?= $(CURDIR)/mlruns.db
@@ -20,24 +23,32 @@ $(STAMP): pyproject.toml
 	@echo "installing ampflow and its dependencies into $(VENV) (first time: a few minutes)"
 	# torch first and pinned, so that nothing later pulls a newer CUDA build
 	$(PIP) install "torch==2.13.0" 2>&1 | grep -v "^WARNING: Location" || true
-	$(PIP) install -e ".[train,tracking,kube,kfp,dev]" 2>&1 | grep -v "^WARNING: Location" || true
+	$(EDITABLE_LOCK) $(PIP) install -e ".[train,tracking,kube,kfp,dev]" 2>&1 | grep -v "^WARNING: Location" || true
 	@$(BIN)/python -c "import torch, mlflow, kfp, ampflow; assert torch.__version__.startswith('2.13.0'), torch.__version__"
 	@rm -f $(VENV)/.installed-* && touch $(STAMP)
 
-# the main suite and, beside it, the Airflow DAG tests in their own venv (see airflow-venv). The main
-# suite runs on TEST_WORKERS pytest-xdist workers (a test file's tests stay on one worker: they share
-# module fixtures), the Airflow suite on AIRFLOW_TEST_WORKERS; tests pin torch to one thread and wait on
-# servers and subprocesses a good part of the time, so three workers keep a 2-core machine busy. The
-# main suite's progress shows on the terminal; the Airflow suite's output goes to .test-airflow.log and
-# is printed whole when both are done. Either failing fails the target.
+# the main suite and, beside it, the Airflow DAG tests in their own venv (see airflow-venv). The two
+# venvs install at the same time (on a fresh machine that saves the Airflow venv's minutes); the
+# Airflow suite starts once both are there, because its DAGs run steps through the main venv's
+# `ampflow`. The main suite runs on TEST_WORKERS pytest-xdist workers (a test file's tests stay on one
+# worker: they share module fixtures), the Airflow suite on AIRFLOW_TEST_WORKERS; tests pin torch to
+# one thread and wait on servers and subprocesses a good part of the time, so three workers keep a
+# 2-core machine busy. The main suite's progress shows on the terminal; the Airflow side's output
+# (install and tests) goes to .test-airflow.log and is printed whole when both are done. Either
+# failing fails the target.
 TEST_WORKERS ?= 2
 AIRFLOW_TEST_WORKERS ?= 1
 XDIST = -n $(TEST_WORKERS) --dist loadfile
-test: setup airflow-venv
-	@$(MAKE) --no-print-directory test-airflow > .test-airflow.log 2>&1 & airflow=$$!; \
+test:
+	@rm -f .test-setup.rc; \
+	{ $(MAKE) --no-print-directory airflow-venv && \
+	  until [ -e .test-setup.rc ]; do sleep 2; done && test "$$(cat .test-setup.rc)" = 0 && \
+	  $(MAKE) --no-print-directory test-airflow; } > .test-airflow.log 2>&1 & airflow=$$!; \
+	$(MAKE) --no-print-directory setup; rc=$$?; echo $$rc > .test-setup.rc; \
+	if [ $$rc -ne 0 ]; then wait $$airflow; cat .test-airflow.log; rm -f .test-setup.rc; exit $$rc; fi; \
 	echo "main suite (the Airflow suite runs beside it, output in .test-airflow.log)"; \
 	$(BIN)/python -m pytest -q $(XDIST) $(PYTEST_ARGS); main=$$?; \
-	wait $$airflow; air=$$?; \
+	wait $$airflow; air=$$?; rm -f .test-setup.rc; \
 	echo; echo "== Airflow suite (tests/airflow):"; cat .test-airflow.log; \
 	echo "main suite exit $$main, Airflow suite exit $$air"; test $$main -eq 0 -a $$air -eq 0
 
@@ -91,7 +102,7 @@ $(AIRFLOW_STAMP): pyproject.toml
 	$(AIRFLOW_VENV)/bin/python -m pip --disable-pip-version-check -q install $(AIRFLOW_PINS) 2>&1 | grep -v "^WARNING: Location" || true
 	# ampflow's torch-free core and the airflow_ampflow operator package: the DAGs run steps through
 	# the main venv's `ampflow`, never torch in the scheduler
-	$(AIRFLOW_VENV)/bin/python -m pip --disable-pip-version-check -q install -e . 2>&1 | grep -v "^WARNING: Location" || true
+	$(EDITABLE_LOCK) $(AIRFLOW_VENV)/bin/python -m pip --disable-pip-version-check -q install -e . 2>&1 | grep -v "^WARNING: Location" || true
 	@$(AIRFLOW_VENV)/bin/python -c "import airflow, kubernetes, ampflow.commands, airflow_ampflow.operator; from airflow.providers.cncf.kubernetes.operators.pod import KubernetesPodOperator; assert airflow.__version__ == '3.3.2', airflow.__version__; assert int(kubernetes.__version__.split('.')[0]) >= 36, kubernetes.__version__"
 	@rm -f $(AIRFLOW_VENV)/.installed-* && touch $(AIRFLOW_STAMP)
 
