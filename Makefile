@@ -38,7 +38,8 @@ $(STAMP): pyproject.toml
 # failing fails the target.
 TEST_WORKERS ?= 2
 AIRFLOW_TEST_WORKERS ?= 1
-XDIST = -n $(TEST_WORKERS) --dist loadfile
+# --durations: the slowest tests are named at the end of every run, so a slow newcomer shows up
+XDIST = -n $(TEST_WORKERS) --dist loadfile --durations=15
 test:
 	@rm -f .test-setup.rc; \
 	{ $(MAKE) --no-print-directory airflow-venv && \
@@ -107,7 +108,7 @@ $(AIRFLOW_STAMP): pyproject.toml
 	@rm -f $(AIRFLOW_VENV)/.installed-* && touch $(AIRFLOW_STAMP)
 
 test-airflow: airflow-venv setup
-	$(AIRFLOW_VENV)/bin/python -m pytest -q -p no:cacheprovider -n $(AIRFLOW_TEST_WORKERS) --dist loadfile tests/airflow $(PYTEST_ARGS)
+	$(AIRFLOW_VENV)/bin/python -m pytest -q -p no:cacheprovider -n $(AIRFLOW_TEST_WORKERS) --dist loadfile --durations=10 tests/airflow $(PYTEST_ARGS)
 
 # bench_peers' peers (Lightning Fabric, Accelerate) in a venv of their own, beside the same torch and
 # an editable ampflow: never in ampflow's dependencies
