@@ -1,7 +1,9 @@
-"""The one pure function that builds a step's argv.
+"""The one pure function that builds a step's argv, and the torchrun program that runs it locally.
 
 KFP components, Airflow tasks and the PyTorchJob launcher all run ``ampflow <step> ...``; building
-the argv here, once, makes them agree by construction. Torch-free and mlflow-free.
+the argv here, once, makes them agree by construction. A step that trains under torchrun on this
+machine (``ampflow bench``'s distributed configurations, ``ampflow gpu-check``'s NCCL check, the
+tests) puts :func:`torchrun_program` in front of it. Torch-free and mlflow-free.
 
     >>> step_argv("train", recipe="tweets-bow", data="/d", out="/r", precision="bf16-mixed",
     ...           overrides={"max_steps": 20})
@@ -10,6 +12,8 @@ the argv here, once, makes them agree by construction. Torch-free and mlflow-fre
 
 from __future__ import annotations
 
+import socket
+import sys
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -128,6 +132,48 @@ def step_argv(
             raise ValueError(f"unknown configuration key {key!r} in overrides")
         argv += ["--set", f"{key}={_fmt(value)}"]
     return argv
+
+
+def torchrun_program(
+    nproc_per_node: int, master_port: int | None = None, *, python: str | None = None
+) -> tuple[str, ...]:
+    """The program that runs ``ampflow`` under torchrun on this machine, the ``program`` of
+    :func:`step_argv` / :meth:`StepPlan.argv`::
+
+        (python, "-m", "torch.distributed.run", "--nproc_per_node=N", "--master_port=P", "-m", "ampflow")
+
+    ``python`` is this interpreter (``sys.executable``) unless given, so the launcher and its
+    processes import the same torch and ampflow; ``P`` is a port free on the loopback now when
+    ``master_port`` is not given (one rendezvous per call, so two launches never share one).
+
+        >>> torchrun_program(2, 29512, python="python")
+        ('python', '-m', 'torch.distributed.run', '--nproc_per_node=2', '--master_port=29512', '-m', 'ampflow')
+
+    Raises ValueError when ``nproc_per_node`` is not a positive int or ``master_port`` is not a
+    port number (1-65535).
+    """
+    if isinstance(nproc_per_node, bool) or not isinstance(nproc_per_node, int) or nproc_per_node < 1:
+        raise ValueError(f"nproc_per_node must be a positive int, got {nproc_per_node!r}")
+    if master_port is None:
+        master_port = _free_port()
+    elif isinstance(master_port, bool) or not isinstance(master_port, int) or not 0 < master_port < 65536:
+        raise ValueError(f"master_port must be a port number 1-65535, got {master_port!r}")
+    return (
+        python or sys.executable,
+        "-m",
+        "torch.distributed.run",
+        f"--nproc_per_node={nproc_per_node}",
+        f"--master_port={master_port}",
+        "-m",
+        "ampflow",
+    )
+
+
+def _free_port() -> int:
+    """A TCP port free on the loopback now (the rendezvous of one torchrun launch)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 # Which --set keys a step takes: every RunConfig key (None) or only the listed ones. A step that is

@@ -14,15 +14,22 @@ from pathlib import Path
 
 import pytest
 
+from ampflow import commands
 from ampflow.steps import bench
 
 ROOT = Path(__file__).resolve().parents[1]
+NODROP = "tests.recipes_fixture:tiny_nodrop"
+
+
+def _bench_argv(out: Path, *extra: str, recipe: str = "tests.recipes_fixture:tiny") -> list[str]:
+    """``bench --recipe R --out OUT ...``: the CLI arguments, for :func:`main` or a subprocess."""
+    return ["bench", "--recipe", recipe, "--out", str(out), *extra]
 
 
 def _bench(out: Path, *extra: str, recipe: str = "tests.recipes_fixture:tiny") -> subprocess.CompletedProcess:
     env = dict(os.environ, AMPFLOW_TRACKING="off", PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
     return subprocess.run(
-        [sys.executable, "-m", "ampflow", "bench", "--recipe", recipe, "--out", str(out), *extra],
+        [sys.executable, "-m", "ampflow", *_bench_argv(out, *extra, recipe=recipe)],
         cwd=ROOT,
         env=env,
         capture_output=True,
@@ -146,16 +153,7 @@ def test_bad_strategy_sweeps_exit_2_before_anything_runs(tmp_path, capsys, extra
     from ampflow.cli import main
 
     out = tmp_path / "b"
-    argv = [
-        "bench",
-        "--recipe",
-        "tests.recipes_fixture:tiny_nodrop",
-        "--out",
-        str(out),
-        "--precisions",
-        "32-true",
-    ]
-    assert main([*argv, *extra]) == 2
+    assert main(_bench_argv(out, "--precisions", "32-true", *extra, recipe=NODROP)) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and named in err[0]
     assert not out.exists()
@@ -174,7 +172,7 @@ def test_bench_help_names_strategies_and_process_count(capsys):
 def test_a_distributed_entry_trains_under_torchrun_and_evaluates_in_one_process(tmp_path, monkeypatch):
     calls = []
     monkeypatch.setattr(bench, "_run_child", lambda argv, log, label=None: calls.append(argv) or 0)
-    monkeypatch.setattr(bench, "_free_port", lambda: 29611)
+    monkeypatch.setattr(commands, "_free_port", lambda: 29611)
     ddp = bench.SweepSpec.from_words("32-true", strategies="single,ddp").entries()[1]
     record = bench._run_entry(ddp, "[2/2]", "tiny", tmp_path / "data", tmp_path, None, {"max_steps": "3"}, 3)
     train, evaluate = calls
@@ -240,15 +238,7 @@ def test_a_recipe_without_a_tensor_parallel_plan_is_refused_before_anything_trai
     from ampflow.cli import main
 
     out = tmp_path / "b"
-    argv = [
-        "bench",
-        "--recipe",
-        "tests.recipes_fixture:tiny_nodrop",
-        "--out",
-        str(out),
-        "--precisions",
-        "32-true",
-    ]
+    argv = _bench_argv(out, "--precisions", "32-true", recipe=NODROP)
     assert main([*argv, "--strategies", "single,tp", "--set", "max_steps=2"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "strategy tp: recipe 'tests.recipes_fixture:tiny_nodrop' declares no" in err[0]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from ampflow.cli import build_parser
-from ampflow.commands import STEP_OPTIONS, plan_step, step_argv
+from ampflow.commands import STEP_OPTIONS, plan_step, step_argv, torchrun_program
 
 
 def test_train_argv_round_trips_through_the_cli_parser():
@@ -39,6 +39,31 @@ def test_program_prefix_is_kept_for_torchrun():
         strategy="ddp",
     )
     assert argv[:5] == ["torchrun", "--nproc-per-node=2", "-m", "ampflow", "train"]
+
+
+def test_torchrun_program_runs_this_python_on_a_free_port_and_refuses_bad_counts():
+    import sys
+
+    from torch.distributed.run import get_args_parser
+
+    program = torchrun_program(3, 29611)
+    assert program == (sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=3",
+                       "--master_port=29611", "-m", "ampflow")  # fmt: skip
+    assert torchrun_program(2, 1, python="python3")[0] == "python3"
+    # torchrun's own parser reads the prefix: N processes, this port, ampflow as a module
+    argv = plan_step("train", {**_TRAIN, "strategy": "ddp"}).argv(program)
+    args = get_args_parser().parse_args(argv[3:])
+    assert (args.nproc_per_node, args.master_port, args.module) == ("3", 29611, True)
+    assert args.training_script == "ampflow" and args.training_script_args[:1] == ["train"]
+    # no port given: a free one each call, a number torchrun can bind
+    port = int(torchrun_program(2)[4].split("=")[1])
+    assert 0 < port < 65536
+    for bad in (0, -1, True, "2", 1.5):
+        with pytest.raises(ValueError, match="nproc_per_node must be a positive int"):
+            torchrun_program(bad)  # type: ignore[arg-type]
+    for bad in (0, 65536, "29500"):
+        with pytest.raises(ValueError, match="master_port must be a port number"):
+            torchrun_program(2, bad)  # type: ignore[arg-type]
 
 
 def test_unknown_option_and_unknown_override_fail_at_definition_time():

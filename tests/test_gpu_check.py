@@ -111,6 +111,27 @@ def test_oom_and_ddp_verdicts():
     assert gpucheck.ddp_verdict(None, False, "two exited 1")["detail"] == "two exited 1"
 
 
+def test_the_ddp_check_runs_two_processes_under_the_shared_torchrun_program(tmp_path, monkeypatch):
+    """The NCCL check's launcher is :func:`ampflow.commands.torchrun_program` (no argv of its own);
+    a launch that fails is a failed check naming the log."""
+    from ampflow import commands
+
+    calls = []
+
+    class Done:
+        def __init__(self, argv):
+            calls.append(argv)
+            self.returncode = 1 if "torch.distributed.run" in argv else 0
+
+    monkeypatch.setattr(commands, "_free_port", lambda: 29613)
+    monkeypatch.setattr(gpucheck.subprocess, "run", lambda argv, **kw: Done(argv))
+    result = gpucheck.check_ddp(tmp_path, 2)
+    assert result["status"] == "fail" and result["detail"].startswith("two exited 1; see ")
+    two = calls[-1]
+    assert tuple(two[:7]) == commands.torchrun_program(2, 29613)
+    assert two[7] == "train" and two[two.index("--strategy") + 1] == "ddp"
+
+
 def test_injected_overflow_is_skipped_and_the_scale_drops_with_a_real_scaler():
     result = gpucheck.check_overflow(torch.device("cpu"))
     assert result["status"] == "pass", result["detail"]

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -19,25 +18,17 @@ import pytest
 import torch
 
 from ampflow.cli import main
+from ampflow.commands import torchrun_program
 from tests.recipes_fixture import write_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPE = "tests.recipes_fixture:tiny_nodrop"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _train(strategy: str, data: Path, out: Path, steps: int, *extra: str) -> dict:
     launcher = [sys.executable, "-m", "ampflow"]
     if strategy != "single":
-        launcher = [
-            *(sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2"),
-            *(f"--master_port={_free_port()}", "-m", "ampflow"),
-        ]
+        launcher = list(torchrun_program(2))
     argv = [*launcher, "train", "--strategy", strategy, "--recipe", RECIPE, "--data", str(data)]
     argv += ["--out", str(out), "--set", f"max_steps={steps}", "--set", "batch_size=32", *extra]
     # a constant learning rate: a schedule spans max_steps, which each link of the chain extends

@@ -16,15 +16,14 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
 from ampflow.cli import main
+from ampflow.commands import torchrun_program
 from ampflow.engine import mesh
 from tests.recipes_transformer import NAME, write_dataset
 
@@ -36,15 +35,8 @@ COMMON = ["--set", "batch_size=8", "--set", "grad_accum=2", "--set", "warmup_ste
 COMMON += ["--set", "lr_schedule=constant", "--set", "lr_warmup_steps=0"]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _torchrun(nproc: int, strategy: str, data: Path, out: Path, steps: int, *extra: str) -> dict:
-    argv = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}"]
-    argv += [f"--master_port={_free_port()}", "-m", "ampflow", "train", "--strategy", strategy]
+    argv = [*torchrun_program(nproc), "train", "--strategy", strategy]
     argv += ["--recipe", NAME, "--data", str(data), "--out", str(out), "--set", f"max_steps={steps}"]
     argv += [*COMMON, *extra]
     env = {**os.environ, "AMPFLOW_TRACKING": "off", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}

@@ -18,6 +18,7 @@ import pytest
 import torch
 
 from ampflow.cli import main
+from ampflow.commands import torchrun_program
 from ampflow.data.batching import DataOrder, Position, epoch_permutation
 from ampflow.engine import autobatch
 from ampflow.engine.devices import cpu_has_native_bf16
@@ -390,14 +391,6 @@ def test_compiled_run_reports_compile_time_apart(data, tmp_path):
 # -- distributed: real torchrun, 2 processes, gloo ----------------------------------------------------
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("strategy, extra", [("ddp", ["--set", "grad_accum=2"]), ("fsdp", [])])
 def test_two_process_gloo_matches_one_process(tmp_path, strategy, extra):
@@ -430,18 +423,7 @@ def test_two_process_gloo_matches_one_process(tmp_path, strategy, extra):
         "OMP_NUM_THREADS": "1",
         "PYTHONPATH": str(Path(__file__).resolve().parents[1]),
     }
-    torchrun = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nproc_per_node=2",
-        f"--master_port={_free_port()}",
-        "-m",
-        "ampflow",
-        "train",
-        "--strategy",
-        strategy,
-    ]
+    torchrun = [*torchrun_program(2), "train", "--strategy", strategy]
     multi = subprocess.run(  # noqa: S603 - fixed argv, no shell
         [*torchrun, *common, "--out", str(tmp_path / "multi")],
         env=env,

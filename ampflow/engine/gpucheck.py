@@ -447,18 +447,15 @@ def check_ddp(work: Path, gpus: int) -> dict[str, Any]:
     tolerance. Skipped with fewer than 2 GPUs."""
     if gpus < 2:
         return check("ddp_nccl", None, f"needs 2 or more GPUs; this machine has {gpus}")
-    import socket
-
     import torch
+
+    from ampflow.commands import torchrun_program
 
     recipe = "ampflow.engine.gpucheck:blobs"
     env = {**os.environ, "AMPFLOW_TRACKING": "off"}
     env.pop("MLFLOW_RUN_ID", None)
     data, logs = work / "data", work / "logs.txt"
     work.mkdir(parents=True, exist_ok=True)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
     common = [
         "train",
         "--recipe",
@@ -473,11 +470,8 @@ def check_ddp(work: Path, gpus: int) -> dict[str, Any]:
     runs = {
         "prep": [sys.executable, "-m", "ampflow", "prep", "--recipe", recipe, "--out", str(data)],
         "one": [sys.executable, "-m", "ampflow", *common, "--out", str(work / "one")],
-        "two": [
-            sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={port}",
-            "-m", "ampflow", *common, "--strategy", "ddp", "--out", str(work / "two"),
-        ],
-    }  # fmt: skip
+        "two": [*torchrun_program(2), *common, "--strategy", "ddp", "--out", str(work / "two")],
+    }
     for name, argv in runs.items():
         with open(logs, "a") as log:
             rc = subprocess.run(argv, env=env, stdout=log, stderr=subprocess.STDOUT, timeout=300).returncode  # noqa: S603

@@ -14,9 +14,9 @@ The same seed and the same prepared data serve every configuration.
 
 Strategies are a dimension of the sweep like precisions (``SweepSpec.entries``: repeat, precision,
 compile, then strategy innermost). A configuration of a strategy other than ``single`` trains under
-torchrun on this machine (:func:`torchrun_program`, ``--nproc-per-node`` processes, a free port each
-time); its checkpoint is one gathered file, so evaluation stays one plain ``ampflow evaluate``
-process. Layouts that cannot work (a process count below 2, a mesh that does not fit it, a recipe
+torchrun on this machine (:func:`ampflow.commands.torchrun_program`: ``--nproc-per-node``
+processes, a free port each time); its checkpoint is one gathered file, so evaluation stays one
+plain ``ampflow evaluate`` process. Layouts that cannot work (a process count below 2, a mesh that does not fit it, a recipe
 without a tensor-parallel plan or a pipeline split) are refused before anything trains.
 
 Layout of ``--out``::
@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from ampflow import locking
-from ampflow.commands import plan_step
+from ampflow.commands import plan_step, torchrun_program
 from ampflow.compare.markdown import closing_lines
 from ampflow.config import (
     BASELINE_PRECISION,
@@ -173,35 +173,6 @@ def check_nproc(sweep: SweepSpec, nproc_per_node: int, mesh: str | None = None) 
         )
     for strategy in sweep.strategies:
         meshes.resolve(strategy, mesh, nproc_per_node, nproc_per_node)
-
-
-def torchrun_program(nproc_per_node: int, master_port: int | None = None) -> tuple[str, ...]:
-    """The program that runs ``ampflow`` under torchrun on this machine, for :meth:`StepPlan.argv
-    <ampflow.commands.StepPlan.argv>`: ``python -m torch.distributed.run --nproc_per_node=N
-    --master_port=P -m ampflow`` (``P``: a free port when not given).
-
-        >>> torchrun_program(2, 29512)[-4:]
-        ('--nproc_per_node=2', '--master_port=29512', '-m', 'ampflow')
-    """
-    port = master_port if master_port is not None else _free_port()
-    return (
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        f"--nproc_per_node={nproc_per_node}",
-        f"--master_port={port}",
-        "-m",
-        "ampflow",
-    )
-
-
-def _free_port() -> int:
-    """A TCP port free on the loopback now (torchrun's rendezvous of one configuration)."""
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _check_layouts(
@@ -431,7 +402,7 @@ def _run_entry(
 ) -> dict[str, Any]:
     """Train then evaluate one configuration in child processes; returns its record for the summary.
 
-    A distributed entry trains under :func:`torchrun_program`; evaluation is one process either way.
+    A distributed entry trains under :func:`ampflow.commands.torchrun_program`; evaluation is one process either way.
     """
     program = (sys.executable, "-m", "ampflow")
     train_program = torchrun_program(nproc_per_node) if entry.distributed else program
