@@ -32,7 +32,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import math
 import os
 import statistics
 import subprocess
@@ -441,25 +440,25 @@ def _worker_argv(python: str, args: argparse.Namespace, peer: str, precision: st
     return argv
 
 
-def matmul_gflops(threads: int, n: int = 512, tries: int = 3) -> dict[str, float]:
-    """Dense ``n x n`` matmul GFLOP/s of this CPU in fp32 and bf16, with ``threads`` torch threads (0:
-    torch's default): the best of ``tries``, the two dtypes alternating so that a busy moment of the
-    machine hits both. About 3 s where bf16 is emulated without vector support."""
+def matmul_gflops(threads: int) -> dict[str, float] | None:
+    """Dense matmul GFLOP/s of this CPU in fp32 and bf16, with ``threads`` torch threads (0: torch's
+    default): :func:`ampflow.engine.peaks.probe_matmul_peak`, the probe behind MFU's peak (square
+    matmuls grown until one takes 20 ms, the best of about a second each; a few seconds in all where
+    bf16 is emulated). None when a dtype cannot be measured (then nothing is left out)."""
     import torch
+
+    from ampflow.engine.peaks import probe_matmul_peak
 
     if threads:
         torch.set_num_threads(threads)
-    operands = {
-        name: (torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype))
-        for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16))
-    }
-    best = dict.fromkeys(operands, math.inf)
-    for _ in range(tries):
-        for name, (a, b) in operands.items():
-            t0 = time.perf_counter()
-            a @ b
-            best[name] = min(best[name], time.perf_counter() - t0)
-    return {name: 2 * n**3 / s / 1e9 for name, s in best.items()}
+    cpu = torch.device("cpu")
+    rates = {}
+    for name in ("fp32", "bf16"):
+        measured = probe_matmul_peak(cpu, name)
+        if measured is None:
+            return None
+        rates[name] = measured[0] / 1e9
+    return rates
 
 
 def choose_precisions(

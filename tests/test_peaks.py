@@ -109,6 +109,29 @@ def test_fp8_has_no_cpu_probe():
     assert peaks.probe_matmul_peak(CPU, "fp8", max_n=64) is None
 
 
+def test_the_peer_benchmark_reads_bf16_speed_from_the_engine_probe(monkeypatch):
+    """bench_peers' emulated-bf16 rule takes its fp32/bf16 GFLOP/s from :func:`peaks.probe_matmul_peak`
+    (one matmul probe in the project), in the shape ``choose_precisions`` and peers.json keep."""
+    from benchmarks.bench_peers import choose_precisions, matmul_gflops
+
+    asked = []
+
+    def probe(device, compute, *, max_n=None):
+        asked.append((device.type, compute))
+        return {"fp32": 28e9, "bf16": 0.3e9}[compute], "probed"
+
+    monkeypatch.setattr(peaks, "probe_matmul_peak", probe)
+    rates = matmul_gflops(threads=0)
+    assert asked == [("cpu", "fp32"), ("cpu", "bf16")]
+    assert rates == pytest.approx({"fp32": 28.0, "bf16": 0.3})
+    kept, line = choose_precisions(None, True, rates)
+    assert kept == ["32-true"] and "93x slower than fp32 (0.3 against 28.0 GFLOP/s)" in line
+    # a dtype the probe cannot measure: no rates, so nothing is left out
+    monkeypatch.setattr(peaks, "probe_matmul_peak", lambda device, compute, **kw: None)
+    assert matmul_gflops(threads=0) is None
+    assert choose_precisions(None, True, None)[0] == ["32-true", "bf16-mixed", "bf16-true"]
+
+
 def test_mfu_is_achieved_flops_over_devices_times_peak():
     w = ThroughputWindow(CPU, skip=0, compiled=False)
     w.start, w.end = 10.0, 12.0  # a 2 s window
