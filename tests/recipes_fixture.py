@@ -2,7 +2,9 @@
 
 Three Gaussian blobs in 16 dimensions, a 2-layer MLP with dropout (so that resume must restore the RNG
 to reproduce the weights). ``write_dataset(dir)`` writes its prepared dataset directly in the
-``ampflow.data`` format, so engine tests do not depend on ``ampflow prep`` or on real data.
+``ampflow.data`` format, so engine tests do not depend on ``ampflow prep`` or on real data;
+:func:`write_prepared` is that writer, which the token fixtures (``tests/token_fixture.py``,
+``tests/recipes_transformer.py``) share for their own arrays.
 
 Setting ``AMPFLOW_TINY_STEP_SLEEP=0.05`` makes every forward pass sleep that long: the kill-and-resume
 test uses it to have time to SIGKILL a run between two checkpoints.
@@ -118,28 +120,44 @@ def write_dataset(
     recipe: str | None = NAME,
 ) -> Path:
     """Write a prepared dataset (manifest + .npy arrays) for the tiny recipe; returns its directory."""
-    out = Path(out)
     arrays: dict[str, dict[str, np.ndarray]] = {}
     for i, (split, n) in enumerate((("train", n_train), ("val", n_val), ("test", n_test))):
         x, y = blobs(n, seed=seed * 10 + i)
         arrays[split] = {"x": x, "labels": y}
+    info = {"num_features": FEATURES, "num_classes": CLASSES}
+    return write_prepared(out, arrays, label_names=LABELS, info=info, recipe=recipe)
+
+
+def write_prepared(
+    out: str | Path,
+    arrays: dict[str, dict[str, np.ndarray]],
+    *,
+    label_names: list[str],
+    info: dict[str, Any],
+    recipe: str | None = None,
+) -> Path:
+    """Write ``arrays`` (split -> array name -> array, ``labels`` among them) as a prepared dataset in
+    the ``ampflow.data`` format: ``<split>/<name>.npy`` and a manifest with rows, class balance, label
+    names, content hash and ``info`` (and ``recipe`` when given). Returns ``out``."""
+    out = Path(out)
     for split, named in arrays.items():
         (out / split).mkdir(parents=True, exist_ok=True)
         for name, arr in named.items():
             np.save(out / split / f"{name}.npy", arr)
+    classes = len(label_names)
     atomic_write_json(
         out / MANIFEST,
         {
             "schema": SCHEMA,
             **({"recipe": recipe} if recipe else {}),
-            "arrays": ["x", "labels"],
+            "arrays": list(next(iter(arrays.values()))),
             "rows": {s: int(len(a["labels"])) for s, a in arrays.items()},
             "class_balance": {
-                s: np.bincount(a["labels"], minlength=CLASSES).tolist() for s, a in arrays.items()
+                s: np.bincount(a["labels"], minlength=classes).tolist() for s, a in arrays.items()
             },
-            "label_names": LABELS,
+            "label_names": list(label_names),
             "content_hash": hash_arrays(arrays),
-            "info": {"num_features": FEATURES, "num_classes": CLASSES},
+            "info": dict(info),
         },
     )
     return out

@@ -5,7 +5,8 @@ the same classifier, tensor-parallel plan and pipeline split as ``tweets-minilm`
 (:mod:`ampflow.recipes.transformer`). Dropout is 0 so that one process, a tensor-parallel group and a
 pipeline compute the same function and differ only by float summation order.
 ``write_dataset(dir)`` writes a prepared dataset of random token sequences (label: which third of the
-vocabulary the first token falls in) directly in the ``ampflow.data`` format.
+vocabulary the first token falls in) directly in the ``ampflow.data`` format (through
+:func:`tests.recipes_fixture.write_prepared`).
 """
 
 from __future__ import annotations
@@ -15,10 +16,9 @@ from typing import Any
 
 import numpy as np
 
-from ampflow.data.manifest import MANIFEST, SCHEMA, hash_arrays
-from ampflow.io import atomic_write_json
 from ampflow.recipes import transformer
 from ampflow.recipes.base import BaseRecipe
+from tests.recipes_fixture import write_prepared
 
 NAME = "tests.recipes_transformer:tiny"
 VOCAB, SEQ, CLASSES, LAYERS = 48, 16, 3, 2
@@ -41,8 +41,8 @@ class TinyTransformer(BaseRecipe):
         encoder = transformer.tiny_bert(int(info["vocab_size"]), layers=int(info["layers"]), seq_len=SEQ)
         return transformer.classifier(encoder, int(info["num_classes"]), dropout=0.0)
 
-    def tp_plan(self, model: Any, tp: int) -> dict[str, str]:
-        return transformer.tp_plan(model, tp)
+    def tp_plan(self, model: Any, tp: int, sequence_parallel: bool = False) -> dict[str, Any]:
+        return transformer.tp_plan(model, tp, sequence_parallel)
 
     def pipeline_layers(self, info: dict[str, Any]) -> int:
         return int(info["layers"])
@@ -79,27 +79,8 @@ def tokens(n: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 def write_dataset(out: str | Path, *, n_train: int = 64, n_val: int = 16, n_test: int = 16) -> Path:
     """Write a prepared dataset (manifest + .npy arrays) for :func:`tiny`; returns its directory."""
-    out = Path(out)
     arrays: dict[str, dict[str, np.ndarray]] = {}
     for i, (split, n) in enumerate((("train", n_train), ("val", n_val), ("test", n_test))):
         ids, mask, labels = tokens(n, seed=i)
         arrays[split] = {"input_ids": ids, "attention_mask": mask, "labels": labels}
-    for split, named in arrays.items():
-        (out / split).mkdir(parents=True, exist_ok=True)
-        for name, arr in named.items():
-            np.save(out / split / f"{name}.npy", arr)
-    atomic_write_json(
-        out / MANIFEST,
-        {
-            "schema": SCHEMA,
-            "arrays": ["input_ids", "attention_mask", "labels"],
-            "rows": {s: int(len(a["labels"])) for s, a in arrays.items()},
-            "class_balance": {
-                s: np.bincount(a["labels"], minlength=CLASSES).tolist() for s, a in arrays.items()
-            },
-            "label_names": LABELS,
-            "content_hash": hash_arrays(arrays),
-            "info": dict(INFO),
-        },
-    )
-    return out
+    return write_prepared(out, arrays, label_names=LABELS, info=INFO)

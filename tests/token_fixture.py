@@ -3,7 +3,8 @@
 Right-padded token ids of width 64 with an attention mask (lengths 1..64, most of them short, like
 tweets), a masked mean of embeddings and a linear head: a model whose output does not depend on how
 far a batch is padded, so bucket padding changes the work and not the function. ``write_dataset(dir)``
-writes its prepared dataset in the ``ampflow.data`` format directly.
+writes its prepared dataset in the ``ampflow.data`` format directly (through the blobs fixture's
+writer, :func:`tests.recipes_fixture.write_prepared`).
 """
 
 from __future__ import annotations
@@ -13,9 +14,8 @@ from typing import Any
 
 import numpy as np
 
-from ampflow.data.manifest import MANIFEST, SCHEMA, hash_arrays
-from ampflow.io import atomic_write_json
 from ampflow.recipes.base import BaseRecipe
+from tests.recipes_fixture import write_prepared
 
 NAME = "tests.token_fixture:tiny_tokens"
 WIDTH = 64
@@ -69,25 +69,10 @@ def token_arrays(n: int, seed: int) -> dict[str, np.ndarray]:
 
 def write_dataset(out: str | Path, *, n_train: int = 256, n_val: int = 64, n_test: int = 64) -> Path:
     """Write the prepared dataset (manifest + .npy arrays); returns its directory."""
-    out = Path(out)
     arrays = {
         split: token_arrays(n, seed=i)
         for i, (split, n) in enumerate((("train", n_train), ("val", n_val), ("test", n_test)))
     }
-    for split, named in arrays.items():
-        (out / split).mkdir(parents=True, exist_ok=True)
-        for name, arr in named.items():
-            np.save(out / split / f"{name}.npy", arr)
-    atomic_write_json(
-        out / MANIFEST,
-        {
-            "schema": SCHEMA,
-            "recipe": NAME,
-            "arrays": ["input_ids", "attention_mask", "labels"],
-            "rows": {s: int(len(a["labels"])) for s, a in arrays.items()},
-            "label_names": [str(i) for i in range(CLASSES)],
-            "content_hash": hash_arrays(arrays),
-            "info": {"num_classes": CLASSES, "seq_len": WIDTH},
-        },
-    )
-    return out
+    labels = [str(i) for i in range(CLASSES)]
+    info = {"num_classes": CLASSES, "seq_len": WIDTH}
+    return write_prepared(out, arrays, label_names=labels, info=info, recipe=NAME)
