@@ -1,6 +1,6 @@
 """Padding-aware batching on tweets-minilm: bucket padding against fixed 64-token padding.
 
-    python -m benchmarks.bench_padding                          # 32-true, 60 steps, 1 repeat (~3 min, 2 cores)
+    python -m benchmarks.bench_padding                          # 32-true, 60 steps, 2 seeds (~8 min, 2 cores)
     python -m benchmarks.bench_padding --steps 200 --repeats 3 --precision bf16-mixed
     python -m benchmarks.bench_padding --quick                  # smoke run: 6 steps, 1,500 tweets
 
@@ -8,12 +8,19 @@ Both configurations are the real ``ampflow train`` on the same prepared tweets-m
 into ``bench-out/data/tweets-minilm`` when absent), same seed, batch, steps, learning rate and
 precision; they differ only in ``pad_to``: ``max`` pads every batch to 64 tokens in the plain seeded
 order, ``bucket`` groups the seeded order by length (mega-batches of 50 batches) and pads each batch to
-its longest tweet rounded up to 16/32/48/64. Each run is its own process, repeats interleave (fixed,
-bucket, fixed, ...) so drift hits both; samples/s and tokens/s (real tokens: the attention-mask sum)
-are ampflow's own timed-window figures, medians over repeats with min-max. Then ``ampflow evaluate``
-scores each configuration's first run on the whole test split, and McNemar's exact test
-(``ampflow.compare.stats.mcnemar``) says whether their accuracies differ beyond its resolution.
-Goal: bucket >= 1.5x the samples/s of fixed padding at equal test accuracy. Nothing is asserted.
+its longest tweet rounded up to the recipe's buckets (multiples of 8 from 16 to 64). Each run is its
+own process, repeats interleave (fixed, bucket, fixed, ...) so drift hits both; samples/s and tokens/s
+(real tokens: the attention-mask sum) are ampflow's own timed-window figures, medians over repeats with
+min-max.
+
+Repeat ``r`` trains both configurations with seed ``--seed + r``: the two orders of one seed hold the
+same samples (bucketing regroups each mega-batch), so a pair differs only by bucketing, and the
+repeats are independent draws of the data order. ``ampflow evaluate`` scores every run on the whole
+test split and McNemar's exact test (``ampflow.compare.stats.mcnemar``) compares each seed's pair. One
+seed's significant difference can be that seed's order, not bucketing: the verdict says "equal" when
+no seed differs, "bucketing better/worse" only when every seed differs the same way, and otherwise
+that the seeds disagree. Goal: bucket >= 1.5x the samples/s of fixed padding at equal test accuracy.
+Nothing is asserted.
 Exit codes: 0 done, 2 bad arguments, 1 a run failed.
 """
 
@@ -35,7 +42,7 @@ DEFAULT_DATA = ROOT / "bench-out" / "data" / RECIPE
 DEFAULT_JSON = ROOT / "bench-out" / "padding.json"
 # --quick: 1,500 tweets (150 test examples), so that the two evaluations take seconds
 QUICK_DATA, QUICK_ROWS = ROOT / "bench-out" / "data" / f"{RECIPE}-1500", 1500
-MODES = {"max": "fixed 64 tokens", "bucket": "buckets 16/32/48/64"}
+MODES = {"max": "fixed 64 tokens", "bucket": "buckets of 8, 16-64"}
 
 
 def ensure_data(data: Path, limit: int | None = None) -> None:
@@ -55,13 +62,13 @@ def env() -> dict[str, str]:
     return {**os.environ, "AMPFLOW_TRACKING": "off"}
 
 
-def train(data: Path, out: Path, mode: str, args: argparse.Namespace) -> dict[str, Any]:
+def train(data: Path, out: Path, mode: str, args: argparse.Namespace, seed: int) -> dict[str, Any]:
     """One ``ampflow train`` run in its own process; returns its result.json."""
     cmd = [
         sys.executable, "-m", "ampflow", "train", "--recipe", RECIPE, "--data", str(data), "--out", str(out),
         "--precision", args.precision, "--set", f"pad_to={mode}", "--set", f"max_steps={args.steps}",
         "--set", f"warmup_steps={args.warmup}", "--set", f"batch_size={args.batch_size}",
-        "--set", "data_loading=memory",
+        "--set", "data_loading=memory", "--set", f"seed={seed}",
     ]  # fmt: skip
     done = subprocess.run(cmd, env=env(), capture_output=True, text=True, check=False)
     if done.returncode:
@@ -89,11 +96,12 @@ def mean_padded_length(data: Path, mode: str, result: dict[str, Any]) -> float:
 
     from ampflow.data.batching import DataOrder, Position
     from ampflow.data.rows import sequence_extent
+    from ampflow.recipes.tweets import MiniLMRecipe
 
     c = result["config"]
     mask = np.load(data / "train" / "attention_mask.npy")
     order = DataOrder(len(mask), c["batch_size"], c["seed"], 0, 1, None, Position(), sequence_extent(mask),
-                      (16, 32, 48, 64))  # fmt: skip
+                      MiniLMRecipe.pad_buckets)  # fmt: skip
     batches = [order.next_global() for _ in range(result["metrics"]["steps"])][c["warmup_steps"] :]
     return statistics.fmean(order.pad_length(e, s) for e, s in batches)
 
@@ -118,18 +126,39 @@ def summarize(runs: dict[str, list[dict[str, Any]]]) -> dict[str, dict[str, Any]
 def table(summary: dict[str, dict[str, Any]], extra: dict[str, dict[str, Any]]) -> str:
     base = summary["max"]["samples_per_s"]
     lines = [
-        "| padding | samples/s (min-max) | speedup | tokens/s | real tokens / padded positions | step p50 (ms) | test accuracy |",
+        "| padding | samples/s (min-max) | speedup | tokens/s | real tokens / padded positions | step p50 (ms) "
+        "| test accuracy, per seed |",
         "|---|---:|---:|---:|---:|---:|---:|",
     ]
     for mode, s in summary.items():
         e = extra[mode]
         share = s["real_tokens_per_sample"] / e["padded_length"]
+        accuracies = " / ".join(f"{a:.4f}" for a in e["accuracy"])
         lines.append(
             f"| {MODES[mode]} | {s['samples_per_s']:.1f} ({s['samples_per_s_min']:.1f}-{s['samples_per_s_max']:.1f}) "
             f"| {s['samples_per_s'] / base:.2f}x | {s['tokens_per_s']:.0f} | {share:.0%} of {e['padded_length']:.1f} "
-            f"| {s['step_time_p50_s'] * 1e3:.0f} | {e['accuracy']:.4f} |"
+            f"| {s['step_time_p50_s'] * 1e3:.0f} | {accuracies} |"
         )
     return "\n".join(lines)
+
+
+def accuracy_verdict(tests: list[Any]) -> str:
+    """One line on accuracy parity over the seeds' paired tests (``PairedTest``, fixed as reference).
+
+    Equal when no seed's pair differs; a direction only when every seed differs the same way; else
+    the seeds disagree, which says the difference is the data order's, not bucketing's.
+    """
+    better = sum(1 for t in tests if t.p_value < t.alpha and t.only_candidate > t.only_reference)
+    worse = sum(1 for t in tests if t.p_value < t.alpha and t.only_candidate < t.only_reference)
+    if not better and not worse:
+        return f"equal within the paired test's resolution in all {len(tests)} seed(s)"
+    if better == len(tests) or worse == len(tests):
+        way = "better" if better else "worse"
+        return f"bucketing significantly {way} in every one of {len(tests)} seed(s)"
+    return (
+        f"the seeds disagree ({better} significantly better, {worse} significantly worse, "
+        f"{len(tests) - better - worse} equal of {len(tests)}): a seed's data order, not bucketing"
+    )
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
@@ -139,7 +168,11 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--steps", type=int, default=60, help="optimizer steps per run (default 60)")
     p.add_argument("--warmup", type=int, default=5, help="untimed leading steps (default 5)")
     p.add_argument("--batch-size", type=int, default=32, help="batch size (default 32)")
-    p.add_argument("--repeats", type=int, default=1, help="runs per configuration, interleaved (default 1)")
+    p.add_argument(
+        "--repeats", type=int, default=2,
+        help="runs per configuration, interleaved; repeat r uses seed --seed + r (default 2)",
+    )  # fmt: skip
+    p.add_argument("--seed", type=int, default=0, help="seed of the first repeat (default 0)")
     p.add_argument("--json", default=str(DEFAULT_JSON), help=f"figures as JSON (default {DEFAULT_JSON})")
     p.add_argument(
         "--quick", action="store_true", help="smoke run: 6 steps, 2 untimed, 1 repeat, 1,500 tweets prepared"
@@ -161,58 +194,64 @@ def main(argv: list[str] | None = None) -> int:
     data = Path(args.data)
     ensure_data(data, QUICK_ROWS if data == QUICK_DATA else None)
     runs: dict[str, list[dict[str, Any]]] = {m: [] for m in MODES}
+    correct: dict[str, list[list[bool]]] = {m: [] for m in MODES}
+    accuracy: dict[str, list[float]] = {m: [] for m in MODES}
+    seeds = [args.seed + r for r in range(args.repeats)]
     with tempfile.TemporaryDirectory(prefix="bench-padding-") as tmp:
         try:
-            for r in range(args.repeats):
+            for r, seed in enumerate(seeds):
                 for mode in MODES:
                     out = Path(tmp) / f"{mode}-r{r}"
-                    result = train(data, out, mode, args)
+                    result = train(data, out, mode, args, seed)
                     runs[mode].append(result)
                     m = result["metrics"]
                     print(
-                        f"{mode} r{r}: {m['samples_per_s']:.1f} samples/s, {m['tokens_per_s']:.0f} tokens/s",
+                        f"{mode} seed {seed}: {m['samples_per_s']:.1f} samples/s, {m['tokens_per_s']:.0f} tokens/s",
                         flush=True,
                     )
-            extra = {}
-            correct = {}
-            for mode in MODES:
-                acc, correct[mode] = evaluate(data, Path(tmp) / f"{mode}-r0", Path(tmp) / f"eval-{mode}")
-                extra[mode] = {
-                    "accuracy": acc,
-                    "padded_length": mean_padded_length(data, mode, runs[mode][0]),
-                }
+            # evaluation after every timed run: it never overlaps a training window
+            for r in range(args.repeats):
+                for mode in MODES:
+                    acc, hits = evaluate(data, Path(tmp) / f"{mode}-r{r}", Path(tmp) / f"eval-{mode}-r{r}")
+                    accuracy[mode].append(acc)
+                    correct[mode].append(hits)
         except RuntimeError as exc:
             print(f"bench_padding: {exc}", file=sys.stderr)
             return 1
+    extra = {
+        mode: {
+            "accuracy": accuracy[mode],
+            "padded_length": statistics.median(mean_padded_length(data, mode, run) for run in runs[mode]),
+        }
+        for mode in MODES
+    }
     summary = summarize(runs)
-    paired = mcnemar(correct["max"], correct["bucket"])
+    paired = [mcnemar(f, b) for f, b in zip(correct["max"], correct["bucket"], strict=True)]
     speedup = summary["bucket"]["samples_per_s"] / summary["max"]["samples_per_s"]
     print(f"\ntweets-minilm {args.precision}, batch {args.batch_size}, {args.steps} steps ({args.warmup} untimed), "
-          f"{args.repeats} repeat(s), medians:")  # fmt: skip
+          f"seeds {', '.join(map(str, seeds))}, medians:")  # fmt: skip
     print(table(summary, extra))
-    verdict = (
-        "significantly different"
-        if paired.p_value < paired.alpha
-        else "equal within the paired test's resolution"
-    )
-    print(
-        f"test accuracy: {verdict} (McNemar exact, n={paired.n}: {paired.only_reference} only fixed right, "
-        f"{paired.only_candidate} only bucket right, p={paired.p_value:.3f}, smallest detectable difference "
-        f"{paired.min_detectable_pp:.2f} pp); goal: >= 1.5x samples/s at equal accuracy -> {speedup:.2f}x"
-    )
+    for seed, t in zip(seeds, paired, strict=True):
+        print(
+            f"seed {seed}: McNemar exact, n={t.n}: {t.only_reference} only fixed right, {t.only_candidate} only "
+            f"bucket right, p={t.p_value:.3f} (smallest detectable difference {t.min_detectable_pp:.2f} pp)"
+        )
+    verdict = accuracy_verdict(paired)
+    print(f"test accuracy: {verdict}; goal: >= 1.5x samples/s at equal accuracy -> {speedup:.2f}x")
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(
         json.dumps(
             {
-                "schema": "ampflow.bench.padding/1",
+                "schema": "ampflow.bench.padding/2",
                 "precision": args.precision,
                 "steps": args.steps,
                 "warmup": args.warmup,
                 "batch_size": args.batch_size,
-                "repeats": args.repeats,
+                "seeds": seeds,
                 "summary": summary,
                 "evaluation": extra,
-                "paired_test": paired.to_dict(),
+                "paired_tests": [t.to_dict() for t in paired],
+                "accuracy_verdict": verdict,
                 "speedup": speedup,
                 "runs": {m: [r["metrics"] for r in rs] for m, rs in runs.items()},
             },

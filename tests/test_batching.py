@@ -68,7 +68,8 @@ def train_data(data: Path, precision: str = "32-true", **settings) -> TrainData:
 
 
 def test_bucket_boundaries():
-    assert default_buckets(64) == BUCKETS and default_buckets(40) == (16, 32, 40)
+    assert default_buckets(64) == (8, 16, 24, 32, 40, 48, 56, 64)
+    assert default_buckets(40, 16) == (16, 32, 40) and default_buckets(20, 16) == (16, 20)
     cases = {1: 16, 16: 16, 17: 32, 32: 32, 33: 48, 48: 48, 49: 64, 64: 64, 70: 64}
     assert {n: bucket_length(n, BUCKETS) for n in cases} == cases
     # the length of a right-padded row is its last non-zero position + 1, a zero id inside included
@@ -153,7 +154,7 @@ def test_bucketed_batches_are_the_same_rows_cut_to_the_bucket_for_every_precisio
             inputs, _ = td.fetch((e, s))
             idx = order.local_array(e, s)
             pad = order.pad_length(e, s)
-            assert inputs["input_ids"].shape == (16, pad) and pad in BUCKETS
+            assert inputs["input_ids"].shape == (16, pad) and pad in default_buckets(64)
             assert np.array_equal(inputs["input_ids"].numpy(), ids[idx, :pad])
             assert not ids[idx, pad:].any()  # only padding was cut off
             served[precision].append((e, s, idx.tolist(), pad))

@@ -80,7 +80,7 @@ class BaseRecipe:
     defaults: dict[str, Any] = {}
     # padding-aware batching (``--set pad_to=bucket``): the arrays of shape (n, width) whose second
     # axis is a right-padded sequence (cut to the batch's bucket length), the array whose last
-    # non-zero position + 1 is a sample's length, and the bucket lengths (None: multiples of 16 up to
+    # non-zero position + 1 is a sample's length, and the bucket lengths (None: multiples of 8 up to
     # the width). A recipe without sequence arrays always pads to the width.
     sequence_arrays: tuple[str, ...] = ()
     length_array: str | None = None

@@ -194,7 +194,9 @@ class MiniLMRecipe(TextRecipe):
     }
     sequence_arrays = ("input_ids", "attention_mask")
     length_array = "attention_mask"
-    pad_buckets = (16, 32, 48, 64)
+    # multiples of 8 from 16: seven shapes for a compiled encoder. An 8-token bucket would never fill
+    # here: 0.9 % of the train split's tweets have 8 tokens or fewer, too few for a batch of 32
+    pad_buckets = (16, 24, 32, 40, 48, 56, 64)
 
     def featurize(
         self, splits: dict[str, pd.DataFrame], out_dir: Path
@@ -225,9 +227,10 @@ class MiniLMRecipe(TextRecipe):
         }
         return arrays, info
 
-    def tp_plan(self, model: torch.nn.Module, tp: int) -> dict[str, str]:
-        """Megatron-style column/row split of every layer's attention and MLP (see recipes.transformer)."""
-        return transformer.tp_plan(model, tp)
+    def tp_plan(self, model: torch.nn.Module, tp: int, sequence_parallel: bool = False) -> dict[str, Any]:
+        """Megatron-style column/row split of every layer's attention and MLP, and its sequence-parallel
+        form (see recipes.transformer)."""
+        return transformer.tp_plan(model, tp, sequence_parallel)
 
     def pipeline_layers(self, info: dict[str, Any]) -> int:
         """Encoder layers a pipeline splits into stages (6 for MiniLM-L6), read from its config.json."""
