@@ -32,7 +32,12 @@ def test_train_fp8_on_cpu_is_exit_2_one_line(tmp_path, capsys, monkeypatch):
     assert main([*argv, "--precision", "fp8"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1
-    assert "precision fp8 needs" in err[0] and "compute capability 8.9" in err[0] and "device cpu" in err[0]
+    # both needs, the GPU and torchao, and how to get torchao (pyproject's fp8 extra)
+    assert err[0] == (
+        "ampflow train: error: precision fp8 needs an NVIDIA GPU with fp8 tensor cores, compute capability 8.9 or "
+        "later (L4, L40S, RTX 4090/6000 Ada, H100, H200, B200) and torchao (pip install 'ampflow[fp8]'); "
+        "device cpu is not such a GPU: use bf16-mixed"
+    )
     assert not (tmp_path / "run" / "checkpoint.pt").exists()
 
 
@@ -62,6 +67,8 @@ def test_capability_rule(capability, torchao, refused):
         assert reason is None
     else:
         assert refused in reason and "\n" not in reason
+        assert "pip install 'ampflow[fp8]'" in reason  # a GPU too old still learns the whole recipe
+        assert torchao is False or "compute capability 8.9 or later" in reason and "and torchao" in reason
 
 
 def test_check_supported_reads_the_real_capability(monkeypatch):

@@ -575,13 +575,18 @@ BAD_INPUT = {
     "inline credentials": (["--tracking-uri", "https://bob:hunter2@mlflow.example.com"], "tracking_uri"),
     "timeout": (["--timeout", "0"], "run_deadline"),
     "queue timeout": (["--queue-timeout", "-5"], "queue_timeout must be a positive number of seconds"),
-    "queue": (["--queue", "Team_A"], "queue must be a DNS-1123 name"),
-    "workload priority": (["--workload-priority", "x" * 64], "workload_priority"),
+    "queue": (["--queue", "Team_A"], "--queue must be a DNS-1123 name"),
+    "workload priority": (["--workload-priority", "x" * 64], "--workload-priority must be a DNS-1123 name"),
     "priority class on v2": (
         ["--priority-class", "high"],
-        "a TrainJob cannot set its pods' priorityClassName",
+        "--priority-class: a TrainJob cannot set its pods' priorityClassName",
     ),
-    "priority class": (["--api", "pytorchjob", "--priority-class", "High!"], "priority_class must be"),
+    # the flag a user typed, not the field behind it (priority_class)
+    "priority class": (
+        ["--api", "pytorchjob", "--priority-class", "High!"],
+        "--priority-class must be a DNS-1123 name (lower case, digits, '-', '.', at most 63 characters), "
+        "got 'High!'",
+    ),
     "token in uri": (["--tracking-uri", "https://hunter2@mlflow.example.com"], "tracking_uri"),
 }
 

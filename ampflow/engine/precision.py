@@ -213,6 +213,10 @@ FP8_HARDWARE = (
     "an NVIDIA GPU with fp8 tensor cores, compute capability 8.9 or later "
     "(L4, L40S, RTX 4090/6000 Ada, H100, H200, B200)"
 )
+# pyproject's fp8 extra installs torchao
+FP8_INSTALL = "pip install 'ampflow[fp8]'"
+# the whole requirement, both halves, in every hardware refusal: a user on a CPU learns the package too
+FP8_NEEDS = f"{FP8_HARDWARE} and torchao ({FP8_INSTALL})"
 
 
 def fp8_refusal(
@@ -222,19 +226,20 @@ def fp8_refusal(
 
     ``capability`` is the CUDA compute capability ``(major, minor)`` (None off CUDA); ``torchao``
     whether the torchao package is importable (False is checked last: the hardware comes first).
+    Every refusal names both needs, the GPU and torchao, and how to install torchao.
     """
     if device_type != "cuda" or capability is None:
-        return f"precision fp8 needs {FP8_HARDWARE}; device {device_type} has none: use bf16-mixed"
+        return f"precision fp8 needs {FP8_NEEDS}; device {device_type} is not such a GPU: use bf16-mixed"
     if tuple(capability) < FP8_MIN_CAPABILITY:
         major, minor = capability
         return (
-            f"precision fp8 needs {FP8_HARDWARE}; {gpu_name or 'this GPU'} has compute capability "
+            f"precision fp8 needs {FP8_NEEDS}; {gpu_name or 'this GPU'} has compute capability "
             f"{major}.{minor}: use bf16-mixed"
         )
     if not torchao:
         return (
             "precision fp8 trains through torchao's float8 API and torchao is not installed: "
-            "pip install 'ampflow[fp8]' (or pip install torchao)"
+            f"{FP8_INSTALL} (or pip install torchao)"
         )
     return None
 
@@ -281,6 +286,6 @@ def convert_to_float8(model: Any) -> Any:
     except ImportError:
         raise ConfigError(
             "precision fp8 trains through torchao's float8 API and torchao is not installed: "
-            "pip install 'ampflow[fp8]' (or pip install torchao)"
+            f"{FP8_INSTALL} (or pip install torchao)"
         ) from None
     return convert_to_float8_training(model, config=Float8LinearConfig(), module_filter_fn=fp8_layer_filter)

@@ -284,19 +284,20 @@ def _validate_spec(s: LaunchSpec) -> None:
     if not s.runtime or not _DNS1123_SUBDOMAIN_RE.match(s.runtime):
         raise ConfigError(f"runtime must name a ClusterTrainingRuntime, got {s.runtime!r}")
     # a LocalQueue's name is a label value too; PriorityClass and WorkloadPriorityClass are
-    # cluster objects named as DNS-1123 subdomains; all three end up in one 63-character label or field
+    # cluster objects named as DNS-1123 subdomains; all three end up in one 63-character label or field.
+    # The errors name the flag a user typed (--priority-class), which every skin's argv carries too.
     for name in ("queue", "priority_class", "workload_priority"):
         v = getattr(s, name)
         if v is not None and (
             not isinstance(v, str) or len(v) > MAX_LABEL or not _DNS1123_SUBDOMAIN_RE.match(v)
         ):
             raise ConfigError(
-                f"{name} must be a DNS-1123 name (lower case, digits, '-', '.', at most {MAX_LABEL} "
-                f"characters), got {v!r}"
+                f"--{name.replace('_', '-')} must be a DNS-1123 name (lower case, digits, '-', '.', at "
+                f"most {MAX_LABEL} characters), got {v!r}"
             )
     if s.priority_class is not None and s.api == "trainjob":
         raise ConfigError(
-            "priority_class: a TrainJob cannot set its pods' priorityClassName (Trainer v2.3's runtimePatches "
+            "--priority-class: a TrainJob cannot set its pods' priorityClassName (Trainer v2.3's runtimePatches "
             f"have no such field); set it in the runtime's pod template (--runtime, now {s.runtime}), give "
             "Kueue a WorkloadPriorityClass with --workload-priority, or use --api pytorchjob"
         )
