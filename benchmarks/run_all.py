@@ -37,7 +37,17 @@ def machine() -> str:
             cpu = next(line.split(":", 1)[1].strip() for line in fh if line.startswith("model name"))
     except (OSError, StopIteration):
         pass
-    return f"{cpu}, {os.cpu_count()} logical cores, Python {platform.python_version()}, {platform.system()}"
+    line = f"{cpu}, {os.cpu_count()} logical cores, Python {platform.python_version()}, {platform.system()}"
+    try:
+        from ampflow.engine.devices import cpu_has_native_bf16
+
+        # the bf16 figures mean different things on the two kinds of CPU: say which one this is
+        line += ", bf16 " + (
+            "native (avx512_bf16/AMX)" if cpu_has_native_bf16() else "emulated (no avx512_bf16/AMX)"
+        )
+    except ImportError:  # torch missing: the benchmarks will say so themselves
+        pass
+    return line
 
 
 def main(argv: list[str] | None = None) -> int:
