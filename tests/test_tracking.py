@@ -22,6 +22,7 @@ from ampflow.tracking import schema
 from tests.fixtures_mlflow import make_eval, make_result
 
 pytestmark = pytest.mark.slow
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def _write_manifest(data_dir: Path) -> None:
@@ -126,6 +127,38 @@ def test_embedded_sqlite_store_is_the_default(monkeypatch, tmp_path):
     assert run.info.status == "FINISHED"
     assert client.get_experiment(run.info.experiment_id).name == "ampflow/mnist-cnn"
     assert [(h.step, h.value) for h in client.get_metric_history(t.run_id, "train/loss")] == [(3, 0.25)]
+
+
+def test_a_fresh_sqlite_store_prints_no_setup_lines_but_warnings_still_show(tmp_path):
+    """MLflow's INFO lines on creating a store (its tables, alembic's migration context) stay out of
+    ampflow's output; a warning from the same loggers still reaches stderr. A fresh interpreter: the
+    order of imports (ampflow.tracking, mlflow) is the real one."""
+    script = textwrap.dedent(
+        """
+        import logging
+        from ampflow import tracking
+        from ampflow.config import RunConfig
+
+        with tracking.start_run("train", config=RunConfig(recipe="mnist-cnn"), run_dir="r") as t:
+            t.log_metrics({"loss": 0.25}, step=1)
+        print("run", t.run_id)
+        logging.getLogger("mlflow.store.db.utils").warning("a store warning still shows")
+        logging.getLogger("alembic.runtime.migration").error("an alembic error still shows")
+        """
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_TRACKING")}
+    env.update(AMPFLOW_SYSTEM_METRICS="0", AMPFLOW_EXPERIMENT="quiet", PYTHONPATH=str(ROOT))
+    for name in ("MLFLOW_LOGGING_LEVEL", "AMPFLOW_TRACKING"):
+        env.pop(name, None)
+    proc = subprocess.run(
+        [sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (tmp_path / "mlruns.db").is_file() and proc.stdout.startswith("run ")
+    out = proc.stdout + proc.stderr
+    for noise in ("Creating initial", "Updating database tables", "Context impl", "non-transactional DDL"):
+        assert noise not in out, out
+    assert "a store warning still shows" in proc.stderr and "an alembic error still shows" in proc.stderr
 
 
 def test_a_failing_run_is_marked_failed(tracking_env, mlflow_client, tmp_path):

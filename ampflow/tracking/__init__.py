@@ -30,6 +30,8 @@ metric names), ``queries`` (MLflow reads), ``server`` (a local MLflow server).
 
 from __future__ import annotations
 
+import logging
+import os
 import sys
 from pathlib import Path
 from typing import Any, Protocol
@@ -45,6 +47,27 @@ __all__ = [
     "start_run",
     "tracked",
 ]
+
+# MLflow's set-up of a fresh SQLite store logs at INFO ("Creating initial MLflow database tables...",
+# "Updating database tables", alembic's "Context impl SQLiteImpl." / "Will assume non-transactional
+# DDL." and its migration steps): noise in ampflow's output on every first run. Warnings and errors
+# still show. Every module that opens a store (tracker, queries, sweeps, lifecycle, model; register
+# and sync through them) imports this package first.
+STORE_LOGGERS = ("alembic", "mlflow.store.db.utils", "mlflow.store.db_migrations")
+
+
+def quiet_store_logs() -> None:
+    """Raise :data:`STORE_LOGGERS` to WARNING (those set lower or not at all), unless
+    ``MLFLOW_LOGGING_LEVEL`` asks for DEBUG or INFO. Needs no mlflow; idempotent."""
+    if os.environ.get("MLFLOW_LOGGING_LEVEL", "").strip().upper() in ("DEBUG", "INFO"):
+        return
+    for name in STORE_LOGGERS:
+        logger = logging.getLogger(name)
+        if logger.level < logging.WARNING:  # NOTSET (0) included: MLflow's own "mlflow" logger is INFO
+            logger.setLevel(logging.WARNING)
+
+
+quiet_store_logs()
 
 # loaded on first use, from ampflow.tracking.tracker: importing this package must not import mlflow
 _LAZY = {"MlflowTracker", "TrackingUnavailable", "tracking_uri", "experiment_name"}
