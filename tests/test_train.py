@@ -260,9 +260,15 @@ def test_consecutive_nonfinite_losses_abort(tmp_path, capsys, monkeypatch):
 
 
 def test_plain_log_lines_when_not_a_tty(data, tmp_path, capsys):
-    assert train(data, tmp_path / "log", "--set", "max_steps=4", "--set", "log_every=2") == 0
-    out = capsys.readouterr().out
-    assert "step 2/4 loss" in out and "step 4/4 loss" in out and "step 3/4" not in out
+    extra = ("--set", "log_every=2", "--set", "warmup_steps=2")
+    assert train(data, tmp_path / "log", "--set", "max_steps=6", *extra) == 0
+    lines = capsys.readouterr().out.splitlines()
+    progress = [x.split(" loss")[0] for x in lines if x.startswith("step ")]
+    assert progress == ["step 2/6", "step 4/6", "step 6/6"]
+    # a progress line's rate is its own step's, marked while the summary's window leaves it out
+    assert lines[0].endswith(" samples/s this step (warm-up, untimed)")
+    assert lines[1].endswith(" samples/s this step") and lines[2].endswith(" samples/s this step")
+    assert " samples/s (timed window, steps 3..6, warm-up 2 excluded), step p50 " in lines[3]
 
 
 # -- bad input: exit 2, one line, nothing damaged ---------------------------------------------------
@@ -567,3 +573,29 @@ def test_last_line_says_when_steps_were_skipped():
     )
     result["metrics"]["skipped_steps"] = 0
     assert summary_line(result).endswith(", 30 steps -> /runs/a/checkpoint.pt")
+
+
+def test_last_line_says_which_steps_its_samples_per_s_covers():
+    """The summary's samples/s is the timed window's, not a progress line's: it names the steps."""
+    from ampflow.steps.train import summary_line
+
+    result = {
+        "recipe": "r",
+        "precision": "32-true",
+        "device_name": "cpu",
+        "checkpoint": "c",
+        "config": {"warmup_steps": 5},
+        "metrics": {"samples_per_s": 10.0, "steps": 30, "timed_steps": 25},
+    }
+    line = summary_line(result)
+    assert ": 10.0 samples/s (timed window, steps 6..30, warm-up 5 excluded), step p50" in line
+    # a resumed run times its own steps only; a compiling step and profiled steps are named
+    result.update(resumed_from_step=30, compile=True)
+    result["metrics"].update(steps=60, timed_steps=22)
+    line = summary_line(result)
+    window = (
+        "(timed window, steps 39..60, warm-up 8 excluded: warmup_steps=5, the compiling step, 2 profiled)"
+    )
+    assert window in line
+    result["metrics"].update(timed_steps=0, samples_per_s=None)  # nothing timed: no window to name
+    assert " n/a samples/s, step p50" in summary_line(result)

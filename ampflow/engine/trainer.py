@@ -208,7 +208,9 @@ class Trainer:
         logging (None on other FSDP ranks), ``example`` an input example. Raises NonFiniteLossError on
         divergence; every rank must call.
         """
-        log = ProgressLog(self.total_steps, self.start_step, self.config.log_every, self.is_main)
+        # progress lines mark the steps the throughput window leaves out (the summary's samples/s)
+        timed_after = self.start_step + self.window.skip
+        log = ProgressLog(self.total_steps, self.start_step, self.config.log_every, self.is_main, timed_after)
         self.val.clock.start()
         self.data.start((self.total_steps - self.pos.step) * self.config.grad_accum)
         try:

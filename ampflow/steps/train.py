@@ -128,10 +128,37 @@ def summary_line(result: dict[str, Any]) -> str:
     warn = f", {skipped} of them SKIPPED (non-finite loss or gradients)" if skipped else ""
     return (
         f"{result['recipe']} {result['precision']}{' compiled' if result.get('compile') else ''} on "
-        f"{result['device_name']}: {f(m.get('samples_per_s'), '.1f')} samples/s, step p50 "
+        f"{result['device_name']}: {f(m.get('samples_per_s'), '.1f')} samples/s{timed_window(result)}, step p50 "
         f"{f(m.get('step_time_p50_s'), '.4f')} s, peak memory {f(peak and peak / 2**20, '.0f')} MiB, "
         f"final loss {f(m.get('final_train_loss'), '.4f')}, {m.get('steps')} steps{warn} -> {result['checkpoint']}"
     )
+
+
+def timed_window(result: dict[str, Any]) -> str:
+    """`` (timed window, steps a..b, warm-up N excluded)``: which steps the summary's samples/s, step
+    p50 and memory cover, unlike a progress line's rate of one step; "" when no step was timed.
+
+    The window is the run's last ``timed_steps`` steps; the N steps before it (of this process's run:
+    after ``resumed_from_step``) are warm-up, the compiling step under ``--compile`` and any
+    communication-profiled steps, each named when there.
+    """
+    m = result.get("metrics", {})
+    timed, last = m.get("timed_steps"), m.get("steps")
+    if not timed or last is None:
+        return ""
+    first = last - timed + 1
+    excluded = first - 1 - (result.get("resumed_from_step") or 0)
+    warmup = (result.get("config") or {}).get("warmup_steps")
+    compiled = 1 if result.get("compile") else 0
+    parts = []
+    if warmup is not None and excluded != warmup:
+        parts.append(f"warmup_steps={warmup}")
+        if compiled:
+            parts.append("the compiling step")
+        if excluded - warmup - compiled > 0:
+            parts.append(f"{excluded - warmup - compiled} profiled")
+    detail = f": {', '.join(parts)}" if parts else ""
+    return f" (timed window, steps {first}..{last}, warm-up {excluded} excluded{detail})"
 
 
 def _validate_paths(paths: Paths) -> tuple[Path, Path]:
