@@ -16,18 +16,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from ampflow.commands import torchrun_program
 
 
 def _train(nproc: int, data: Path, out: Path, recipe: str, batch: int, steps: int, strategy: str) -> dict:
@@ -51,18 +46,7 @@ def _train(nproc: int, data: Path, out: Path, recipe: str, batch: int, steps: in
     if nproc == 1:
         argv = [sys.executable, "-m", "ampflow", *common]
     else:
-        argv = [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            f"--nproc_per_node={nproc}",
-            f"--master_port={_free_port()}",
-            "-m",
-            "ampflow",
-            *common,
-            "--strategy",
-            strategy,
-        ]
+        argv = [*torchrun_program(nproc), *common, "--strategy", strategy]
     env = {
         **os.environ,
         "AMPFLOW_TRACKING": "off",

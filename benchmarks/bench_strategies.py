@@ -21,11 +21,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
+
+from ampflow.commands import torchrun_program
 
 ROOT = Path(__file__).resolve().parents[1]
 # strategy -> (processes, extra settings)
@@ -37,12 +38,6 @@ LAYOUTS: dict[str, tuple[int, list[str]]] = {
     "pp": (2, ["--set", "pp_schedule=1f1b"]),
     "fsdp+tp": (4, ["--set", "mesh=dp:2,tp:2"]),
 }
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _env() -> dict[str, str]:
@@ -65,8 +60,7 @@ def _train(strategy: str, data: Path, out: Path, args: argparse.Namespace) -> di
     if strategy == "single":
         argv = [sys.executable, "-m", "ampflow", *common]
     else:
-        argv = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}"]
-        argv += [f"--master_port={_free_port()}", "-m", "ampflow", *common, "--strategy", strategy]
+        argv = [*torchrun_program(nproc), *common, "--strategy", strategy]
     proc = subprocess.run(argv, env=_env(), capture_output=True, text=True, check=False)  # noqa: S603
     if proc.returncode != 0:
         raise RuntimeError(f"{strategy} failed (exit {proc.returncode}):\n{proc.stderr[-2000:]}")
