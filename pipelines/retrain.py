@@ -20,16 +20,34 @@ current champion within ``tolerance``; a candidate compared with itself is never
 register. ``experiment`` is the MLflow experiment of the runs ("" = ``ampflow/<recipe>``; the
 PyTorchJob branch logs to the default). An exit handler marks the pipeline run's MLflow runs FAILED
 when any step fails.
+
+The current champion enters through an importer too (the node ``dsl.importer`` makes, see
+:func:`import_model`). Before register, the ``champion`` component asks MLflow's registry which version
+the ``champion`` alias of ``model_name`` names and where its files are; when KFP can read them
+(``s3://``, ``gs://``, ``minio://``; under kfp.local a local path), they are imported as a Model that
+register receives, so the KFP UI's lineage shows which champion each promotion decision was made against
+(register's ``decision`` artifact names its version and URI). An MLflow server that proxies artifacts
+hands out ``mlflow-artifacts:/`` URIs: ``mlflow_artifacts_destination`` (the server's
+``--artifacts-destination``, e.g. ``s3://bucket/mlartifacts``) maps them into the store, else the import
+is skipped and the lookup's log says why. Without a champion (a model's first run) the import is skipped
+and register runs as before; either way register still loads the champion by its alias. The KFP launcher
+downloads the imported files into register's pod, so that pod needs read access to the store: a store
+the MLflow clients write to directly, the pods that log models already read; for a proxied one, put the
+bucket's credentials in the namespace's ``kfp-launcher`` ConfigMap.
 """
 
 # No `from __future__ import annotations` here: KFP reads the signature's annotations as types.
+from collections.abc import Callable
 from typing import Any, List  # noqa: UP035 - KFP reads these annotations
 
 from kfp import dsl
-from kfp.dsl import Dataset, Input, Model
+from kfp.dsl import Artifact, Dataset, Input, Model, PipelineTask, importer_component, structures
+from kfp.dsl.types import type_utils
 
 from ampflow.kube.manifests import DEFAULT_API
+from ampflow.steps.register import ALIAS as CHAMPION_ALIAS
 from components import CACHE_MOUNT
+from components.champion import champion
 from components.compare import compare
 from components.evaluate import evaluate
 from components.mark_failed import mark_failed
@@ -38,6 +56,107 @@ from components.register import register
 from components.train import train
 from components.train_distributed import train_distributed
 from pipelines.cluster import TRAIN_BACKOFF, TRAIN_RETRIES, Cluster, cluster_parameters, with_train_retries
+
+
+def import_model(uri: Any, *, name: str, metadata: dict[str, Any]) -> PipelineTask:
+    """``dsl.importer(artifact_uri=uri, artifact_class=Model, reimport=False, metadata=metadata)``,
+    its component named `name` instead of ``importer``; `metadata` holds constants only (the KFP
+    backend stores an importer's metadata as written, placeholders unresolved).
+
+    The same importer node in the IR, under its own name: kfp 2.17 renames the components of a
+    sub-pipeline that collide with its parent's in protobuf-map order, which changes from process to
+    process; a champion importer in each copy of the promotion sub-pipeline and the data importer in
+    the root, all named ``importer``, made the compiled YAML differ from compile to compile.
+    """
+    model = type_utils.create_bundled_artifact_type(Model.schema_title, Model.schema_version)
+    spec = structures.ComponentSpec(
+        name=name,
+        implementation=structures.Implementation(
+            importer=structures.ImporterSpec(
+                artifact_uri="{{$.inputs.parameters['uri']}}",
+                schema_title=model,
+                schema_version=Model.schema_version,
+                reimport=False,
+                metadata=metadata,
+            )
+        ),
+        inputs={"uri": structures.InputSpec(type="String")},
+        outputs={"artifact": structures.OutputSpec(type=model)},
+    )
+    return importer_component.ImporterComponent(component_spec=spec)(uri=uri)
+
+
+def with_champion(
+    registered: Callable[..., Any],
+    *,
+    model_name: Any,
+    recipe: Any,
+    artifacts_destination: Any,
+    cluster: Cluster,
+) -> None:
+    """Look up the current champion; when KFP can import its files, import them as a Model and call
+    ``registered(champion=<the Model>, champion_version=<its version>)``, else ``registered()``.
+
+    The importer sits inside the ``dsl.If`` on the lookup's URI, which makes that URI an input of
+    the importer's DAG: the KFP backend's importer reads a runtime URI from its parent DAG's inputs
+    only, never straight from another task's output. The conditions use the lookup's single
+    ``Output``: kfp.local resolves no other output of a task in a condition. Two ``dsl.If`` rather
+    than If/Else: two condition groups, whose names do not collide with the parent pipelines' (see
+    :func:`import_model` on why that matters).
+    """
+    lookup = champion(model_name=model_name, recipe=recipe, artifacts_destination=artifacts_destination)
+    lookup.set_display_name("look up champion").set_caching_options(False)
+    cluster.small(lookup)
+    found = lookup.outputs["Output"]
+    with dsl.If(found != "", name="champion-found"):
+        # lineage: the Model artifact names the champion's files; the same champion is one artifact
+        # across runs (reimport=False). Its metadata are constants: the KFP backend stores an
+        # importer's metadata as written, placeholders unresolved; the version goes to register
+        current = import_model(found, name="champion-importer", metadata={"mlflow_alias": CHAMPION_ALIAS})
+        current.set_display_name("import champion").set_caching_options(False)
+        registered(champion=current.output, champion_version=lookup.outputs["version"])
+    with dsl.If(found == "", name="no-champion-to-import"):
+        registered()
+
+
+@dsl.pipeline(name="ampflow-register-against-champion")
+@cluster_parameters(defaults=False)
+def register_against_champion(
+    summary: Input[Artifact],
+    data: Input[Dataset],
+    recipe: str,
+    tolerance: float,
+    model_name: str,
+    mlflow_artifacts_destination: str,
+    pipeline_run_id: str,
+    cluster: Cluster = None,
+) -> None:
+    """Register the candidate compare recommends, the current champion imported beside it.
+
+    A sub-pipeline so that its condition groups are numbered apart from its parents' (see
+    :func:`with_champion`).
+    """
+
+    def registered(**champion_model: Any) -> None:
+        register_task = register(
+            summary=summary,
+            data=data,
+            model_name=model_name,
+            tolerance=tolerance,
+            pipeline_run_id=pipeline_run_id,
+            **champion_model,
+        ).set_display_name("register")
+        register_task.set_caching_options(False)
+        cluster.small(register_task)
+
+    # looked up right before register, which compares against whatever the alias names then
+    with_champion(
+        registered,
+        model_name=model_name,
+        recipe=recipe,
+        artifacts_destination=mlflow_artifacts_destination,
+        cluster=cluster,
+    )
 
 
 @dsl.pipeline(name="ampflow-evaluate-and-promote")
@@ -51,6 +170,7 @@ def evaluate_and_promote(
     model_name: str,
     experiment: str,
     fail_on_regression: bool,
+    mlflow_artifacts_destination: str,
     accelerator_count: int,
     pipeline_run_id: str,
     cluster: Cluster = None,
@@ -80,15 +200,16 @@ def evaluate_and_promote(
     cluster.small(compare_task)
 
     with dsl.If(compare_task.outputs["Output"] == True, name="passed"):  # noqa: E712 - a KFP condition
-        register_task = register(
+        register_against_champion(
             summary=compare_task.outputs["summary"],
             data=data,
-            model_name=model_name,
+            recipe=recipe,
             tolerance=tolerance,
+            model_name=model_name,
+            mlflow_artifacts_destination=mlflow_artifacts_destination,
             pipeline_run_id=pipeline_run_id,
-        ).set_display_name("register")
-        register_task.set_caching_options(False)
-        cluster.small(register_task)
+            **cluster.parameters(),
+        )
 
 
 def build_retrain(train_retries: int = TRAIN_RETRIES, retry_backoff: str = TRAIN_BACKOFF):
@@ -113,6 +234,7 @@ def build_retrain(train_retries: int = TRAIN_RETRIES, retry_backoff: str = TRAIN
         model_name: str,
         experiment: str,
         fail_on_regression: bool,
+        mlflow_artifacts_destination: str,
         namespace: str,
         job_api: str,
         queue: str,
@@ -135,6 +257,7 @@ def build_retrain(train_retries: int = TRAIN_RETRIES, retry_backoff: str = TRAIN
             model_name=model_name,
             experiment=experiment,
             fail_on_regression=fail_on_regression,
+            mlflow_artifacts_destination=mlflow_artifacts_destination,
             # a single-device run gets gpus_per_node (1, or 0 for a CPU run) accelerators
             accelerator_count=gpus_per_node,
             pipeline_run_id=pipeline_run_id,
@@ -212,6 +335,7 @@ def build_retrain(train_retries: int = TRAIN_RETRIES, retry_backoff: str = TRAIN
         model_name: str = "",
         experiment: str = "",
         fail_on_regression: bool = False,
+        mlflow_artifacts_destination: str = "",
         source: str = "",
         limit: int = 0,
         seed: int = 0,
@@ -237,6 +361,7 @@ def build_retrain(train_retries: int = TRAIN_RETRIES, retry_backoff: str = TRAIN
             model_name=model_name,
             experiment=experiment,
             fail_on_regression=fail_on_regression,
+            mlflow_artifacts_destination=mlflow_artifacts_destination,
             namespace=namespace,
             job_api=job_api,
             queue=queue,
@@ -271,10 +396,11 @@ def build_retrain(train_retries: int = TRAIN_RETRIES, retry_backoff: str = TRAIN
         with dsl.ExitHandler(exit_task, name="retrain"):
             with dsl.If(source != "", name="imported-data"):
                 # lineage: the Dataset artifact names the URI the data came from; reimport, because
-                # the same URI can hold new data on the next scheduled run
-                raw = dsl.importer(
-                    artifact_uri=source, artifact_class=Dataset, reimport=True, metadata={"source": source}
-                ).set_display_name("import data")
+                # the same URI can hold new data on the next scheduled run. No metadata: the KFP
+                # backend stores an importer's metadata as written, so {"source": source} would read
+                # "{{$.inputs.parameters['metadata']}}" there; the URI says it, and prep's Dataset too
+                raw = dsl.importer(artifact_uri=source, artifact_class=Dataset, reimport=True)
+                raw.set_display_name("import data")
                 raw.set_caching_options(False)
                 train_and_promote(data=prepared(raw.output), **rest)
             with dsl.Else(name="recipe-data"):

@@ -19,6 +19,7 @@ import yaml
 from kfp import dsl
 
 import components
+from components.champion import champion
 from components.compare import compare
 from components.evaluate import evaluate
 from components.mark_failed import mark_failed
@@ -36,6 +37,7 @@ ALL = {
     "evaluate": evaluate,
     "compare": compare,
     "register": register,
+    "champion": champion,
     "sweep_plan": sweep_plan,
     "mark_failed": mark_failed,
 }
@@ -78,7 +80,7 @@ def test_component_sources_hold_no_training_logic():
     for name in ALL:
         source = (ROOT / "components" / name / "component.py").read_text()
         assert "import torch" not in source, name
-        if name not in ("sweep_plan", "mark_failed"):
+        if name not in ("sweep_plan", "mark_failed", "champion"):  # no step: a plan, the registry
             assert "run_step(" in source, name
             # the run context, the exit-code check and the metric logging are run_step's
             assert "MLFLOW_RUN_CONTEXT" not in source and "log_metric" not in source, name
@@ -287,7 +289,15 @@ def test_register_parity(monkeypatch, tmp_path):
     seen = _capture(monkeypatch, "register")
     summary = _artifact(dsl.Artifact, tmp_path, "summary.json")
     data = _artifact(dsl.Dataset, tmp_path, "d")
-    _run_until_step(register.python_func, summary=summary, data=data, model_name="tweets", tolerance=0.3)
+    decision = _artifact(dsl.Artifact, tmp_path, "decision")
+    _run_until_step(
+        register.python_func,
+        summary=summary,
+        data=data,
+        decision=decision,
+        model_name="tweets",
+        tolerance=0.3,
+    )
     _check(
         register,
         seen["ns"],
@@ -297,6 +307,10 @@ def test_register_parity(monkeypatch, tmp_path):
             "model_name": ("model_name", "tweets"),
             "tolerance": ("tolerance", 0.3),
             "allow_unloadable_champion": ("allow_unloadable_champion", False),
+            # lineage and the decision's record, no step arguments (tests/test_champion_importer.py)
+            "champion": (None, None),
+            "champion_version": (None, None),
+            "decision": (None, None),
         },
     )
 

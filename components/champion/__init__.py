@@ -1,0 +1,3 @@
+from components.champion.component import champion
+
+__all__ = ["champion"]
