@@ -196,6 +196,9 @@ def test_lookup_names_only_uris_kfp_can_import(tracking_env, mlflow_client, tmp_
     assert lookup() == ("", {"exists": "true", "version": "1", "run_id": run})
     uri, _ = lookup(artifacts_destination=str(tracking_env.artifacts))
     assert Path(uri, "MLmodel").is_file() and uri.startswith(str(tracking_env.artifacts))
+    with pytest.MonkeyPatch.context() as mp:  # in a KFP backend pod, whose importer reads object stores only
+        mp.setenv("KFP_POD_NAME", "retrain-abc-123")
+        assert lookup(artifacts_destination=str(tracking_env.artifacts))[0] == ""
     uri, _ = lookup(artifacts_destination="s3://bucket/mlartifacts/")
     assert uri == f"s3://bucket/mlartifacts/{uri.split('/mlartifacts/', 1)[1]}" and uri.endswith("/model")
 

@@ -33,7 +33,7 @@ def champion(
     that proxies artifacts hands out ``mlflow-artifacts:/PATH``, which only the server can read:
     `artifacts_destination` (the server's ``--artifacts-destination``, e.g. ``s3://bucket/mlartifacts``)
     turns it into ``DESTINATION/PATH``. Returned are s3://, gs:// and minio:// URIs (what the KFP
-    launcher reads) and local paths that exist where this task runs (kfp.local); any other URI is
+    launcher reads) and, off the KFP backend (kfp.local), local paths that exist here; any other URI is
     reported and "" returned: the pipeline skips the import, and register still compares against the
     champion by its alias. A model or alias that does not exist is "no champion"; any other registry
     error fails the task (a server that does not answer is no evidence that there is no champion).
@@ -69,7 +69,8 @@ def champion(
             parsed = urlparse(uri)
         if parsed.scheme in ("s3", "gs", "minio"):
             return uri
-        if parsed.scheme in ("", "file"):
+        # a path only off the KFP backend (which sets KFP_POD_NAME): its importer reads object stores
+        if parsed.scheme in ("", "file") and not os.environ.get("KFP_POD_NAME"):
             path = parsed.path if parsed.scheme == "file" else uri
             if os.path.isabs(path) and os.path.exists(path):
                 return path
