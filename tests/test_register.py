@@ -251,3 +251,34 @@ def test_a_summary_without_a_tracked_run_is_bad_input(data, tmp_path):
     assert main(["register", "--summary", str(summary), "--data", str(data)]) == 2
     assert main(["register", "--summary", str(tmp_path / "missing.json"), "--data", str(data)]) == 2
     assert main(["register", "--summary", str(summary), "--data", str(tmp_path)]) == 2  # no manifest
+
+
+def test_a_promotion_stands_only_if_the_alias_did_not_move_meanwhile(
+    tracking_env, mlflow_client, data, tmp_path, monkeypatch
+):
+    """Two retrain runs deciding at once: while this register scores, another one moves the alias (done
+    here, on the real server, at the moment the decision is taken). The candidate that beat the
+    champion it was scored against must not replace a champion nobody compared it with."""
+    name = "moved-alias"
+    code, r1 = _register(_candidate(tmp_path / "a", BlockModel(0), accuracy=0.8), data, "--model-name", name)
+    code, r2 = _register(_candidate(tmp_path / "c", BlockModel(2), accuracy=0.8), data, "--model-name", name)
+    assert (r1["promoted"], r2["promoted"]) == (True, False)
+
+    decide = register._decision
+
+    def racing(*args, **kwargs):
+        decision = decide(*args, **kwargs)
+        mlflow_client.set_registered_model_alias(name, "champion", r2["version"])
+        return decision
+
+    monkeypatch.setattr(register, "_decision", racing)
+    code, r3 = _register(_candidate(tmp_path / "b", BlockModel(1), accuracy=0.8), data, "--model-name", name)
+    # against v1 it passes (-0.5 pp, the tolerance), but v1 is no longer the champion
+    assert code == 0 and r3["verdict"] == "pass" and r3["promoted"] is False
+    assert r3["champion_before"]["version"] == r1["version"]
+    assert r3["reason"].startswith(
+        f"the alias moved: 'champion' moved from v{r1['version']} to v{r2['version']}"
+    )
+    assert mlflow_client.get_model_version_by_alias(name, "champion").version == r2["version"]
+    v3 = mlflow_client.get_model_version(name, r3["version"])
+    assert v3.tags["ampflow.promotion.promoted"] == "false"

@@ -6,7 +6,7 @@ candidate holds its own against the current champion on the CURRENT test split.
     ampflow register --summary out/summary.json --data data/tweets --allow-unloadable-champion
 
 What is compared: the candidate (the recommended configuration's best evaluated repeat, loaded from its
-``ampflow.model_uri``) and the current champion (loaded by its alias, ``models:/NAME@champion``) are
+``ampflow.model_uri``) and the current champion (the version behind the alias ``champion``) are
 both scored on ``--data``'s test split in this step, each under the precision it was trained in. The
 two accuracies give the delta (:func:`ampflow.compare.stats.accuracy_delta_pp`, the one rounding rule
 ``compare`` uses too), the per-example correctness gives McNemar's exact paired test, and
@@ -19,6 +19,10 @@ input, before anything is registered: no summary, no recommended configuration, 
 accuracy figure (never evaluated) or without a logged model, an invalid ``--model-name`` (checked
 before the server is contacted), ``--data`` not a prepared dataset of the recipe, a precision the
 device cannot run; 1 failure (server errors, a candidate model that cannot be scored).
+
+The champion is scored by its version number, read once through the alias; just before the alias would
+move, it is read again, and if another register moved it meanwhile the candidate is registered but
+not promoted (``reason`` names both versions).
 
 A champion that cannot be loaded or scored is reported (``champion_unloadable`` in register.json, a
 line on stderr) and blocks promotion unless ``--allow-unloadable-champion`` is given.
@@ -49,6 +53,7 @@ ALIAS = "champion"
 METRIC = "accuracy"
 SPLIT = "test"
 PROMOTION = "ampflow.promotion."  # tag prefix of the decision's figures (version and run)
+MOVED = "the alias moved: "  # how a reason of _recheck_alias begins
 MAX_NAME = 256  # MLflow's registered-model name column is String(256)
 
 
@@ -224,6 +229,7 @@ def run(
     cand_score = _score_candidate(cand, inputs.data, dev)
     scores = Scores(cand_score, _score_champion(client, inputs, dev, cand_score.n))
     decision = _decision(scores, inputs.tolerance, allow_unloadable_champion)
+    decision = _recheck_alias(client, inputs.name, scores.champion.version, decision)
     figures = _figures(inputs, cand, scores, decision)
     version, message = _register_version(client, inputs, cand, scores, decision, figures)
     return _result(inputs, cand, scores, decision, version, message)
@@ -367,7 +373,8 @@ def _score_champion(client: Any, inputs: Inputs, dev: Any, n: int) -> Champion:
         if not precision:
             raise ValueError("no precision recorded on the version or its run")
         score = score_model(
-            _load(f"models:/{name}@{ALIAS}", dev),
+            # the version read above, not the alias: another register may move the alias meanwhile
+            _load(f"models:/{name}/{champion.version}", dev),
             inputs.data,
             precision=precision,
             device=dev,
@@ -424,6 +431,29 @@ def _decision(scores: Scores, tolerance: float, allow_unloadable_champion: bool)
         f"{champ.score.accuracy:.4f} on the current {SPLIT} split; {reason}"
     )
     return Decision(promoted, why, verdict, paired, delta)
+
+
+def _recheck_alias(client: Any, name: str, scored: Any, decision: Decision) -> Decision:
+    """A promotion stands only if the alias still points at the champion that was scored.
+
+    Scoring takes minutes; another ``register`` (a second retrain run, a person) may move the alias
+    meanwhile. Moving it again would replace a champion nobody compared the candidate with, so the
+    candidate is then registered but not promoted, and the reason names both versions. MLflow has no
+    compare-and-set for aliases: what is left is the moment between this read and the alias write.
+    """
+    if not decision.promoted:
+        return decision
+    now = _champion_version(client, name)
+    before = None if scored is None else str(scored.version)
+    after = None if now is None else str(now.version)
+    if before == after:
+        return decision
+    why = MOVED + (
+        f"'{ALIAS}' moved from {'no version' if before is None else 'v' + before} to "
+        f"{'no version' if after is None else 'v' + after} while this decision ran (another register?); "
+        f"run register again to weigh the candidate against the new champion. Before the move: {decision.why}"
+    )
+    return Decision(False, why, decision.verdict, decision.paired, decision.delta)
 
 
 def _figures(inputs: Inputs, cand: Candidate, scores: Scores, decision: Decision) -> dict[str, Any]:
@@ -502,9 +532,9 @@ def _register_version(
     if decision.promoted:
         client.set_registered_model_alias(name, ALIAS, mv.version)
         message = f"registered {name} v{mv.version} ({rec_id}) and promoted it to '{ALIAS}': {why}"
-    elif champion is not None:
+    elif champion is not None and not why.startswith(MOVED):
         message = f"registered {name} v{mv.version} ({rec_id}); not promoted, '{ALIAS}' stays v{champion.version}: {why}"
-    else:  # pragma: no cover - without a champion the candidate is always promoted
+    else:  # the alias moved while this decision ran (_recheck_alias)
         message = f"registered {name} v{mv.version} ({rec_id}); not promoted: {why}"
     return mv.version, message
 
