@@ -84,9 +84,12 @@ def make_eval(accuracy: float, *, macro_f1: float | None = None, ece: float = 0.
     }
 
 
-def log_sweep(root, configs, *, recipe: str = "tweets-bow", model: bool = False) -> tuple[str, list]:
+def log_sweep(
+    root, configs, *, recipe: str = "tweets-bow", model: bool = False, predictions: dict | None = None
+) -> tuple[str, list]:
     """Log a sweep the way `ampflow bench` does (parent run, then per config a train run and an evaluate
-    run attached to it), with controlled figures. ``configs``: [(precision, samples_per_s, peak, accuracy)].
+    run attached to it), with controlled figures. ``configs``: [(precision, samples_per_s, peak, accuracy)];
+    ``predictions``: {precision: (labels, predictions)} written as evaluate's predictions.jsonl.
     Returns (parent run id, run directories)."""
     import json
     from pathlib import Path
@@ -121,6 +124,12 @@ def log_sweep(root, configs, *, recipe: str = "tweets-bow", model: bool = False)
         eval_dir.mkdir()
         ev = make_eval(acc)
         (eval_dir / "eval.json").write_text(json.dumps(ev))
+        if predictions and precision in predictions:
+            from ampflow.steps.evaluate import write_predictions
+
+            labels, preds = predictions[precision]
+            examples = {"label": labels, "prediction": preds, "confidence": [1.0] * len(labels)}
+            write_predictions(eval_dir / "predictions.jsonl", examples)
         e = tracking.start_run("evaluate", config=cfg, run_dir=eval_dir, parent_run_id=parent.run_id)
         e.log_eval_result(ev, eval_dir)
         e.close("FINISHED")

@@ -112,8 +112,15 @@ def test_bad_input_is_a_config_error():
 
 @pytest.mark.slow
 def test_report_from_a_tracked_sweep_and_regression_gate(tracking_env, mlflow_client, tmp_path, capsys):
+    # per-example results as evaluate logs them: 500 examples, bf16 gets 10 right that 32-true misses
+    # and 11 wrong that it gets right (b=11, c=10): compare --sweep pairs them like run directories
+    labels = [i % 3 for i in range(500)]
+    wrong = lambda bad: [(y + 1) % 3 if i in bad else y for i, y in enumerate(labels)]  # noqa: E731
+    predictions = {"32-true": (labels, wrong(range(100))), "bf16-mixed": (labels, wrong(range(10, 111)))}
     first, dirs = log_sweep(
-        tmp_path / "s1", [("32-true", 100.0, 2.0e8, 0.80), ("bf16-mixed", 140.0, 1.2e8, 0.798)]
+        tmp_path / "s1",
+        [("32-true", 100.0, 2.0e8, 0.80), ("bf16-mixed", 140.0, 1.2e8, 0.798)],
+        predictions=predictions,
     )
     out = tmp_path / "report1"
     assert main(["compare", "--sweep", first, "--out", str(out), "--fail-on-regression"]) == 0
@@ -138,6 +145,8 @@ def test_report_from_a_tracked_sweep_and_regression_gate(tracking_env, mlflow_cl
         # without a manifest at hand the dataset input still carries the content hash
         assert mlflow_client.get_run(run_id).inputs.dataset_inputs[0].dataset.digest == ("ab" * 32)[:36]
     assert by_id(s)["bf16-mixed"]["speedup"] == 1.4 and s["recommended"] == "bf16-mixed"
+    test = by_id(s)["bf16-mixed"]["accuracy_test"]
+    assert (test["n"], test["only_reference"], test["only_candidate"]) == (500, 11, 10)
     html = (out / "report.html").read_text()
     assert html.count("data:image/png;base64,") == 4 and "bf16-mixed" in html
     arts = {a.path for a in mlflow_client.list_artifacts(first, "compare")}

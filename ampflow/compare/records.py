@@ -140,8 +140,12 @@ def record_from_tracked(
     sweep_run_id: str | None,
     tracking_uri: str | None,
     start_time: int | None,
+    examples: tuple[list[int], list[bool]] | None = None,
 ) -> dict[str, Any]:
     """A record from a training run as MLflow holds it: params and tags are strings there.
+
+    ``examples``: ``(labels, correct)`` of the run's evaluation (:func:`load_predictions` of the
+    predictions.jsonl logged under its ``eval`` artifacts), for the paired test; None without one.
 
     ``loss_history``: the run's ``train/loss`` points as (step, value), in any order. Booleans were
     logged as ``"true"``/``"false"``; precision and recipe fall back to their tags
@@ -163,8 +167,8 @@ def record_from_tracked(
         # was searched is not logged, so differing batch sizes of tracked runs are refused
         "settings": settings_of(params),
         "batch_auto": False,
-        "labels": None,
-        "correct": None,
+        "labels": None if examples is None else examples[0],
+        "correct": None if examples is None else examples[1],
         "loss_curve": [[step, value] for step, value in sorted(loss_history, key=lambda h: h[0])],
         "val_curve": [],
         "target_accuracy": _number(params.get("target_accuracy")),

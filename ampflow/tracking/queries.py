@@ -80,9 +80,27 @@ def records_from_sweep(sweep_run_id: str | None, *, uri: str | None = None) -> l
                 sweep_run_id=sweep_run_id,
                 tracking_uri=uri,
                 start_time=child.info.start_time,
+                examples=_logged_predictions(client, child.info.run_id),
             )
         )
     return records
+
+
+def _logged_predictions(client: Any, run_id: str) -> tuple[list[int], list[bool]] | None:
+    """``(labels, correct)`` from the run's ``eval/predictions.jsonl`` artifact (logged by ``ampflow
+    evaluate``), or None when the run has none (never evaluated, or evaluated before ampflow logged
+    them): compare then says it has no paired test. Server errors propagate: a failing server must not
+    turn into a verdict without the paired test."""
+    import tempfile
+
+    from ampflow.compare.records import PREDICTIONS_FILE, load_predictions
+
+    logged = {a.path for a in client.list_artifacts(run_id, "eval")}
+    if f"eval/{PREDICTIONS_FILE}" not in logged:
+        return None
+    with tempfile.TemporaryDirectory(prefix="ampflow-predictions-") as tmp:
+        local = client.download_artifacts(run_id, f"eval/{PREDICTIONS_FILE}", tmp)
+        return load_predictions(local)
 
 
 def latest_sweep(experiment: str, recipe: str | None, *, uri: str | None = None) -> str:

@@ -324,11 +324,12 @@ class MlflowTracker:
             self.log_artifact(result_file)
 
     def log_eval_result(self, result: dict[str, Any], out_dir: str | Path) -> None:
-        """eval.json's figures as summary metrics, and the file under the ``eval`` artifact folder."""
+        """eval.json's figures as summary metrics, and the file under the ``eval`` artifact folder with
+        evaluate's per-example predictions.jsonl beside it (``compare --sweep`` pairs runs by them)."""
         self.log_summary(schema.eval_metrics(result))
-        eval_file = Path(out_dir) / "eval.json"
-        if eval_file.is_file():
-            self.log_artifact(eval_file, "eval")
+        for name in ("eval.json", "predictions.jsonl"):
+            if (Path(out_dir) / name).is_file():
+                self.log_artifact(Path(out_dir) / name, "eval")
 
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
         """Send a file or a folder; it must still exist when the writer gets to it (else skipped)."""
