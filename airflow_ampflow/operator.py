@@ -5,7 +5,10 @@ Airflow context into its inputs: a try after the first is a ``retry`` (``train``
 checkpoint), ``nodes`` x ``gpus_per_node`` > 1 in kubernetes mode is ``distributed`` (``train``
 becomes ``ampflow launch`` of a TrainJob, or a PyTorchJob with the ``api`` param), and the cluster
 settings and the ``queue``/``priority_class``/``api``/``queue_timeout``/``run_deadline`` params are
-``launch``'s options.
+``launch``'s options. A ``train`` task may carry its own topology instead of the params' (the step
+option :data:`TOPOLOGY_OPTION`, ``[nodes, processes per node]``: the benchmark DAG's configurations
+differ there): with more than one process it is launched as a job in kubernetes mode, and runs under
+torchrun (:func:`airflow_ampflow.process.torchrun_program`) in local mode.
 
 Where it runs (:func:`~airflow_ampflow.runtime.resolve_mode`):
 
@@ -76,6 +79,8 @@ _SERIES = ("loss_curve", "lr_schedule")
 _KILL_ACTIONS = {"kill": "delete_pod", "keep": "keep_pod", "delete_pod": "delete_pod", "keep_pod": "keep_pod"}
 # how long past a try's deadline Airflow's own trigger timeout waits for the trigger's timeout event
 _DEFER_GRACE_S = 60
+# a step option (bookkeeping, never in the argv): a train task's own [nodes, processes per node]
+TOPOLOGY_OPTION = "_topology"
 
 
 class AmpflowStepOperator(ResumableJobMixin, KubernetesPodOperator):
@@ -141,9 +146,28 @@ class AmpflowStepOperator(ResumableJobMixin, KubernetesPodOperator):
 
     # -- what the task runs -----------------------------------------------------------------------
 
+    def topology(self) -> tuple[int, int] | None:
+        """This task's own ``(nodes, processes per node)`` (:data:`TOPOLOGY_OPTION`), else None: the
+        DAG's ``nodes`` x ``gpus_per_node`` params decide."""
+        own = self._option(TOPOLOGY_OPTION)
+        if not own:
+            return None
+        nodes, per_node = (int(n) for n in own)
+        return nodes, per_node
+
     def plan(self, context: Any, mode: str, tracking_uri: str | None = None) -> StepPlan:
         """This try's step, options and overrides, from :func:`plan_step`."""
-        distributed = self.step == "train" and mode == "kubernetes" and pods.is_distributed(context["params"])
+        own = self.topology() if self.step == "train" else None
+        if own is not None:
+            several = own[0] * own[1] > 1
+        else:
+            several = self.step == "train" and pods.is_distributed(context["params"])
+        distributed = mode == "kubernetes" and several
+        launch = None
+        if distributed:
+            launch = pods.launch_options(context, kube_settings(context), tracking_uri)
+            if own is not None:
+                launch.update(nodes=own[0], gpus_per_node=own[1], name=pods.job_name(context, own[0]))
         try:
             return plan_step(
                 self.step,
@@ -151,12 +175,24 @@ class AmpflowStepOperator(ResumableJobMixin, KubernetesPodOperator):
                 overrides=dict(self.overrides or {}),
                 distributed=distributed,
                 retry=context["ti"].try_number > 1,
-                launch=pods.launch_options(context, kube_settings(context), tracking_uri)
-                if distributed
-                else None,
+                launch=launch,
             )
         except ValueError as exc:  # an unknown option or --set key: bad input, a retry decides the same
             raise AirflowFailException(f"{self.step}: {exc}") from None
+
+    def local_program(self) -> tuple[str, ...]:
+        """What runs ``ampflow`` in local mode: the training venv's ``ampflow``, or, for a train task
+        whose own topology has several processes, torchrun of that venv (one node)."""
+        ampflow = resolve_ampflow_bin()
+        own = self.topology() if self.step == "train" else None
+        if own is None or own[0] * own[1] <= 1:
+            return (ampflow,)
+        if own[0] != 1:
+            raise AirflowFailException(f"train: {own[0]} nodes cannot run in local mode; use kubernetes")
+        try:
+            return process.torchrun_program(ampflow, own[1])
+        except FileNotFoundError as exc:
+            raise AirflowFailException(f"train: {exc}") from None
 
     def argv(self, context: Any, program: tuple[str, ...], mode: str) -> list[str]:
         """The command line this try runs in ``mode``, starting with ``program``."""
@@ -246,7 +282,7 @@ class AmpflowStepOperator(ResumableJobMixin, KubernetesPodOperator):
     # -- ResumableJobMixin: the local "external system" is a step process -----------------------
 
     def submit_job(self, context: Any) -> dict[str, Any]:
-        argv = self.argv(context, (resolve_ampflow_bin(),), "local")
+        argv = self.argv(context, self.local_program(), "local")
         ti = context["ti"]
         name = ti.task_id + (f".{ti.map_index}" if ti.map_index >= 0 else "") + f".try{ti.try_number}"
         out = self._option("out")

@@ -8,6 +8,7 @@ Variable (``AIRFLOW_VAR_<NAME>``).
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from datetime import timedelta
 from typing import Any
 
@@ -89,27 +90,15 @@ def cluster_params() -> dict[str, Param]:
     ``--run-deadline``) through :func:`ampflow.commands.plan_step`; ``queue`` and ``priority_class``
     also reach the task pods."""
     return {
-        "queue": Param(
-            None,
-            type=["null", "string"],
-            maxLength=63,
-            pattern=_K8S_NAME,
-            description="kubernetes: Kueue LocalQueue (label kueue.x-k8s.io/queue-name) of the job and pods",
+        "queue": _k8s_name_param(
+            "kubernetes: Kueue LocalQueue (label kueue.x-k8s.io/queue-name) of the job and pods"
         ),
-        "priority_class": Param(
-            None,
-            type=["null", "string"],
-            maxLength=63,
-            pattern=_K8S_NAME,
-            description="kubernetes: the pods' priorityClassName (a distributed TrainJob takes it from "
-            "its runtime: use api pytorchjob)",
+        "priority_class": _k8s_name_param(
+            "kubernetes: the pods' priorityClassName (a distributed TrainJob takes it from its runtime: "
+            "use api pytorchjob)"
         ),
-        "workload_priority": Param(
-            None,
-            type=["null", "string"],
-            maxLength=63,
-            pattern=_K8S_NAME,
-            description="kubernetes, distributed: Kueue WorkloadPriorityClass (label kueue.x-k8s.io/priority-class)",
+        "workload_priority": _k8s_name_param(
+            "kubernetes, distributed: Kueue WorkloadPriorityClass (label kueue.x-k8s.io/priority-class)"
         ),
         "api": Param(
             "trainjob",
@@ -118,19 +107,35 @@ def cluster_params() -> dict[str, Param]:
             description="kubernetes, nodes x gpus_per_node > 1: Kubeflow Trainer v2 TrainJob, or the "
             "legacy Training Operator's PyTorchJob",
         ),
-        "queue_timeout": Param(
-            None,
-            type=["null", "number"],
-            exclusiveMinimum=0,
-            description="kubernetes, distributed: seconds the job may wait to be admitted and scheduled",
+        "queue_timeout": _seconds_param(
+            "kubernetes, distributed: seconds the job may wait to be admitted and scheduled"
         ),
-        "run_deadline": Param(
-            None,
-            type=["null", "number"],
-            exclusiveMinimum=0,
-            description="kubernetes, distributed: seconds the job may run once it started",
-        ),
+        "run_deadline": _seconds_param("kubernetes, distributed: seconds the job may run once it started"),
     }
+
+
+def _k8s_name_param(description: str) -> Param:
+    """An optional Kubernetes object name (a Kueue queue, a priority class): a DNS-1123 subdomain that
+    also fits a label value."""
+    return Param(None, type=["null", "string"], maxLength=63, pattern=_K8S_NAME, description=description)
+
+
+def _seconds_param(description: str) -> Param:
+    """An optional positive number of seconds (a deadline)."""
+    return Param(None, type=["null", "number"], exclusiveMinimum=0, description=description)
+
+
+def choices_param(default: list[str], choices: Iterable[str], description: str) -> Param:
+    """A non-empty list of distinct words, each one of ``choices``: a sweep dimension (precisions,
+    compile modes, strategies) as the trigger form validates it."""
+    return Param(
+        list(default),
+        type="array",
+        minItems=1,
+        uniqueItems=True,
+        items={"type": "string", "enum": list(choices)},
+        description=description,
+    )
 
 
 def precision_param(default: str = BASELINE_PRECISION, **kw: Any) -> Param:

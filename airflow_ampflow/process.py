@@ -12,6 +12,9 @@ Two halves, standard library only:
 - the task's side: :func:`start` returns the step's identity (pid, start time, files), which the
   operator keeps in Airflow's task state store; :func:`state`, :func:`stop` and :class:`LogFollower`
   work from that identity alone, so a retry in another worker can follow the same process.
+
+A distributed step runs the same way with :func:`torchrun_program` in front of its argv: the keeper
+starts torchrun, which starts the ranks, and a SIGTERM reaches them through torchrun.
 """
 
 from __future__ import annotations
@@ -50,6 +53,37 @@ def alive(ident: dict[str, Any]) -> bool:
     except OSError:
         return False
     return fields[0] != "Z"
+
+
+def training_python(ampflow_bin: str) -> str:
+    """The interpreter of the training venv ``ampflow_bin`` belongs to: the one its ``#!`` line names,
+    else the ``python`` beside it. Raises FileNotFoundError when there is neither."""
+    try:
+        with open(ampflow_bin, "rb") as fh:
+            first = fh.readline(1024)
+    except OSError:
+        first = b""
+    if first.startswith(b"#!"):
+        words = first[2:].decode(errors="replace").split()
+        if words and os.path.basename(words[0]).startswith("python") and os.access(words[0], os.X_OK):
+            return words[0]
+    beside = Path(ampflow_bin).with_name("python")
+    if os.access(beside, os.X_OK):
+        return str(beside)
+    raise FileNotFoundError(
+        f"no Python interpreter for torchrun beside {ampflow_bin} (its #! line names none): point "
+        "ampflow_bin at the training venv's ampflow"
+    )
+
+
+def torchrun_program(ampflow_bin: str, nproc_per_node: int) -> tuple[str, ...]:
+    """What runs ``ampflow`` under torchrun with ``nproc_per_node`` processes on this machine, in the
+    training venv of ``ampflow_bin`` (not the worker's interpreter, which has no torch), on a port free
+    now: :func:`ampflow.commands.torchrun_program`, as ``ampflow bench`` runs its distributed
+    configurations. Raises FileNotFoundError when that venv has no interpreter to name."""
+    from ampflow.commands import torchrun_program as program
+
+    return program(nproc_per_node, python=training_python(ampflow_bin))
 
 
 def start(argv: list[str], folder: Path, env: dict[str, str]) -> dict[str, Any]:

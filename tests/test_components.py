@@ -338,7 +338,7 @@ def test_train_distributed_parity(monkeypatch, tmp_path):
         "name": ("name", "job-a"), "api": ("api", "trainjob"), "namespace": ("namespace", "ml"),
         "dry_run": ("dry_run", True), "cache_pvc": ("volume", ["shared-cache:/mnt/cache"]),
         "mlflow_secret": ("mlflow_secret", "mlflow-creds"), "node_selector": ("node_selector", ["pool=a100"]),
-        "tolerations": (None, None), "settings": (None, None),
+        "tolerations": (None, None), "settings": (None, None), "name_suffix": (None, None),  # name wins
         "queue": ("queue", "team-a"), "workload_priority": ("workload_priority", "high"),
         # "" and 0 mean "not set": the launcher's defaults apply
         "priority_class": ("priority_class", None), "queue_timeout": ("queue_timeout", 3600.0),
@@ -379,6 +379,13 @@ def test_train_distributed_dry_run_renders_a_valid_manifest(tmp_path, capsys):
     pod = pod["template"]["spec"]["template"]["spec"]
     mounts = {m["mountPath"] for c in pod["containers"] for m in c.get("volumeMounts", [])}
     assert "/mnt/ampflow-cache" in mounts
+    # a benchmark's configurations each get their own job (and staging folder) in one pipeline run
+    job = train_distributed.python_func(
+        recipe="tweets-bow", data=data, model=model, image="img:1", cache_pvc="c", cache_dir="/mnt/c",
+        gpus_per_node=2, strategy="fsdp", name_suffix="bf16-mixed-fsdp", dry_run=True, pipeline_run_id="8f2a",
+    )  # fmt: skip
+    assert job == "ampflow-tweets-bow-8f2a-bf16-mixed-fsdp"
+    assert model.metadata["config_id"] == "bf16-mixed-fsdp" and model.metadata["world_size"] == 2
 
 
 # -- sweep plan ----------------------------------------------------------------------------------
@@ -391,11 +398,54 @@ def test_sweep_plan_matches_bench_order_and_ids():
         precisions=["32-true", "bf16-mixed"], compile_modes=["off", "on"], repeats=2
     )
     expected = SweepSpec.from_words("32-true,bf16-mixed", "off,on", repeats=2).entries()
-    assert plan == [e.to_dict() for e in expected]
+    # every item names its strategy: the pipeline's condition reads it
+    assert plan == [{**e.to_dict(), "strategy": "single"} for e in expected]
     assert [p["id"] for p in plan[:4]] == ["32-true", "32-true-compiled", "bf16-mixed", "bf16-mixed-compiled"]
     assert plan[4]["id"] == "32-true-r1"
     plan = sweep_plan.python_func(precisions=["bf16-mixed"], compile_modes=["on"], baseline="bf16-mixed")
-    assert plan == [{"id": "bf16-mixed-compiled", "precision": "bf16-mixed", "compile": True, "repeat": 0}]
+    assert plan == [
+        {
+            "id": "bf16-mixed-compiled",
+            "precision": "bf16-mixed",
+            "compile": True,
+            "repeat": 0,
+            "strategy": "single",
+        }
+    ]
+
+
+def test_sweep_plan_sweeps_strategies_as_bench_does_and_refuses_what_cannot_run():
+    """Strategies innermost with bench's ids; the process count is checked by bench's own rules
+    (check_nproc, mesh.resolve over several nodes) before any pod starts; the kfp.local build refuses
+    every distributed strategy."""
+    from ampflow.config import ConfigError, SweepSpec
+
+    plan = sweep_plan.python_func(precisions=["32-true", "bf16-mixed"], strategies=["single", "fsdp"])
+    expected = SweepSpec.from_words("32-true,bf16-mixed", strategies="single,fsdp").entries()
+    assert [p["id"] for p in plan] == [e.id for e in expected]
+    assert [p["strategy"] for p in plan] == ["single", "fsdp", "single", "fsdp"]
+    # two nodes of one GPU hold ddp; a 2x2 mesh needs 4 ranks
+    sweep_plan.python_func(precisions=["32-true"], strategies=["ddp"], nproc_per_node=1, num_nodes=2)
+    sweep_plan.python_func(
+        precisions=["32-true"],
+        strategies=["fsdp+tp"],
+        nproc_per_node=2,
+        num_nodes=2,
+        settings=["mesh=dp:2,tp:2"],
+    )
+    refused = {
+        "at least 2": dict(strategies=["single", "ddp"], nproc_per_node=1),
+        "covers 4 ranks": dict(strategies=["tp"], nproc_per_node=2, settings=["mesh=tp:4"]),
+        "strategy": dict(strategies=["zero3"]),
+        "kfp.local": dict(strategies=["single", "ddp"], single_process_only=True),
+    }
+    for message, bad in refused.items():
+        with pytest.raises(ConfigError, match=message):
+            sweep_plan.python_func(precisions=["32-true"], **bad)
+    # single only: the process count does not matter, and kfp.local runs it
+    assert (
+        len(sweep_plan.python_func(precisions=["32-true"], nproc_per_node=1, single_process_only=True)) == 1
+    )
 
 
 @pytest.mark.parametrize(

@@ -138,6 +138,83 @@ def test_benchmark_yaml_carries_cluster_settings():
     assert outputs["report_md"]["artifactType"]["schemaTitle"] == "system.Markdown"
 
 
+def test_benchmark_sweeps_strategies_single_in_a_pod_the_others_as_a_kubeflow_job():
+    """`strategies` is a sweep dimension: sweep_plan checks it with the process count; in the loop a
+    `single` configuration trains in one GPU pod, every other one is launched as a job of num_nodes x
+    nproc_per_node GPUs (its own name per configuration), and one evaluate takes whichever Model the
+    branch made (dsl.OneOf) before compare collects them."""
+    spec, platform = _load(COMPILED / "benchmark.yaml")
+    params = spec["root"]["inputDefinitions"]["parameters"]
+    assert params["strategies"]["defaultValue"] == ["single"]  # kfp-local and old runs: one process
+    assert params["nproc_per_node"]["defaultValue"] == 2 and params["num_nodes"]["defaultValue"] == 1
+    assert params["job_api"]["defaultValue"] == "trainjob"
+    plan = spec["root"]["dag"]["tasks"]["sweep-plan"]["inputs"]["parameters"]
+    for name in ("strategies", "nproc_per_node", "num_nodes", "settings"):
+        assert plan[name] == {"componentInputParameter": name}, name
+    assert plan["single_process_only"] == {"runtimeValue": {"constant": False}}
+
+    tasks = {(comp, name): task for comp, name, task in _all_tasks(spec)}
+    (branches,) = [c for c in spec["components"] if c.startswith("comp-condition-branches")]
+    single, job = sorted(name for comp, name in tasks if comp == branches)  # If, then Else
+    strategy_is_single = "loop-item-subvar-strategy'] == 'single'"
+    assert tasks[(branches, single)]["triggerPolicy"]["condition"].endswith(strategy_is_single)
+    assert tasks[(branches, job)]["triggerPolicy"]["condition"] == (
+        f"!({tasks[(branches, single)]['triggerPolicy']['condition']})"
+    )
+    in_single = spec["components"][tasks[(branches, single)]["componentRef"]["name"]]["dag"]["tasks"]
+    in_job = spec["components"][tasks[(branches, job)]["componentRef"]["name"]]["dag"]["tasks"]
+    assert [t["componentRef"]["name"] for t in in_single.values()] == ["comp-train"]
+    assert [t["componentRef"]["name"] for t in in_job.values()] == ["comp-train-distributed"]
+
+    launch = next(iter(in_job.values()))["inputs"]["parameters"]
+    item = "pipelinechannel--sweep-plan-Output-loop-item"
+    for name, key in (("strategy", "strategy"), ("precision", "precision"), ("name_suffix", "id")):
+        assert launch[name] == {
+            "componentInputParameter": item,
+            "parameterExpressionSelector": f'parseJson(string_value)["{key}"]',
+        }, name
+    assert launch["gpus_per_node"] == {"componentInputParameter": "pipelinechannel--nproc_per_node"}
+    assert launch["nodes"] == {"componentInputParameter": "pipelinechannel--num_nodes"}
+    assert launch["api"] == {"componentInputParameter": "pipelinechannel--job_api"}
+    for name in (
+        "queue",
+        "priority_class",
+        "workload_priority",
+        "queue_timeout",
+        "run_deadline",
+        "namespace",
+    ):
+        assert launch[name] == {"componentInputParameter": f"pipelinechannel--{name}"}, name
+    # the launcher: a small pod on the cache PVC, retried (it reattaches to its job), no MLflow Secret
+    (policy,) = _retry(spec, "exec-train-distributed")
+    assert policy["maxRetryCount"] == 2
+    _check_pvc(platform["exec-train-distributed"])
+    assert "secretAsEnv" not in platform["exec-train-distributed"]
+    assert "accelerator" not in _executors(spec)["exec-train-distributed"]["container"]["resources"]
+
+    # one evaluate per configuration, fed by whichever branch ran; compare collects the loop
+    loop = spec["components"]["comp-for-loop-1"]["dag"]["tasks"]
+    model = loop["evaluate"]["inputs"]["artifacts"]["model"]["taskOutputArtifact"]
+    assert model["producerTask"] == branches.removeprefix("comp-")
+    selectors = spec["components"][branches]["dag"]["outputs"]["artifacts"][model["outputArtifactKey"]]
+    assert len(selectors["artifactSelectors"]) == 2
+
+
+def test_benchmark_built_for_kfp_local_trains_single_process_only(tmp_path):
+    """kfp.local cannot launch a job nor pick an artifact out of branches: built there, the pipeline
+    has the single-process path only, and its plan refuses any other strategy."""
+    from kfp import compiler
+
+    from pipelines.benchmark import build_benchmark
+
+    compiler.Compiler().compile(build_benchmark(train_retries=0, distributed=False), str(tmp_path / "b.yaml"))
+    spec, _ = _load(tmp_path / "b.yaml")
+    assert "exec-train-distributed" not in _executors(spec)
+    assert not [c for c in spec["components"] if c.startswith("comp-condition")]
+    plan = spec["root"]["dag"]["tasks"]["sweep-plan"]["inputs"]["parameters"]
+    assert plan["single_process_only"] == {"runtimeValue": {"constant": True}}
+
+
 def test_retrain_yaml_carries_cluster_settings_branches_and_exit_handler():
     spec, platform = _load(COMPILED / "retrain.yaml")
     # the training sub-pipeline runs after either prep (imported data, recipe data): every task twice

@@ -36,6 +36,7 @@ def train_distributed(
     strategy: str = "ddp",
     settings: Optional[List[str]] = None,  # noqa: UP006, UP045
     name: str = "",
+    name_suffix: str = "",
     api: str = "trainjob",
     namespace: str = "",
     queue: str = "",
@@ -52,7 +53,8 @@ def train_distributed(
     """Launch `ampflow train --strategy ddp|fsdp` as a TrainJob (or a PyTorchJob, `api="pytorchjob"`).
 
     name: the job name ("" = derived from the pipeline run, so that a retried task reattaches to its
-    job instead of submitting another). node_selector ({label: value}) and tolerations (Kubernetes
+    job instead of submitting another); name_suffix: appended to the derived name, so that the jobs of
+    one run differ (the benchmark's configuration id). node_selector ({label: value}) and tolerations (Kubernetes
     toleration objects) apply to the job's pods. queue: Kueue LocalQueue; priority_class: the pods'
     PriorityClass (PyTorchJob); workload_priority: Kueue WorkloadPriorityClass ("" = none of them).
     queue_timeout / run_deadline: seconds the job may wait to start / run once started (0 = no limit /
@@ -63,9 +65,10 @@ def train_distributed(
     import os
     import shutil
 
+    from ampflow.config import config_id
     from ampflow.integrations.kfp import run_step
 
-    job_name = name or f"ampflow-{recipe}-{pipeline_run_id or 'run'}"
+    job_name = name or "-".join(filter(None, ("ampflow", recipe, pipeline_run_id or "run", name_suffix)))
     staging = os.path.join(cache_dir, "pipelines", pipeline_run_id or "run", job_name)
     pod_data, pod_out = os.path.join(staging, "data"), os.path.join(staging, "run")
     if not dry_run:
@@ -98,6 +101,10 @@ def train_distributed(
     if not dry_run:
         shutil.copytree(pod_out, model.path, dirs_exist_ok=True)
     model.metadata.update(
-        precision=precision, compile=compile, strategy=strategy, world_size=nodes * gpus_per_node
+        precision=precision,
+        compile=compile,
+        strategy=strategy,
+        config_id=config_id(precision, compile, strategy),
+        world_size=nodes * gpus_per_node,
     )
     return job_name

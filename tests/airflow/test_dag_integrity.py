@@ -268,3 +268,96 @@ def test_benchmark_plan_parses_the_sweep_once_and_refuses_a_baseline_outside_the
     assert [p.rsplit("/", 1)[1] for p in layout["compare"]["runs"]] == ids
     with pytest.raises(AirflowFailException, match="baseline"):
         plan(precisions=["bf16-mixed"], baseline="32-true")
+
+
+def test_benchmark_sweeps_strategies_and_refuses_a_layout_the_processes_cannot_hold(monkeypatch):
+    """`strategies` is a sweep dimension checked at trigger time (names) and by plan (process count,
+    a mesh override, nodes in local mode: bench's own rules) with one line and no retries; each
+    configuration's train options carry its topology, one process for `single`."""
+    import ampflow_benchmark
+    from airflow.sdk.exceptions import AirflowFailException, ParamValidationError
+
+    from ampflow.config import STRATEGIES
+
+    dag = ampflow_benchmark.dag
+    assert dag.params.get_param("strategies").schema["items"]["enum"] == list(STRATEGIES)
+
+    def plan(**conf):
+        params = copy.deepcopy(dag.params)
+        for key, value in {"execution_mode": "local", **conf}.items():
+            params[key] = value
+        ctx = {"params": params.validate(), "dag": dag, "run_id": "manual__2026-11-23T10:00:00+00:00"}
+        monkeypatch.setattr(ampflow_benchmark, "get_current_context", lambda: ctx)
+        return dag.task_dict["plan"].python_callable()
+
+    for bad in (
+        {"strategies": ["zero3"]},
+        {"strategies": []},
+        {"strategies": ["ddp", "ddp"]},
+        {"nproc_per_node": 0},
+    ):
+        with pytest.raises(ParamValidationError):
+            plan(**bad)
+    layout = plan(precisions=["bf16-mixed"], baseline="bf16-mixed", strategies=["single", "ddp", "fsdp"])
+    sweep = layout["sweep"]
+    assert [e["id"] for e in sweep["entries"]] == ["bf16-mixed", "bf16-mixed-ddp", "bf16-mixed-fsdp"]
+    assert [p.rsplit("/", 1)[1] for p in layout["compare"]["runs"]] == [e["id"] for e in sweep["entries"]]
+    options = [ampflow_benchmark.train_options(sweep, e) for e in sweep["entries"]]
+    assert [(o["strategy"], o["_topology"]) for o in options] == [
+        (None, [1, 1]),
+        ("ddp", [1, 2]),
+        ("fsdp", [1, 2]),
+    ]
+    assert plan(strategies=["single"], nproc_per_node=1)["sweep"]["topology"] == [
+        1,
+        1,
+    ]  # no process count needed
+    refused = {
+        "at least 2": {"strategies": ["single", "ddp"], "nproc_per_node": 1},
+        "covers 4 ranks": {"strategies": ["tp"], "overrides": {"mesh": "tp:4"}},
+        "local mode": {"strategies": ["ddp"], "nodes": 2},
+    }
+    for message, conf in refused.items():
+        with pytest.raises(AirflowFailException, match=message) as exc:
+            plan(**conf)
+        assert "\n" not in str(exc.value)
+    # over two nodes (kubernetes), ddp holds on two single-GPU nodes
+    assert plan(strategies=["ddp"], nodes=2, nproc_per_node=1, execution_mode="kubernetes")["sweep"][
+        "topology"
+    ] == [2, 1]
+
+
+def test_a_distributed_benchmark_configuration_runs_under_the_training_venvs_torchrun_locally(tmp_path):
+    """Local mode: a train task whose own topology has 2 processes runs `python -m torch.distributed.run
+    --nproc_per_node=2 ... -m ampflow train --strategy ddp` with the interpreter of AMPFLOW_BIN's venv
+    (the worker's has no torch); a single configuration and every other step run `ampflow` itself."""
+    from airflow_ampflow import process
+    from airflow_ampflow.operator import AmpflowStepOperator
+
+    venv = tmp_path / "venv" / "bin"
+    venv.mkdir(parents=True)
+    (venv / "python").write_text("")
+    (venv / "python").chmod(0o755)
+    ampflow = venv / "ampflow"
+    ampflow.write_text(f"#!{venv / 'python'}\nimport sys\n")
+    ampflow.chmod(0o755)
+    assert process.training_python(str(ampflow)) == str(venv / "python")
+    ampflow.write_text("#!/usr/bin/env python3\n")  # no interpreter named: the python beside it
+    assert process.training_python(str(ampflow)) == str(venv / "python")
+
+    ctx = {"params": {}, "ti": type("TI", (), {"try_number": 1})()}
+    options = {"recipe": "tweets-bow", "data": "/d", "out": "/r", "precision": "32-true", "compile": False}
+    ddp = AmpflowStepOperator(
+        task_id="train", step="train", step_options={**options, "strategy": "ddp", "_topology": [1, 2]}
+    )
+    single = AmpflowStepOperator(task_id="train", step="train", step_options={**options, "_topology": [1, 1]})
+    evaluate = AmpflowStepOperator(task_id="evaluate", step="evaluate", step_options={"_topology": [1, 2]})
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("AMPFLOW_BIN", str(ampflow))
+        argv = ddp.argv(ctx, ddp.local_program(), "local")
+        assert single.local_program() == evaluate.local_program() == (str(ampflow),)
+    assert argv[:4] == [str(venv / "python"), "-m", "torch.distributed.run", "--nproc_per_node=2"]
+    assert argv[4].startswith("--master_port=") and int(argv[4].split("=")[1]) > 0
+    assert argv[5:] == ["-m", "ampflow", "train", "--recipe", "tweets-bow", "--data", "/d", "--out", "/r"] + [
+        "--precision", "32-true", "--strategy", "ddp"
+    ]  # fmt: skip

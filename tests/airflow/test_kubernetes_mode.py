@@ -389,3 +389,47 @@ def test_kubernetes_mode_defers_to_the_providers_pod_trigger(dags, monkeypatch):
     value = fresh.trigger_reentry(ctx, {"status": "success", "name": "p", "namespace": "ml-train"})
     assert seen == {"namespace": "ml-train", "xcom": True, "conn": "kubernetes_default"}
     assert value == {"verdict": "ok"}
+
+
+def test_a_distributed_benchmark_configuration_is_launched_as_its_own_job(dags):
+    """Kubernetes mode: the benchmark's ddp configuration launches a job of nodes x nproc_per_node GPUs
+    named after its map index; its single configuration stays one GPU pod whatever `nodes` says."""
+    import ampflow_benchmark
+
+    dag = dags["benchmark"]
+    sweep = {
+        "recipe": "tweets-minilm",
+        "data": "/mnt/ampflow/r/data",
+        "root": "/mnt/ampflow/r",
+        "topology": [2, 4],
+    }
+    single, ddp = (
+        ampflow_benchmark.train_options(
+            sweep, {"id": i, "precision": "bf16-mixed", "compile": False, **extra}
+        )
+        for i, extra in (("bf16-mixed", {}), ("bf16-mixed-ddp", {"strategy": "ddp"}))
+    )
+    conf = {"strategies": ["single", "ddp"], "nodes": 2, "nproc_per_node": 4, "api": "pytorchjob"}
+
+    def train(options):  # the mapped task's operator, one configuration's options
+        from airflow_ampflow.operator import AmpflowStepOperator
+
+        return AmpflowStepOperator(task_id="train", step="train", step_options=options, gpu=True)
+
+    ctx = context(dag, "train", conf=conf, map_index=1)
+    launcher = train(ddp).configure_pod(ctx)
+    argv = launcher.cmds + launcher.arguments
+    assert argv[:2] == ["ampflow", "launch"]
+    flags = dict(zip(argv[2::2], argv[3::2], strict=False))
+    assert flags["--strategy"] == "ddp" and flags["--nodes"] == "2" and flags["--gpus-per-node"] == "4"
+    assert flags["--api"] == "pytorchjob" and flags["--out"] == "/mnt/ampflow/r/runs/bf16-mixed-ddp"
+    from airflow_ampflow.pods import job_name
+
+    assert flags["--name"] == job_name(ctx, 2) != job_name(context(dag, "train", conf=conf, map_index=0), 2)
+    assert "_topology" not in " ".join(argv)
+
+    ctx = context(dag, "train", conf=conf, map_index=0)
+    pod = train(single).configure_pod(ctx).build_pod_request_obj(ctx)
+    c = pod.spec.containers[0]
+    assert (c.command + c.args)[:2] == ["ampflow", "train"] and "--strategy" not in c.args
+    assert c.resources.limits["nvidia.com/gpu"] == "1"

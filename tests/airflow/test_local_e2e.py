@@ -43,7 +43,14 @@ def tracking(mlflow_server):
 
 @pytest.fixture(scope="module")
 def benchmark_run(airflow_db, tracking):
-    conf = {**TINY, "precisions": ["32-true", "bf16-mixed"], "compile_modes": ["off"]}
+    """One precision under two strategies: the ddp configuration trains under torchrun (2 processes)."""
+    conf = {
+        **TINY,
+        "precisions": ["32-true"],
+        "compile_modes": ["off"],
+        "strategies": ["single", "ddp"],
+        "nproc_per_node": 2,
+    }
     return fresh_dag("ampflow_benchmark").test(run_conf=conf)
 
 
@@ -186,6 +193,11 @@ def test_step_runs_carry_the_airflow_run_id(benchmark_run, tracking):
 
 
 def test_benchmark_maps_over_configurations_and_compares(benchmark_run, tracking):
+    """strategies [single, ddp]: the ddp configuration's train task runs `ampflow train --strategy ddp`
+    under torchrun (nproc_per_node=2, the training venv's interpreter), evaluate stays one process, and
+    compare lines the two layouts up by strategy against the single-process baseline."""
+    from airflow_ampflow.process import training_python
+
     dr = benchmark_run
     assert dr.state == "success", states(dr)
     st = states(dr)
@@ -196,18 +208,36 @@ def test_benchmark_maps_over_configurations_and_compares(benchmark_run, tracking
         ("train", 1),
     ]
     assert all(s == "success" for s in st.values()), st
+    steps = run_root(dr) / ".steps"
+    single, ddp = (
+        (steps / f"train.{i}.try1" / "step.log").read_text().splitlines()[0].removeprefix("$ ")
+        for i in (0, 1)
+    )
+    python = training_python(os.environ["AMPFLOW_BIN"])  # the training venv's, not this one's
+    same_venv = (os.path.realpath(os.path.dirname(f)) for f in (python, os.environ["AMPFLOW_BIN"]))
+    assert len(set(same_venv)) == 1
+    assert ddp.startswith(f"{python} -m torch.distributed.run --nproc_per_node=2 --master_port=")
+    assert " -m ampflow train " in ddp and ddp.endswith(
+        "--strategy ddp --set max_steps=8 --set warmup_steps=2"
+    )
+    assert single.startswith(os.environ["AMPFLOW_BIN"] + " train ") and "--strategy" not in single
+    assert xcoms(dr, "train")[1]["world_size"] == 2
 
     summary = xcoms(dr, "compare")[-1]
     assert summary["baseline"] == "32-true"
-    assert sorted(c["config_id"] for c in summary["configs"]) == ["32-true", "bf16-mixed"]
-    assert summary["recommended"] in ("32-true", "bf16-mixed") and "| " in summary["markdown"]
+    configs = {c["config_id"]: c for c in summary["configs"]}
+    assert list(configs) == ["32-true", "32-true-ddp"]
+    assert configs["32-true"]["is_baseline"] and configs["32-true-ddp"]["strategy"] == "ddp"
+    assert summary["recommended"] in configs and "| " in summary["markdown"]
     trained = {
-        _params(r)["precision"]: r for r in runs_of(tracking, dr) if _tags(r).get("ampflow.kind") == "train"
+        _params(r).get("strategy", "single"): r
+        for r in runs_of(tracking, dr)
+        if _tags(r).get("ampflow.kind") == "train"
     }
-    assert set(trained) == {"32-true", "bf16-mixed"}
-    for precision, run in trained.items():
+    assert set(trained) == {"single", "ddp"}
+    for run in trained.values():
         assert run["info"]["status"] == "FINISHED"
-        assert _tags(run)["ampflow.precision"] == precision
+        assert _params(run)["precision"] == "32-true" and _tags(run)["ampflow.precision"] == "32-true"
         assert "accuracy" in _metrics(run)
 
 
