@@ -87,6 +87,12 @@ class RunConfig:
     mesh: str | None = None
     # pipeline schedule of strategy pp; its micro-batches are the grad_accum micro-batches
     pp_schedule: Literal["gpipe", "1f1b"] = "gpipe"
+    # tp and fsdp+tp: run the norms and dropout of the recipe's plan on sequence shards (sequence
+    # parallelism); false keeps them replicated (ampflow.engine.tensor_parallel)
+    sequence_parallel: bool = False
+    # distributed strategies: optimizer steps after warm-up profiled for comm_time_share, and left out
+    # of the throughput figures (0: not measured; ampflow.engine.comms)
+    comm_profile_steps: int = 2
     # write a checkpoint every N optimizer steps (0: only at the end)
     checkpoint_every: int = 0
     # abort after this many consecutive non-finite losses (fp16 overflow storms, divergence)
@@ -433,7 +439,14 @@ def _validate(c: RunConfig, only: set[str] | None = None) -> None:
         raise ConfigError(f"lr_reference_batch must be a positive integer or none, got {ref!r}")
     if checks("mesh") and c.mesh is not None:
         parse_mesh(c.mesh)
-    non_negative = ("warmup_steps", "lr_warmup_steps", "seed", "checkpoint_every", "limit_train_samples")
+    non_negative = (
+        "warmup_steps",
+        "lr_warmup_steps",
+        "seed",
+        "checkpoint_every",
+        "limit_train_samples",
+        "comm_profile_steps",
+    )
     for name in filter(checks, non_negative):
         v = getattr(c, name)
         if v is None and name in ("warmup_steps", "lr_warmup_steps"):
@@ -595,7 +608,8 @@ class SweepEntry:
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON-able form a KFP ParallelFor item or an Airflow mapped task carries (``strategy``
-        only when it is not ``single``: the pipelines sweep single-process training only)."""
+        only when it is not ``single``; the sweep_plan component and the benchmark DAG route those to torchrun
+        or a TrainJob/PyTorchJob)."""
         item = {"id": self.id, "precision": self.precision, "compile": self.compile, "repeat": self.repeat}
         if self.distributed:
             item["strategy"] = self.strategy

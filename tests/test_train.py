@@ -91,6 +91,10 @@ METRIC_KEYS = {
     # per-rank step times and the straggler verdict (issue 16; one rank here, so no straggler)
     "per_rank_step_time_p50_s",
     "straggler_rank",
+    # exposed communication (issue 14; null in one process, result.json's comm.reason says why)
+    "comm_time_share",
+    "comm_time_share_max",
+    "comm_collective_share",
 }
 
 

@@ -117,10 +117,11 @@ def check(
     """Every layout rule that can be decided before a process group exists; returns the layout.
 
     Raises ConfigError: the mesh does not fit the world size; a recipe without ``tp_plan`` under tp
-    or fsdp+tp, without ``pipeline_split`` / ``pipeline_layers`` under pp; a layer count that does not
+    or fsdp+tp (or, with ``sequence_parallel``, one whose plan has no sequence-parallel form), without
+    ``pipeline_split`` / ``pipeline_layers`` under pp; a layer count that does not
     split evenly into the stages; 1F1B with fewer micro-batches (``grad_accum``) than stages; a batch
     size the data-parallel degree does not divide; ``compile`` or ``batch_size=auto`` with a mesh
-    strategy; ``16-mixed`` or ``val_every`` with pp.
+    strategy; ``16-mixed`` with pp.
     """
     s = config.strategy
     # what the recipe cannot do comes before the mesh arithmetic: no mesh would make it work
@@ -129,6 +130,14 @@ def check(
             f"strategy {s}: recipe {config.recipe!r} declares no tensor-parallel plan (a tp_plan(model, tp) "
             "method, see ampflow.recipes.base); use ddp or fsdp"
         )
+    if s in ("tp", "fsdp+tp") and config.sequence_parallel:
+        from ampflow.engine.tensor_parallel import takes_sequence_parallel
+
+        if not takes_sequence_parallel(recipe):
+            raise ConfigError(
+                f"sequence_parallel: recipe {config.recipe!r}'s tp_plan(model, tp) has no sequence-parallel "
+                "form (a sequence_parallel keyword, see ampflow.recipes.base); set sequence_parallel=false"
+            )
     layout = resolve(s, config.mesh, world, local_world)
     if s in MESH_STRATEGIES and config.compile:
         raise ConfigError(f"compile is not supported with strategy {s} yet; drop --compile or use ddp/fsdp")
@@ -153,10 +162,6 @@ def check(
             raise ConfigError(
                 f"pp_schedule 1f1b needs at least as many micro-batches (grad_accum={config.grad_accum}) "
                 f"as stages ({stages})"
-            )
-        if config.val_every:
-            raise ConfigError(
-                "val_every under strategy pp: validation through a pipeline is not supported yet; set val_every=0"
             )
         if config.precision == "16-mixed":
             raise ConfigError(

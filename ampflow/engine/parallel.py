@@ -113,12 +113,19 @@ def shutdown(info: DistInfo) -> None:
 
 
 def wrap(
-    model: Any, strategy: str, policy: Any, device: Any, dist: DistInfo | None = None, recipe: Any = None
+    model: Any,
+    strategy: str,
+    policy: Any,
+    device: Any,
+    dist: DistInfo | None = None,
+    recipe: Any = None,
+    sequence_parallel: bool = False,
 ) -> Any:
     """DDP or FSDP2 around ``model`` (already on ``device``); single returns it unchanged.
 
     tp, fsdp+tp and pp need ``dist`` (with its mesh) and the ``recipe`` (its plan or split): tp splits
-    in place, fsdp+tp splits then shards, pp returns this rank's stage module.
+    in place (the plan's sequence-parallel form with ``sequence_parallel``), fsdp+tp splits then
+    shards, pp returns this rank's stage module.
     """
     if strategy == "single":
         return model
@@ -126,7 +133,7 @@ def wrap(
         from ampflow.engine import tensor_parallel
 
         mesh = dist.mesh
-        tensor_parallel.apply_tp(model, recipe, mesh["tp"])
+        tensor_parallel.apply_tp(model, recipe, mesh["tp"], sequence_parallel=sequence_parallel)
         return tensor_parallel.apply_fsdp(model, policy, mesh["dp"]) if strategy == "fsdp+tp" else model
     if strategy == "pp":
         from ampflow.engine import pipeline

@@ -14,6 +14,11 @@ One optimizer step is one ``torch.distributed.pipelining`` schedule step (``Sche
 the summed gradients by the micro-batch count, which is what one process's accumulation does. The
 schedule's idle share, ``(p - 1) / (m + p - 1)``, is reported as ``pp_bubble_fraction``.
 
+Validation (``val_every``) runs the val split forward through the stages with plain point-to-point
+sends (:meth:`PipelineStepper.val_accuracy`): each batch of ``eval_batch_size`` goes stage by stage,
+the last stage counts the correct predictions and the count is summed over ranks, so every stage holds
+the same accuracy and takes the same ``stop_at_target`` decision.
+
     torchrun --nproc_per_node=2 -m ampflow train --strategy pp --set grad_accum=4 --recipe tweets-minilm ...
 """
 
@@ -127,6 +132,53 @@ class PipelineStepper:
             inputs[k] = torch.cat(parts)
         return inputs, torch.cat([f[1] for f in fetched])
 
+    def val_accuracy(
+        self,
+        model: Any,
+        inputs: dict[str, Any],
+        labels: Any,
+        *,
+        policy: Any,
+        batch_size: int,
+        rank: int,
+        world: int,
+        device: Any,
+    ) -> float:
+        """The accuracy of the whole pipeline on a split, the same on every stage (the contract of
+        :func:`ampflow.engine.validation.val_accuracy`; ``model`` is this rank's stage).
+
+        Every stage walks the split in the same batches of ``batch_size``: the first stage runs its
+        part on the inputs and sends the state on, each other stage receives it (shape and dtype first)
+        and runs its part, the last counts hits. Forward only, in eval mode, without gradients; the
+        ``rank``/``world`` of the data-parallel split are 1 under a pipeline (every stage sees it all).
+        """
+        from ampflow.engine import parallel
+
+        n = int(labels.shape[0])
+        prev = torch.distributed.get_global_rank(self.group, self.stage - 1) if self.stage else None
+        last = self.stage == self.stages - 1
+        nxt = None if last else torch.distributed.get_global_rank(self.group, self.stage + 1)
+        was_training = model.training
+        model.eval()
+        correct = 0
+        try:
+            with torch.no_grad():
+                for lo in range(0, n, batch_size):
+                    with policy.autocast():
+                        if prev is None:
+                            out = model(**{k: v[lo : lo + batch_size] for k, v in inputs.items()})
+                        else:
+                            out = model(_recv(prev, self.group, device))
+                    if nxt is not None:
+                        _send(out, nxt, self.group)
+                    else:
+                        correct += int(
+                            (out.float().argmax(dim=1) == labels[lo : lo + batch_size]).sum().item()
+                        )
+        finally:
+            model.train(was_training)
+        return parallel.all_reduce([float(correct)], "sum", device)[0] / n
+
     def figures(self) -> dict[str, Any]:
         """result.json metrics of the pipeline: its stages, micro-batches and bubble fraction."""
         return {
@@ -161,3 +213,28 @@ class PipelineStepper:
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         return StepOutcome(loss_val, stepped, data_s, norm)
+
+
+# the dtypes a stage state may travel in (fp32, or the half type of an autocast region)
+_DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
+_HEAD = 10  # ndim, up to 8 sizes, dtype index
+
+
+def _send(t: Any, dst: int, group: Any) -> None:
+    """Send ``t`` to global rank ``dst``: a header (ndim, shape, dtype) then the data."""
+    head = torch.zeros(_HEAD, dtype=torch.int64)
+    head[0] = t.dim()
+    head[1 : 1 + t.dim()] = torch.tensor(t.shape, dtype=torch.int64)
+    head[_HEAD - 1] = _DTYPES.index(t.dtype)
+    torch.distributed.send(head.to(t.device), dst=dst, group=group)
+    torch.distributed.send(t.contiguous(), dst=dst, group=group)
+
+
+def _recv(src: int, group: Any, device: Any) -> Any:
+    """The tensor :func:`_send` sent from global rank ``src``, on ``device``."""
+    head = torch.empty(_HEAD, dtype=torch.int64, device=device)
+    torch.distributed.recv(head, src=src, group=group)
+    h = [int(x) for x in head.cpu().tolist()]
+    t = torch.empty(h[1 : 1 + h[0]], dtype=_DTYPES[h[_HEAD - 1]], device=device)
+    torch.distributed.recv(t, src=src, group=group)
+    return t

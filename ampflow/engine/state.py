@@ -60,17 +60,19 @@ def wrap_and_restore(
     state: dict[str, Any] | None,
     dist: Any = None,
     recipe: Any = None,
+    sequence_parallel: bool = False,
 ) -> Any:
     """Wrap ``model`` for ``strategy`` and load the checkpoint's weights (``state`` None: none).
 
     The checkpoint holds the whole model under its own parameter names, whatever layout wrote it, so
     it loads under any other (resharding). single, ddp, tp and pp load before wrapping (DDP then
     broadcasts, tensor parallelism splits, a pipeline keeps its stage); FSDP2 loads after sharding, from
-    the full state dict every rank holds. ``dist`` and ``recipe``: see :func:`parallel.wrap`.
+    the full state dict every rank holds. ``dist``, ``recipe`` and ``sequence_parallel``: see
+    :func:`parallel.wrap`.
     """
     if state is not None and strategy not in ("fsdp", "fsdp+tp"):
         model.load_state_dict(state["model"])
-    model = parallel.wrap(model, strategy, policy, device, dist, recipe)
+    model = parallel.wrap(model, strategy, policy, device, dist, recipe, sequence_parallel)
     if state is not None and strategy in ("fsdp", "fsdp+tp"):
         from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
 

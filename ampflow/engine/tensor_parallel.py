@@ -9,6 +9,13 @@ followed by a row split needs one all-reduce per pair (Megatron-LM, Shoeybi et a
 Modules outside the plan stay replicated (plain tensors, identical on every rank of the group, their
 gradients too: the column split's backward all-reduces the input gradient).
 
+Sequence parallelism (``sequence_parallel=true``, Korthikanti et al. 2022): the recipe's plan in its
+sequence-parallel form (``tp_plan(model, tp, sequence_parallel=True)``), whose styles may be any torch
+``ParallelStyle``: norms as ``SequenceParallel`` (replicated weights applied to this rank's slice of
+the sequence; their partial-sum gradients are all-reduced by :func:`grad_norm` before clipping), row
+splits that reduce-scatter over the sequence, ``PrepareModuleInput`` all-gathers where a projection
+needs the whole sequence. :mod:`ampflow.recipes.transformer` has the BERT form.
+
 fsdp+tp shards with FSDP2 ``fully_shard`` over the mesh's ``dp`` dimension after the tensor split over
 ``tp`` (torchtitan's order), so each weight is a 2-D DTensor; under a mixed precision mode FSDP2's
 ``MixedPrecisionPolicy`` computes in the half type and reduces gradients in fp32. Under ``tp`` alone
@@ -26,19 +33,24 @@ from typing import Any
 from ampflow.config import ConfigError
 
 
-def expand_plan(model: Any, plan: dict[str, str]) -> dict[str, str]:
+def expand_plan(model: Any, plan: dict[str, Any]) -> dict[str, Any]:
     """``plan``'s patterns as the module names of ``model`` they match: ``{name: style}``.
 
-    Raises ConfigError for a style other than colwise/rowwise, a pattern that matches no module,
-    or a match that is not a Linear layer.
+    A style is ``"colwise"`` / ``"rowwise"`` (a Linear layer only) or a
+    ``torch.distributed.tensor.parallel.ParallelStyle`` (any module). Raises ConfigError for any other
+    style, a pattern that matches no module, or a colwise/rowwise match that is not a Linear layer.
     """
     import torch
+    from torch.distributed.tensor.parallel import ParallelStyle
 
     modules = dict(model.named_modules())
-    out: dict[str, str] = {}
+    out: dict[str, Any] = {}
     for pattern, style in plan.items():
-        if style not in ("colwise", "rowwise"):
-            raise ConfigError(f"tp plan {pattern!r}: style must be colwise or rowwise, got {style!r}")
+        torch_style = isinstance(style, ParallelStyle)
+        if not torch_style and style not in ("colwise", "rowwise"):
+            raise ConfigError(
+                f"tp plan {pattern!r}: style must be colwise, rowwise or a torch ParallelStyle, got {style!r}"
+            )
         parts = pattern.split(".")
         hits = [
             name
@@ -49,7 +61,7 @@ def expand_plan(model: Any, plan: dict[str, str]) -> dict[str, str]:
         if not hits:
             raise ConfigError(f"tp plan {pattern!r} matches no module of the recipe's model")
         for name in hits:
-            if not isinstance(modules[name], torch.nn.Linear):
+            if not torch_style and not isinstance(modules[name], torch.nn.Linear):
                 raise ConfigError(
                     f"tp plan {pattern!r}: {name} is a {type(modules[name]).__name__}, not a Linear"
                 )
@@ -57,14 +69,34 @@ def expand_plan(model: Any, plan: dict[str, str]) -> dict[str, str]:
     return out
 
 
-def apply_tp(model: Any, recipe: Any, tp_mesh: Any) -> Any:
-    """Split ``model`` in place over the 1-D ``tp_mesh`` by the recipe's plan; returns it."""
+def apply_tp(model: Any, recipe: Any, tp_mesh: Any, sequence_parallel: bool = False) -> Any:
+    """Split ``model`` in place over the 1-D ``tp_mesh`` by the recipe's plan; returns it.
+
+    ``sequence_parallel``: ask the recipe for its plan's sequence-parallel form
+    (``tp_plan(model, tp, sequence_parallel=True)``, see :func:`takes_sequence_parallel`).
+    """
     from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel, parallelize_module
 
-    plan = expand_plan(model, recipe.tp_plan(model, tp_mesh.size()))
+    kw = {"sequence_parallel": True} if sequence_parallel else {}
+    plan = expand_plan(model, recipe.tp_plan(model, tp_mesh.size(), **kw))
     styles = {"colwise": ColwiseParallel, "rowwise": RowwiseParallel}
-    parallelize_module(model, tp_mesh, {name: styles[style]() for name, style in plan.items()})
+    parallelize_module(
+        model,
+        tp_mesh,
+        {name: styles[style]() if isinstance(style, str) else style for name, style in plan.items()},
+    )
     return model
+
+
+def takes_sequence_parallel(recipe: Any) -> bool:
+    """Whether the recipe's ``tp_plan`` takes a ``sequence_parallel`` keyword (or any keyword)."""
+    import inspect
+
+    try:
+        params = inspect.signature(recipe.tp_plan).parameters.values()
+    except (TypeError, ValueError):  # pragma: no cover - a builtin without a signature
+        return False
+    return any(p.name == "sequence_parallel" or p.kind is inspect.Parameter.VAR_KEYWORD for p in params)
 
 
 def apply_fsdp(model: Any, policy: Any, dp_mesh: Any) -> Any:
@@ -88,12 +120,21 @@ def grad_norm(params: list[Any], max_norm: float, extra_group: Any = None) -> An
 
     Works on a mix of plain tensors (replicated: counted once) and DTensors (the squares of a local
     shard are summed over the mesh dimensions it is sharded on, one all-reduce per group of
-    dimensions). ``extra_group``: a process group whose ranks hold disjoint parameters (pipeline
-    stages), summed over as well. ``max_norm`` inf clips nothing (the norm is still computed).
+    dimensions; a partial-sum gradient is all-reduced in place first). ``extra_group``: a process
+    group whose ranks hold disjoint parameters (pipeline stages), summed over as well. ``max_norm``
+    inf clips nothing (the norm is still computed).
     """
     import torch
-    from torch.distributed.tensor import DTensor, Shard
+    from torch.distributed.tensor import DTensor, Replicate, Shard
 
+    for p in params:
+        g = p.grad
+        if isinstance(g, DTensor) and any(pl.is_partial() for pl in g.placements):
+            # a replicated weight used on sequence shards (a SequenceParallel norm) gets a partial-sum
+            # gradient: reduce it here, once, so the norm and the optimizer both see the whole sum
+            p.grad = g.redistribute(
+                g.device_mesh, [Replicate() if pl.is_partial() else pl for pl in g.placements]
+            )
     grads = [p.grad for p in params if p.grad is not None]
     total = torch.zeros((), dtype=torch.float64)
     sharded: dict[tuple[Any, tuple[int, ...]], Any] = {}

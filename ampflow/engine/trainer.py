@@ -30,7 +30,7 @@ from ampflow import __version__
 from ampflow.config import ConfigError, RunConfig
 from ampflow.data.loading import TrainData
 from ampflow.data.manifest import dataset_hash, dataset_info, read_manifest
-from ampflow.engine import autobatch, checkpoint, energy, parallel
+from ampflow.engine import autobatch, checkpoint, comms, energy, parallel
 from ampflow.engine.console import ProgressLog
 from ampflow.engine.devices import bf16_native, device_name
 from ampflow.engine.export import example_input, exportable_model
@@ -100,21 +100,33 @@ class Trainer:
         self._choose_batch_size(model)
         self.flops_per_sample = self._count_flops(model)
 
-        self.model = wrap_and_restore(model, config.strategy, policy, device, resume_state, dist_info, recipe)
+        self.model = wrap_and_restore(
+            model, config.strategy, policy, device, resume_state, dist_info, recipe, config.sequence_parallel
+        )
         self.state = self._build_state(run_dir, resume_state)
         self.stepper = self._build_stepper()
         self.pos = self.state.progress.pos
         self.start_step = self.pos.step
         self.order = self.data.make_order(self.batch_size, config.seed, self.dp_rank, self.dp_world, self.pos)
-        self.window = ThroughputWindow(
-            device, config.warmup_steps + (1 if config.compile else 0), config.compile
+        skip = config.warmup_steps + (1 if config.compile else 0)
+        # the steps right after warm-up are profiled for comm_time_share and left out of the window
+        self.comm = comms.CommProbe(
+            config.strategy,
+            self.world,
+            device,
+            config.comm_profile_steps,
+            skip,
+            self.total_steps - self.start_step,
         )
+        self.window = ThroughputWindow(device, skip + self.comm.steps, config.compile)
         self.last_loss = math.nan
         self.checkpoint_s = 0.0
         # validation on the val split and the training clock time to target is read on (.validation)
         self.val = Validator(
             self.config, data_dir, device, policy, self.dp_rank, self.dp_world, self.state.progress
         )
+        if hasattr(self.stepper, "val_accuracy"):  # a pipeline scores through its stages
+            self.val.score = self.stepper.val_accuracy
         self.energy = energy.meter_for(device, dist_info.local_rank)
 
     # -- set-up -------------------------------------------------------------------------------
@@ -221,12 +233,14 @@ class Trainer:
                 if timed:
                     self.energy.resume()  # no-op once running: energy covers the timed window
                 starts = [self.order.next_global() for _ in range(self.config.grad_accum)]
-                loss, dt = self.train_step(starts, local_step, timed)
+                with self.comm.around(local_step, self.pos.step + 1):
+                    loss, dt = self.train_step(starts, local_step, timed)
                 self._report(loss, dt, log)
                 self.window.close_step(timed, checkpoint_s=self._between_steps())
                 self.energy.tick()
         finally:
             log.close()
+            self.comm.close()
             self.energy.pause()
             self.data.close()
         memory = self.window.memory()
@@ -363,6 +377,8 @@ class Trainer:
             **(self.stepper.figures() if hasattr(self.stepper, "figures") else {}),
         )
         metrics.update(self.val.curve.figures())
+        comm_metrics, comm_info = self.comm.figures()
+        metrics.update(comm_metrics)
         energy_info = self._energy(metrics)
         metrics.update(
             energy.cost_figures(
@@ -408,6 +424,8 @@ class Trainer:
             "val_curve": self.state.progress.val_curve,
             "stopped_at_target": bool(c.stop_at_target and self.val.curve.reached() is not None),
             "energy": energy_info,
+            # how comm_time_share was measured, on which steps, or why it is null (ampflow.engine.comms)
+            "comm": comm_info,
             "checkpoint": str(self.state.path),
         }
 

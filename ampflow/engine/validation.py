@@ -26,7 +26,8 @@ initialization before the first step is not timed. Precisely, in seconds of ``ti
 
 Under DDP/FSDP every rank scores its equal-sized shard of the val split and the correct counts are
 summed across ranks (:func:`val_accuracy`), so every rank holds the same accuracy and takes the same
-stop decision (a rank that stopped alone would leave the others waiting in a collective).
+stop decision (a rank that stopped alone would leave the others waiting in a collective). A pipeline
+scores the whole split through its stages (:meth:`ampflow.engine.pipeline.PipelineStepper.val_accuracy`).
 """
 
 from __future__ import annotations
@@ -131,9 +132,10 @@ def val_accuracy(
 ) -> float:
     """The accuracy (fraction) of ``model`` on a split held as tensors (``inputs`` ``{name: [n, ...]}``,
     ``labels`` int64 ``[n]``, on ``device``), every rank scoring its :func:`shard_indices` in batches
-    of ``batch_size`` under ``policy.autocast()``, the counts summed over ranks: the same value on every
-    rank. The model is switched to eval mode for the pass and back to its previous mode after. The
-    output must be logits ``[batch, classes]`` (or carry ``.logits``)."""
+    of ``batch_size`` under ``policy.autocast()``, the counts summed over ranks (each shard once when
+    several ranks, a tensor group, score it): the same value on every rank. The model is switched to
+    eval mode for the pass and back to its previous mode after. The output must be logits
+    ``[batch, classes]`` (or carry ``.logits``)."""
     import torch
 
     from ampflow.engine import parallel
@@ -156,7 +158,10 @@ def val_accuracy(
     finally:
         model.train(was_training)
     total = parallel.all_reduce([float(correct)], "sum", device)[0]
-    return total / n
+    # the sum runs over every rank; under tp / fsdp+tp the ranks of one tensor group score the same
+    # shard (``world`` counts the data-parallel ranks only): count each shard once
+    copies = max(1, parallel.current().world_size // world)
+    return total / copies / n
 
 
 class Validator:
@@ -178,6 +183,8 @@ class Validator:
         self.curve = ValidationCurve(config.target_accuracy, progress.val_curve)
         self.clock = TrainClock(progress.train_clock_s)
         self.seconds = 0.0  # validation seconds in this process
+        # how a model is scored: val_accuracy's contract (a pipeline passes its own, across stages)
+        self.score: Callable[..., float] = val_accuracy
         self.inputs, self.labels = (None, None)
         if self.every:
             self.inputs, self.labels = load_tensors(data_dir, "val", device, policy)
@@ -194,7 +201,7 @@ class Validator:
     def run(self, model: Any, step: int, clock_s: float) -> float:
         """Validate ``model`` after step ``step`` at training-clock ``clock_s``; returns the accuracy."""
         t0 = time.perf_counter()
-        acc = val_accuracy(
+        acc = self.score(
             model,
             self.inputs,
             self.labels,

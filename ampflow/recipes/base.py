@@ -26,7 +26,10 @@ for that strategy with exit 2, :mod:`ampflow.recipes.transformer` declares them 
 - ``tp_plan(model, tp) -> {pattern: "colwise" | "rowwise"}`` for ``tp`` and ``fsdp+tp``: which Linear
   layers split how over ``tp`` ranks (``*`` in a pattern matches one dotted segment of a module name;
   Megatron-LM's pairing: a column split followed by a row split). Raise ConfigError for a ``tp`` the
-  model cannot take (heads not divisible).
+  model cannot take (heads not divisible). With a ``sequence_parallel`` keyword it may also give the
+  plan's sequence-parallel form (``sequence_parallel=true``): a style may then be any torch
+  ``ParallelStyle`` (``SequenceParallel`` for norms, ``PrepareModuleInput`` for the gathers), for any
+  module; a plan without the keyword is refused under ``sequence_parallel=true``.
 - ``pipeline_split(model) -> (first, layers, last)`` and ``pipeline_layers(info) -> int`` for ``pp``:
   ``first(**inputs)`` returns a state tensor, each layer maps state to state, ``last(state)`` returns
   logits; each part lists in ``owns`` the submodule names it computes with; ``pipeline_layers`` gives

@@ -9,8 +9,20 @@ Tensor-parallel plan (Megatron-LM, Shoeybi et al. 2019, section 3): in each laye
 value projections and the MLP's first projection split column-wise (each rank owns whole attention
 heads and a slice of the MLP's hidden units), the attention output and the MLP's second projection
 split row-wise, so each of the two sub-blocks ends in one all-reduce. Embeddings, norms and the head
-stay replicated (sequence parallelism is not applied: BERT's norms sit inside HF modules after the
-residual add, where the plan cannot reach without rewriting the layer).
+stay replicated.
+
+Sequence parallelism (``sequence_parallel=true``; Korthikanti et al. 2022) adds the plan of
+:func:`sequence_parallel_plan`: inside each layer the dropout, residual add and LayerNorm after the
+attention and after the MLP run on this rank's slice of the sequence (``SequenceParallel``), the
+row-split projections reduce-scatter over the sequence instead of all-reducing, and the all-gathers
+before the query/key/value and MLP projections (``PrepareModuleInput``) give back the whole sequence.
+BERT is post-LN, its norms sit inside the HF modules after the residual add, and the pipeline state
+carries the mask beside the hidden states, so the sequence is sliced at each layer's input and gathered
+at its output (``PrepareModuleInputOutput``): the residual stream between layers stays whole, which
+costs one all-gather per layer each way more than Megatron-LM's form (that keeps it sliced). The
+embeddings and the head stay replicated; loss parallelism does not apply (the head's few classes are
+not split). Dropout masks repeat across the tensor group's sequence slices (the ranks of a group draw
+from one seed), as attention dropout already repeats across head shards under plain ``tp``.
 
 Pipeline split: ``first`` (embeddings, inputs -> state), the encoder layers (state -> state) and
 ``last`` (mean pooling + head, state -> logits). The state is one tensor ``(batch, seq, hidden + 1)``:
@@ -39,8 +51,9 @@ TP_PLAN: dict[str, str] = {
 }
 
 
-def tp_plan(model: Any, tp: int) -> dict[str, str]:
-    """The plan of :data:`TP_PLAN` for a tensor-parallel degree ``tp``.
+def tp_plan(model: Any, tp: int, sequence_parallel: bool = False) -> dict[str, Any]:
+    """The plan of :data:`TP_PLAN` for a tensor-parallel degree ``tp``, with
+    :func:`sequence_parallel_plan` over it when ``sequence_parallel``.
 
     Raises ConfigError when ``tp`` does not divide the attention heads or the MLP width (each rank
     must hold whole heads).
@@ -51,7 +64,50 @@ def tp_plan(model: Any, tp: int) -> dict[str, str]:
         raise ConfigError(
             f"mesh tp:{tp} must divide the encoder's {heads} attention heads and MLP width {inner}"
         )
-    return dict(TP_PLAN)
+    plan: dict[str, Any] = dict(TP_PLAN)
+    if sequence_parallel:
+        plan.update(sequence_parallel_plan())
+    return plan
+
+
+def sequence_parallel_plan() -> dict[str, Any]:
+    """The sequence-parallel entries of a BERT layer: torch ``ParallelStyle`` objects by module pattern.
+
+    The sequence is dimension 1 of ``(batch, seq, hidden)``; every tensor between the slicing at the
+    layer's input and the gathering at its output is a DTensor, so a sequence length the tensor-parallel
+    degree does not divide is sliced unevenly and still gathered right.
+    """
+    from torch.distributed.tensor import Replicate, Shard
+    from torch.distributed.tensor.parallel import (
+        PrepareModuleInput,
+        PrepareModuleInputOutput,
+        RowwiseParallel,
+        SequenceParallel,
+    )
+
+    seq, whole = Shard(1), Replicate()
+    layer = _LAYER[:-1]
+    return {
+        # the layer's (hidden, mask): hidden sliced over the sequence in, gathered whole out
+        layer: PrepareModuleInputOutput(
+            input_layouts=(whole, None),
+            desired_input_layouts=(seq, None),
+            output_layouts=seq,
+            desired_output_layouts=whole,
+        ),
+        # attention and the MLP's first projection see the whole sequence (all-gather)
+        _LAYER + "attention.self": PrepareModuleInput(
+            input_layouts=(seq,), desired_input_layouts=(whole,), use_local_output=True
+        ),
+        _LAYER + "intermediate": PrepareModuleInput(
+            input_layouts=(seq,), desired_input_layouts=(whole,), use_local_output=True
+        ),
+        # the row splits reduce-scatter over the sequence; dropout, residual and LayerNorm on a slice
+        _LAYER + "attention.output.dense": RowwiseParallel(output_layouts=seq, use_local_output=False),
+        _LAYER + "attention.output.LayerNorm": SequenceParallel(),
+        _LAYER + "output.dense": RowwiseParallel(output_layouts=seq, use_local_output=False),
+        _LAYER + "output.LayerNorm": SequenceParallel(),
+    }
 
 
 def pipeline_split(model: Any) -> tuple[Any, list[Any], Any]:

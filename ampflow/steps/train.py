@@ -44,6 +44,8 @@ RESUME_MAY_CHANGE = (
     # the layout: a checkpoint holds whole tensors, so it resumes under another mesh (resharding)
     "mesh",
     "pp_schedule",
+    "sequence_parallel",
+    "comm_profile_steps",  # which steps measure comm_time_share: a reporting choice
     # in memory or streamed, the same micro-batches come out
     "data_loading",
     "data_workers",
