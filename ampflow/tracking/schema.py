@@ -87,6 +87,11 @@ SUMMARY_METRICS = (
     "cost_per_run",
     "cost_per_1k_samples",
     "cost_to_target",
+    # distributed runs (engine.comms; engine.pipeline): exposed communication, the pipeline bubble
+    "comm_time_share",
+    "comm_time_share_max",
+    "comm_collective_share",
+    "pp_bubble_fraction",
 )
 EVAL_METRICS = {
     "accuracy": "accuracy",
