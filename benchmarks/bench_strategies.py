@@ -82,7 +82,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--precision", default="32-true")
     p.add_argument("--batch", type=int, default=8, help="global micro-batch")
     p.add_argument("--grad-accum", type=int, default=2, help="micro-batches per step (pp's micro-batches)")
-    p.add_argument("--steps", type=int, default=8)
+    p.add_argument(
+        "--steps",
+        type=int,
+        default=10,
+        help="steps per configuration: warm-up, then 2 profiled for the comm share (distributed), then timed",
+    )
     p.add_argument("--warmup", type=int, default=3, help="untimed leading steps")
     args = p.parse_args(argv if argv is not None else sys.argv[1:])
     names = [s.strip() for s in args.strategies.split(",") if s.strip()]
@@ -110,17 +115,20 @@ def main(argv: list[str] | None = None) -> int:
             rows.append((name, res.get("mesh") or f"dp:{res['world_size']}", res["world_size"], m))
             print(f"  {name}: {m.get('samples_per_s') or 0:.1f} samples/s", flush=True)
     print(
-        f"{'strategy':<9} {'mesh':<10} {'ranks':>5} {'samples/s':>10} {'per rank':>9} {'peak MiB/rank':>14} {'bubble':>7}"
+        f"{'strategy':<9} {'mesh':<10} {'ranks':>5} {'samples/s':>10} {'per rank':>9} {'peak MiB/rank':>14} "
+        f"{'bubble':>7} {'comm share':>10}"
     )
     for name, mesh, world, m in rows:
         sps, peak = m.get("samples_per_s"), m.get("peak_memory_bytes")
-        bubble = m.get("pp_bubble_fraction")
+        bubble, comm = m.get("pp_bubble_fraction"), m.get("comm_time_share")
         print(
             f"{name:<9} {mesh:<10} {world:>5} {sps or 0:>10.1f} {(sps or 0) / world:>9.1f} "
-            f"{(peak or 0) / 2**20:>14.0f} {'' if bubble is None else f'{bubble:.2f}':>7}"
+            f"{(peak or 0) / 2**20:>14.0f} {'' if bubble is None else f'{bubble:.2f}':>7} "
+            f"{'' if comm is None else f'{comm:.2f}':>10}"
         )
     print(
-        "peak memory: the largest peak resident memory of any rank (CUDA: max allocated) over the timed steps"
+        "peak memory: the largest peak resident memory of any rank (CUDA: max allocated) over the timed steps; "
+        "comm share: exposed communication over the profiled steps after warm-up (metrics.comm_time_share)"
     )
     return 0
 
