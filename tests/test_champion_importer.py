@@ -101,8 +101,9 @@ def _champion_of(client, name):
     import torch
 
     exp = client.create_experiment(f"champion-{name}")
-    run = client.create_run(exp)
-    with mlflow.start_run(run_id=run.info.run_id):
+    # a new run in that experiment, named explicitly: resuming one by id fails when another test left
+    # a different experiment active in this process ("active experiment ID does not match")
+    with mlflow.start_run(experiment_id=exp) as run:
         # requirements given: inferring them starts a subprocess that takes seconds
         logged = mlflow.pytorch.log_model(
             torch.nn.Linear(2, 2), name="model", serialization_format="pickle", pip_requirements=["torch"]
