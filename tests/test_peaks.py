@@ -151,3 +151,23 @@ def test_mfu_is_achieved_flops_over_devices_times_peak():
         batch_size=8, world=1, tokens=0, flops_per_sample=3e9, peak_flops=None, memory=None, device=CPU
     )
     assert unknown["mfu"] is None
+
+
+def test_an_mfu_above_one_is_never_reported(monkeypatch, tmp_path):
+    """Found by a new user: a probe taken while the machine was busy stayed cached and a tp run
+    reported MFU 1.20. The cached peak is a lower bound: it is probed again and the larger kept."""
+    stale = peaks.Peak(23.5e9, "probe", "256x256 fp32 matmul", "fp32")
+    monkeypatch.setattr(peaks, "probe_matmul_peak", lambda *a, **k: (69.8e9, "fresh probe"))
+    mfu, peak, note = peaks.check_mfu(1.2036, stale, CPU)
+    assert peak.flops == 69.8e9 and mfu == pytest.approx(1.2036 * 23.5 / 69.8)
+    assert note.startswith("MFU: the cached fp32 peak (23.5 GFLOP/s) was below this run's rate (28.3)")
+    (entry,) = json.loads((tmp_path / "cache" / peaks.CACHE_FILE).read_text()).values()
+    assert entry["flops"] == 69.8e9
+    # still above the fresh probe, or a table/user peak: the FLOP count or the peak is wrong
+    mfu, _, note = peaks.check_mfu(3.5, stale, CPU)
+    assert mfu is None and note.startswith("MFU not reported: the timed window ran at 82.2 GFLOP/s")
+    user = peaks.Peak(1e9, "user", "the peak_flops setting", "fp32")
+    assert peaks.check_mfu(1.01, user, CPU)[0] is None
+    # at or below 1: untouched, no probe
+    monkeypatch.setattr(peaks, "probe_matmul_peak", lambda *a, **k: pytest.fail("probed"))
+    assert peaks.check_mfu(0.42, stale, CPU) == (0.42, stale, "")

@@ -181,6 +181,53 @@ def resolve_peak(
     return Peak(flops, "probe", detail, compute)
 
 
+def check_mfu(
+    mfu: float | None, peak: Peak, device: Any, *, probe_max_n: int | None = None
+) -> tuple[float | None, Peak, str]:
+    """``(mfu, peak, note)``: an MFU above 1 is impossible, so it is never reported as measured.
+
+    A probed peak is a lower bound (a probe taken while other work ran reads low, and the cache keeps
+    it): when the timed window's rate exceeds it, the device is probed again, the cache keeps the larger
+    of the two, and MFU is recomputed against it. If the window still runs faster than the peak (or
+    the peak came from the table or the ``peak_flops`` setting), the FLOP count or the peak is wrong:
+    MFU is None and ``note`` says why. ``note`` is "" when nothing changed; ``mfu`` is a fraction.
+    """
+    if mfu is None or mfu <= 1.0 or not peak.flops:
+        return mfu, peak, ""
+    achieved = mfu * peak.flops
+    if peak.source == "probe":
+        measured = probe_matmul_peak(device, peak.dtype, max_n=probe_max_n)
+        if measured is not None and measured[0] > peak.flops:
+            flops, detail = measured
+            key = cache_key(device, _device_name(device), peak.dtype)
+            write_cache(
+                key, {"flops": flops, "detail": detail, "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S")}
+            )
+            fresh = Peak(flops, "probe", detail, peak.dtype)
+            note = (
+                f"MFU: the cached {peak.dtype} peak ({peak.flops / 1e9:.1f} GFLOP/s) was below this run's rate "
+                f"({achieved / 1e9:.1f}); probed again: {flops / 1e9:.1f} GFLOP/s, cached"
+            )
+            if achieved <= flops:
+                return achieved / flops, fresh, note
+            peak = fresh
+    return (
+        None,
+        peak,
+        (
+            f"MFU not reported: the timed window ran at {achieved / 1e9:.1f} GFLOP/s per device, above the "
+            f"{peak.dtype} peak of {peak.flops / 1e9:.1f} ({peak.source}: {peak.detail}); the FLOP count or the "
+            "peak is wrong: set peak_flops to the device's real peak"
+        ),
+    )
+
+
+def _device_name(device: Any) -> str:
+    from ampflow.engine.devices import device_name
+
+    return device_name(device)
+
+
 def device_peaks(device: Any, override: Any = None, *, probe: bool = True) -> dict[str, Peak]:
     """:func:`resolve_peak` for every dtype the device can run (fp8 only on fp8-capable GPUs)."""
     from ampflow.engine.precision import fp8_unsupported_reason

@@ -36,7 +36,7 @@ from ampflow.engine.devices import bf16_native, device_name
 from ampflow.engine.export import example_input, exportable_model
 from ampflow.engine.metrics import flops_per_sample
 from ampflow.engine.optim import build_optimizer
-from ampflow.engine.peaks import resolve_peak
+from ampflow.engine.peaks import check_mfu, resolve_peak
 from ampflow.engine.precision import PrecisionPolicy
 from ampflow.engine.state import TrainState, wrap_and_restore
 from ampflow.engine.step import NonFiniteLossError, Stepper, loss_fn_of, sync
@@ -376,6 +376,12 @@ class Trainer:
             lr_scale_factor=self.lr_plan["lr_scale_factor"],
             **(self.stepper.figures() if hasattr(self.stepper, "figures") else {}),
         )
+        if self.is_main:
+            # an MFU above 1 is impossible: a stale probe is re-measured, anything else is not reported
+            metrics["mfu"], peak, mfu_note = check_mfu(metrics.get("mfu"), peak, device)
+            peak_fs = metrics["mfu_peak_flops"] = peak.flops
+            if mfu_note:
+                print(f"ampflow train: {mfu_note}", file=sys.stderr)
         metrics.update(self.val.curve.figures())
         comm_metrics, comm_info = self.comm.figures()
         metrics.update(comm_metrics)
