@@ -105,6 +105,11 @@ def test_a_failing_sweep_exits_1_and_says_where_to_look(tmp_path):
     assert proc.returncode == 1
     assert "32-true: FAILED" in proc.stderr
     assert "train.log" in proc.stderr
+    # one closing line, no traceback (a new user saw one when every configuration failed)
+    assert "Traceback" not in proc.stderr
+    assert (
+        proc.stderr.strip().splitlines()[-1].startswith("ampflow bench: every configuration failed; see the")
+    )
 
 
 def test_a_second_sweep_into_the_same_out_keeps_the_first_ones_runs(tmp_path, capsys):

@@ -101,6 +101,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_set_argument(p, "configuration override for every run (repeatable), e.g. --set max_steps=100")
 
 
+class SweepFailed(RuntimeError):
+    """No configuration of a sweep trained: nothing to compare (exit 1, one line; each failure's log
+    tail was printed as it happened)."""
+
+
 def cli(args: argparse.Namespace) -> int:
     sweep = SweepSpec.from_words(
         args.precisions, args.compile_modes, args.repeats, args.baseline, args.strategies
@@ -126,15 +131,19 @@ def cli(args: argparse.Namespace) -> int:
         print(summary.get("markdown", json.dumps(summary, indent=2)))
         print(closing_lines(summary, Path(args.out)))
         return 0
-    summary = run(
-        config,
-        Paths.of(out=args.out, source=args.source),
-        sweep=sweep,
-        tolerance=args.tolerance,
-        limit=args.limit,
-        overrides=args.overrides,
-        nproc_per_node=args.nproc_per_node,
-    )
+    try:
+        summary = run(
+            config,
+            Paths.of(out=args.out, source=args.source),
+            sweep=sweep,
+            tolerance=args.tolerance,
+            limit=args.limit,
+            overrides=args.overrides,
+            nproc_per_node=args.nproc_per_node,
+        )
+    except SweepFailed as exc:  # each failure's last lines are already on stderr
+        print(f"ampflow bench: {exc}", file=sys.stderr)
+        return 1
     print()
     print(summary["markdown"])
     print(closing_lines(summary, Path(args.out)))
@@ -310,7 +319,7 @@ def run(
     runs a subset of ``sweep.entries()`` in its order (``ampflow doctor --gpu``: every precision
     uncompiled, and bf16-mixed compiled too); ``nproc_per_node``: the torchrun process count of the
     configurations whose strategy is not ``single``. Raises ConfigError for bad input (before anything
-    trains), RuntimeError when every configuration failed.
+    trains), :class:`SweepFailed` when every configuration failed.
     """
     if paths.out is None:
         raise ConfigError("--out is required")
@@ -469,7 +478,7 @@ def _compare(
     """Compare the configurations that trained, write the reports, publish them to the sweep run."""
     ok_dirs = [Path(r["run_dir"]) for r in records if r["status"] == "ok"]
     if not ok_dirs:
-        raise RuntimeError(f"every configuration failed; see the train.log files under {out / 'runs'}")
+        raise SweepFailed(f"every configuration failed; see the train.log files under {out / 'runs'}")
     from ampflow.compare.markdown import render_markdown
     from ampflow.compare.summary import compare_runs, write_reports
     from ampflow.tracking.queries import publish_summary
