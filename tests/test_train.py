@@ -577,6 +577,13 @@ def test_last_line_says_when_steps_were_skipped():
     )
     result["metrics"]["skipped_steps"] = 0
     assert summary_line(result).endswith(", 30 steps -> /runs/a/checkpoint.pt")
+    # with val_every the last validation is on the line, and the target when one was set
+    result["metrics"].update(final_val_accuracy=0.6925, steps_to_target=20)
+    assert summary_line(result).endswith(", 30 steps, val accuracy 0.6925 -> /runs/a/checkpoint.pt")
+    result["config"] = {"target_accuracy": 0.6}
+    assert ", val accuracy 0.6925 (target 0.6: reached at step 20) -> " in summary_line(result)
+    result["metrics"]["steps_to_target"] = None
+    assert ", val accuracy 0.6925 (target 0.6: not reached) -> " in summary_line(result)
 
 
 def test_last_line_says_which_steps_its_samples_per_s_covers():

@@ -128,6 +128,15 @@ def summary_line(result: dict[str, Any]) -> str:
     skipped = m.get("skipped_steps") or 0
     # a run that skipped steps trained on less than it claims: say so where a person looks first
     warn = f", {skipped} of them SKIPPED (non-finite loss or gradients)" if skipped else ""
+    val = m.get("final_val_accuracy")
+    if val is not None:  # with val_every: the last validation, and the target when one was set
+        reached = m.get("steps_to_target")
+        target = (result.get("config") or {}).get("target_accuracy")
+        warn += f", val accuracy {val:.4f}" + (
+            ""
+            if target is None
+            else f" (target {target}: {'reached at step ' + str(reached) if reached else 'not reached'})"
+        )
     return (
         f"{result['recipe']} {result['precision']}{' compiled' if result.get('compile') else ''} on "
         f"{result['device_name']}: {f(m.get('samples_per_s'), '.1f')} samples/s{timed_window(result)}, step p50 "
