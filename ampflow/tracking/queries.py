@@ -12,6 +12,7 @@ without it. Filters use the tag names of :mod:`ampflow.tracking.schema`.
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from pathlib import Path
@@ -98,9 +99,18 @@ def _logged_predictions(client: Any, run_id: str) -> tuple[list[int], list[bool]
     logged = {a.path for a in client.list_artifacts(run_id, "eval")}
     if f"eval/{PREDICTIONS_FILE}" not in logged:
         return None
-    with tempfile.TemporaryDirectory(prefix="ampflow-predictions-") as tmp:
-        local = client.download_artifacts(run_id, f"eval/{PREDICTIONS_FILE}", tmp)
-        return load_predictions(local)
+    # one small file per run: MLflow's download progress bar would print a line per configuration
+    # (a user's own MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR wins)
+    bar = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
+    before = os.environ.get(bar)
+    os.environ[bar] = before if before is not None else "false"
+    try:
+        with tempfile.TemporaryDirectory(prefix="ampflow-predictions-") as tmp:
+            local = client.download_artifacts(run_id, f"eval/{PREDICTIONS_FILE}", tmp)
+            return load_predictions(local)
+    finally:
+        if before is None:
+            os.environ.pop(bar, None)
 
 
 def latest_sweep(experiment: str, recipe: str | None, *, uri: str | None = None) -> str:
