@@ -58,7 +58,7 @@ from airflow.sdk import (
     task,
 )
 
-from airflow_ampflow.operator import AmpflowStepOperator
+from airflow_ampflow.operator import TOPOLOGY_OPTION, AmpflowStepOperator
 from airflow_ampflow.params import (
     common_params,
     default_args,
@@ -68,12 +68,37 @@ from airflow_ampflow.params import (
 )
 from airflow_ampflow.runtime import close_runs_options, resolve_mode, run_root
 from ampflow.compare.gate import gate_decision
-from ampflow.config import STRATEGIES
+from ampflow.config import STRATEGIES, ConfigError
+from ampflow.engine import mesh as meshes
 
 TRAINING_DATA = Asset(
     name="ampflow_training_data",
     uri=parse_time_setting("ampflow_training_data_uri", "file:///var/lib/ampflow/training-data.csv"),
 )
+
+
+def local_topology(params: Any, mode: str) -> dict[str, Any]:
+    """In local mode a strategy other than ``single`` trains under torchrun on the worker's machine,
+    in ``gpus_per_node`` processes: the train task's own topology (``{TOPOLOGY_OPTION: [1, N]}``), as
+    the benchmark DAG gives its distributed configurations. ``{}`` otherwise (kubernetes mode
+    launches a job from ``nodes`` x ``gpus_per_node``). Raises AirflowFailException (no retries: bad
+    input) for a layout one machine cannot hold, with bench's and launch's rule
+    (:func:`ampflow.engine.mesh.resolve`), before anything is prepared or trained."""
+    from airflow.sdk.exceptions import AirflowFailException
+
+    strategy, nodes, per_node = params["strategy"], int(params["nodes"]), int(params["gpus_per_node"])
+    if mode != "local" or strategy == "single":
+        return {}
+    if nodes != 1 or per_node < 2:
+        raise AirflowFailException(
+            f"strategy {strategy} in local mode runs under torchrun on this machine: set nodes to 1 and "
+            f"gpus_per_node (the process count) to at least 2 (got nodes {nodes}, gpus_per_node {per_node})"
+        )
+    try:
+        meshes.resolve(strategy, (params.get("overrides") or {}).get("mesh"), per_node, per_node)
+    except ConfigError as exc:
+        raise AirflowFailException(f"strategy {strategy}: {exc}") from None
+    return {TOPOLOGY_OPTION: [1, per_node]}
 
 
 def retrain_schedule(cron: str) -> Any:
@@ -106,7 +131,12 @@ with DAG(
         "compile": Param(False, type="boolean", description="torch.compile the candidate"),
         "strategy": Param("single", type="string", enum=list(STRATEGIES)),
         "nodes": Param(1, type="integer", minimum=1, description="kubernetes: TrainJob/PyTorchJob nodes"),
-        "gpus_per_node": Param(1, type="integer", minimum=1, description="kubernetes: GPUs per node"),
+        "gpus_per_node": Param(
+            1,
+            type="integer",
+            minimum=1,
+            description="kubernetes: GPUs per node; local: torchrun's process count for a strategy other than single",
+        ),
         "tolerance": tolerance_param(),
         "model_name": Param(
             None, type=["null", "string"], description="registered model (default ampflow-RECIPE)"
@@ -132,8 +162,9 @@ with DAG(
         data, run_dir = os.path.join(root, "data"), os.path.join(root, "runs", "candidate")
         compare_dir = os.path.join(root, "compare")
         common = {"recipe": p["recipe"]}
+        mode = resolve_mode(ctx)
         return {
-            "mode": resolve_mode(ctx),
+            "mode": mode,
             "prep": {**common, "out": data, "source": source, "limit": p.get("limit")},
             "train": {
                 **common,
@@ -142,6 +173,7 @@ with DAG(
                 "precision": p["precision"],
                 "strategy": p["strategy"],
                 "compile": bool(p["compile"]),
+                **local_topology(p, mode),
             },
             "evaluate": {**common, "data": data, "checkpoint": run_dir, "out": os.path.join(run_dir, "eval")},
             "compare": {

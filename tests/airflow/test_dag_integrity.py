@@ -361,3 +361,35 @@ def test_a_distributed_benchmark_configuration_runs_under_the_training_venvs_tor
     assert argv[5:] == ["-m", "ampflow", "train", "--recipe", "tweets-bow", "--data", "/d", "--out", "/r"] + [
         "--precision", "32-true", "--strategy", "ddp"
     ]  # fmt: skip
+
+
+def test_retrain_runs_a_distributed_strategy_under_torchrun_in_local_mode(monkeypatch):
+    """Local mode: `strategy` other than single gives the train task its own topology, [1,
+    gpus_per_node], so the operator runs it under torchrun (as the benchmark DAG does) instead of one
+    process that fails with "needs a launcher" after prep; a layout one machine cannot hold fails the
+    plan task in one line, with no retries."""
+    import ampflow_retrain
+    from airflow.sdk.exceptions import AirflowFailException
+
+    dag = ampflow_retrain.dag
+
+    def plan(**conf):
+        params = copy.deepcopy(dag.params)
+        for key, value in {"execution_mode": "local", **conf}.items():
+            params[key] = value
+        ctx = {"params": params.validate(), "dag": dag, "run_id": "manual__2026-12-06T10:00:00+00:00"}
+        monkeypatch.setattr(ampflow_retrain, "get_current_context", lambda: ctx)
+        return dag.task_dict["plan"].python_callable()
+
+    assert "_topology" not in plan()["train"]
+    assert plan(strategy="ddp", gpus_per_node=2)["train"]["_topology"] == [1, 2]
+    assert "_topology" not in plan(strategy="ddp", nodes=2, execution_mode="kubernetes")["train"]
+    refused = {
+        r"at least 2 \(got nodes 1, gpus_per_node 1\)": {"strategy": "ddp"},
+        "set nodes to 1": {"strategy": "fsdp", "nodes": 2, "gpus_per_node": 2},
+        "strategy tp: mesh": {"strategy": "tp", "gpus_per_node": 2, "overrides": {"mesh": "tp:4"}},
+    }
+    for message, conf in refused.items():
+        with pytest.raises(AirflowFailException, match=message) as exc:
+            plan(**conf)
+        assert "\n" not in str(exc.value)
