@@ -15,6 +15,19 @@ import pytest
 
 from tests.airflow.conftest import DAGS
 
+
+def run_plan(module, monkeypatch, **conf):
+    """The DAG's `plan` task run directly on its validated params (local mode unless `conf` says
+    otherwise), as a manual trigger with `conf` would run it; returns its layout."""
+    dag = module.dag
+    params = copy.deepcopy(dag.params)
+    for key, value in {"execution_mode": "local", **conf}.items():
+        params[key] = value
+    ctx = {"params": params.validate(), "dag": dag, "run_id": "manual__2026-11-23T10:00:00+00:00"}
+    monkeypatch.setattr(module, "get_current_context", lambda: ctx)
+    return dag.task_dict["plan"].python_callable()
+
+
 pytestmark = pytest.mark.airflow
 
 DAG_FILES = sorted(DAGS.glob("*.py"))
@@ -252,15 +265,8 @@ def test_benchmark_plan_parses_the_sweep_once_and_refuses_a_baseline_outside_the
     import ampflow_benchmark
     from airflow.sdk.exceptions import AirflowFailException
 
-    dag = ampflow_benchmark.dag
-
     def plan(**conf):
-        params = copy.deepcopy(dag.params)
-        for key, value in {"execution_mode": "local", **conf}.items():
-            params[key] = value
-        ctx = {"params": params.validate(), "dag": dag, "run_id": "manual__2026-11-23T10:00:00+00:00"}
-        monkeypatch.setattr(ampflow_benchmark, "get_current_context", lambda: ctx)
-        return dag.task_dict["plan"].python_callable()
+        return run_plan(ampflow_benchmark, monkeypatch, **conf)
 
     layout = plan(precisions=["32-true", "bf16-mixed"], compile_modes=["off", "on"], repeats=2)
     ids = [e["id"] for e in layout["sweep"]["entries"]]
@@ -283,12 +289,7 @@ def test_benchmark_sweeps_strategies_and_refuses_a_layout_the_processes_cannot_h
     assert dag.params.get_param("strategies").schema["items"]["enum"] == list(STRATEGIES)
 
     def plan(**conf):
-        params = copy.deepcopy(dag.params)
-        for key, value in {"execution_mode": "local", **conf}.items():
-            params[key] = value
-        ctx = {"params": params.validate(), "dag": dag, "run_id": "manual__2026-11-23T10:00:00+00:00"}
-        monkeypatch.setattr(ampflow_benchmark, "get_current_context", lambda: ctx)
-        return dag.task_dict["plan"].python_callable()
+        return run_plan(ampflow_benchmark, monkeypatch, **conf)
 
     for bad in (
         {"strategies": ["zero3"]},
@@ -371,15 +372,8 @@ def test_retrain_runs_a_distributed_strategy_under_torchrun_in_local_mode(monkey
     import ampflow_retrain
     from airflow.sdk.exceptions import AirflowFailException
 
-    dag = ampflow_retrain.dag
-
     def plan(**conf):
-        params = copy.deepcopy(dag.params)
-        for key, value in {"execution_mode": "local", **conf}.items():
-            params[key] = value
-        ctx = {"params": params.validate(), "dag": dag, "run_id": "manual__2026-12-06T10:00:00+00:00"}
-        monkeypatch.setattr(ampflow_retrain, "get_current_context", lambda: ctx)
-        return dag.task_dict["plan"].python_callable()
+        return run_plan(ampflow_retrain, monkeypatch, **conf)
 
     assert "_topology" not in plan()["train"]
     assert plan(strategy="ddp", gpus_per_node=2)["train"]["_topology"] == [1, 2]
