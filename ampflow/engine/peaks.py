@@ -156,13 +156,11 @@ def resolve_peak(
     an override or a table entry the device is probed (cached; ``probe=False`` skips the measurement
     and reads only the cache). ``probe_max_n`` caps the probe's matrix size (tests).
     """
-    from ampflow.engine.devices import device_name
-
     user = parse_peak_flops(override)
     value = user.get(compute, user.get("*"))
     if value is not None:
         return Peak(value, "user", "the peak_flops setting", compute)
-    name = device_name(device)
+    name = _device_name(device)
     if device.type == "cuda":
         hit = table_peak(name, compute)
         if hit is not None:
@@ -176,9 +174,7 @@ def resolve_peak(
     measured = probe_matmul_peak(device, compute, max_n=probe_max_n)
     if measured is None:
         return Peak(None, None, f"{compute} matmul not measurable on {name}", compute)
-    flops, detail = measured
-    write_cache(key, {"flops": flops, "detail": detail, "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S")})
-    return Peak(flops, "probe", detail, compute)
+    return _remember(key, *measured, compute)
 
 
 def check_mfu(
@@ -198,12 +194,8 @@ def check_mfu(
     if peak.source == "probe":
         measured = probe_matmul_peak(device, peak.dtype, max_n=probe_max_n)
         if measured is not None and measured[0] > peak.flops:
-            flops, detail = measured
-            key = cache_key(device, _device_name(device), peak.dtype)
-            write_cache(
-                key, {"flops": flops, "detail": detail, "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S")}
-            )
-            fresh = Peak(flops, "probe", detail, peak.dtype)
+            fresh = _remember(cache_key(device, _device_name(device), peak.dtype), *measured, peak.dtype)
+            flops = measured[0]
             note = (
                 f"MFU: the cached {peak.dtype} peak ({peak.flops / 1e9:.1f} GFLOP/s) was below this run's rate "
                 f"({achieved / 1e9:.1f}); probed again: {flops / 1e9:.1f} GFLOP/s, cached"
@@ -220,6 +212,12 @@ def check_mfu(
             "peak is wrong: set peak_flops to the device's real peak"
         ),
     )
+
+
+def _remember(key: str, flops: float, detail: str, compute: str) -> Peak:
+    """Cache a probe under ``key`` (with when it was measured) and return it as a Peak."""
+    write_cache(key, {"flops": flops, "detail": detail, "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S")})
+    return Peak(flops, "probe", detail, compute)
 
 
 def _device_name(device: Any) -> str:
