@@ -34,6 +34,7 @@ DATA_LOADING = ("auto", "memory", "stream")
 # how the learning rate follows the global batch (ampflow.engine.lr_scaling); none keeps it as given
 LR_SCALING_RULES = ("none", "linear", "sqrt")
 PP_SCHEDULES = ("gpipe", "1f1b")
+CHECKPOINT_FORMATS = ("auto", "full", "sharded")
 # mesh dimension names a `mesh` setting may use (data, tensor, pipeline parallel)
 MESH_DIMS = ("dp", "tp", "pp")
 _DEFAULT_TIMING_WARMUP = 5
@@ -95,6 +96,9 @@ class RunConfig:
     comm_profile_steps: int = 2
     # write a checkpoint every N optimizer steps (0: only at the end)
     checkpoint_every: int = 0
+    # full: one gathered file; sharded: every rank writes its own shards with torch.distributed.checkpoint;
+    # auto: sharded under fsdp, tp, fsdp+tp and pp, full otherwise (ampflow.engine.state)
+    checkpoint_format: Literal["auto", "full", "sharded"] = "auto"
     # abort after this many consecutive non-finite losses (fp16 overflow storms, divergence)
     max_nonfinite_steps: int = 10
     # 16-true diverges on many models: it must be asked for twice
@@ -430,6 +434,8 @@ def _validate(c: RunConfig, only: set[str] | None = None) -> None:
         _check_literal("lr_scaling", c.lr_scaling, LR_SCALING_RULES)
     if checks("pp_schedule"):
         _check_literal("pp_schedule", c.pp_schedule, PP_SCHEDULES)
+    if checks("checkpoint_format"):
+        _check_literal("checkpoint_format", c.checkpoint_format, CHECKPOINT_FORMATS)
     ref = c.lr_reference_batch
     if (
         checks("lr_reference_batch")

@@ -1,4 +1,7 @@
-"""Resume across strategies (issue 12, part 5): one checkpoint format for single, DDP and FSDP2.
+"""Resume across strategies (issue 12, part 5) and checkpoint formats (issue 14): single, DDP, FSDP2.
+
+FSDP2 writes DCP shards (``checkpoint_format=auto``) on its first link and one gathered file on its
+second (``checkpoint_format=full``), so each format is read by another layout than the one that wrote it.
 
 A chain of resumes visits every ordered pair once (single->fsdp->single->ddp->fsdp->ddp->single) with
 real ``torchrun`` (2 gloo processes) and ends where an uninterrupted single-process run ends, within
@@ -19,6 +22,7 @@ import torch
 
 from ampflow.cli import main
 from ampflow.commands import torchrun_program
+from tests.checkpoints import shard_files
 from tests.recipes_fixture import write_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -50,8 +54,11 @@ def test_every_strategy_pair_resumes_and_ends_like_an_uninterrupted_run(tmp_path
     chain = ["single", "fsdp", "single", "ddp", "fsdp", "ddp", "single"]
     for i, strategy in enumerate(chain):
         steps = 2 * (i + 1)
-        result = _train(strategy, data, run, steps, *(["--resume"] if i else []))
+        # the first fsdp link writes DCP shards (checkpoint_format=auto), the second one gathered file
+        fmt = ["--set", "checkpoint_format=full"] if i == 4 else []
+        result = _train(strategy, data, run, steps, *(["--resume"] if i else []), *fmt)
         assert result["strategy"] == strategy
+        assert shard_files(run) == (["__0_0.distcp", "__1_0.distcp"] if i == 1 else []), i
         assert result["metrics"]["steps"] == steps
         assert result["resumed_from_step"] == (steps - 2 if i else None)
     straight = _train("single", data, tmp_path / "straight", 2 * len(chain))

@@ -8,7 +8,8 @@ the same step on the same data and seed, and the loss curve equals its curve, wi
 in fp32 the layouts differ only in the order of float summation (a split matmul adds partial sums;
 FSDP2 reduces over ranks; a sequence-parallel norm sums its weight gradient over sequence slices),
 which moves results by a few float32 ulps per step. Every link resumes a checkpoint written under
-another layout, and reports the exposed communication share measured on its first two steps
+another layout and in the other format (tp and fsdp+tp write DCP shards, one file per rank; pp is
+told to write one gathered file; ddp writes one file), so both formats reshard both ways; each reports the exposed communication share measured on its first two steps
 (``ampflow.engine.comms``).
 
 Bad layouts are refused with exit 2 and one line before any process group is created.
@@ -29,6 +30,7 @@ from ampflow.cli import main
 from ampflow.commands import torchrun_program
 from ampflow.engine import mesh
 from ampflow.recipes import transformer
+from tests.checkpoints import read_checkpoint, shard_files
 from tests.recipes_transformer import NAME, TinyTransformer, write_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -58,7 +60,7 @@ def _single(data: Path, out: Path, steps: int, *extra: str) -> dict:
 
 
 def _weights(path: Path) -> dict[str, torch.Tensor]:
-    return torch.load(path, weights_only=True)["model"]
+    return read_checkpoint(path)["model"]
 
 
 def _assert_same(a: dict, b: dict, what: str) -> None:
@@ -119,14 +121,27 @@ def test_tp_then_pp_then_2x2_mesh_then_ddp_match_one_process(tmp_path, monkeypat
     tp = _torchrun(2, "tp", data, run, LINK, "--set", "sequence_parallel=true")
     assert (tp["strategy"], tp["mesh"], tp["world_size"]) == ("tp", "tp:2", 2)
     assert tp["config"]["sequence_parallel"] is True
+    assert shard_files(run) == ["__0_0.distcp", "__1_0.distcp"]  # each rank wrote its own shards
     _assert_same(_weights(run / "checkpoint.pt"), _weights(tmp_path / f"ref{LINK}.pt"), "tp+sp, step 3")
     torch.testing.assert_close(
         [v for _, v in tp["loss_curve"]], [v for _, v in straight["loss_curve"][:LINK]], atol=ATOL, rtol=RTOL
     )
     _assert_comm_measured(tp, 0, "tp")
 
-    pp = _torchrun(2, "pp", data, run, 2 * LINK, "--resume", "--set", "pp_schedule=1f1b")
+    pp = _torchrun(
+        2,
+        "pp",
+        data,
+        run,
+        2 * LINK,
+        "--resume",
+        "--set",
+        "pp_schedule=1f1b",
+        "--set",
+        "checkpoint_format=full",
+    )
     assert (pp["mesh"], pp["resumed_from_step"]) == ("pp:2", LINK)
+    assert shard_files(run) == [] and not (run / "checkpoint.dcp").exists()
     # 2 stages, 2 micro-batches: (p - 1) / (m + p - 1) of the schedule idles
     assert pp["metrics"]["pp_bubble_fraction"] == pytest.approx(1 / 3)
     _assert_same(_weights(run / "checkpoint.pt"), _weights(tmp_path / f"ref{2 * LINK}.pt"), "pp, step 6")
@@ -144,7 +159,10 @@ def test_tp_then_pp_then_2x2_mesh_then_ddp_match_one_process(tmp_path, monkeypat
         "mesh=dp:2,tp:2",
         "--set",
         "sequence_parallel=false",
+        "--set",
+        "checkpoint_format=auto",
     )
+    assert shard_files(run) == [f"__{r}_0.distcp" for r in range(4)]
     assert (two_d["mesh"], two_d["world_size"], two_d["resumed_from_step"]) == ("dp:2,tp:2", 4, 2 * LINK)
     assert two_d["config"]["sequence_parallel"] is False
     _assert_same(_weights(run / "checkpoint.pt"), _weights(tmp_path / f"ref{3 * LINK}.pt"), "fsdp+tp, step 9")

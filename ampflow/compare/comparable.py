@@ -35,7 +35,14 @@ REPEAT_FIELDS = ("seed",)
 # how often progress is logged, how often a checkpoint is written (its time is excluded from the
 # timed window), the flag that lets 16-true be asked for, and the abort threshold for non-finite
 # losses (a run that finished never reached it), and the peak FLOP/s MFU is reported against
-BOOKKEEPING_FIELDS = ("log_every", "checkpoint_every", "allow_16_true", "max_nonfinite_steps", "peak_flops")
+BOOKKEEPING_FIELDS = (
+    "log_every",
+    "checkpoint_every",
+    "checkpoint_format",
+    "allow_16_true",
+    "max_nonfinite_steps",
+    "peak_flops",
+)
 # a record's own fields that must match too: what was trained, on which data, on which device
 RUN_FIELDS = ("recipe", "dataset_hash", "device_name")
 

@@ -16,6 +16,7 @@ import torch
 from ampflow.config import RunConfig
 from ampflow.data.manifest import dataset_hash, dataset_info, label_names, read_manifest
 from ampflow.data.splits import load_tensors
+from ampflow.engine import checkpoint
 from ampflow.engine.metrics import confusion_matrix, expected_calibration_error, macro_f1
 from ampflow.engine.precision import PrecisionPolicy
 from ampflow.engine.step import loss_fn_of
@@ -47,7 +48,7 @@ def evaluate_examples(
     inputs, labels = load_tensors(data_dir, split, device, policy)
     model = recipe.build_model(dataset_info(manifest)).to(device)
     model = policy.convert_model(model)
-    model.load_state_dict(state["model"])
+    checkpoint.load_model_weights(model, state)
     model.eval()
     loss_fn = loss_fn_of(recipe)
     n = int(labels.shape[0])

@@ -24,18 +24,23 @@ def exportable_model(
     strategy: str,
     is_main: bool,
     rebuild: Any,
-    full_state: dict[str, Any],
+    full_state: dict[str, Any] | None,
+    load_saved: Any = None,
 ) -> Any:
     """The trained model as a plain module, or None on ranks other than 0 under FSDP, tp, pp, fsdp+tp.
 
     FSDP2, tensor and pipeline parallelism split the parameters, so rank 0 builds a fresh copy with ``rebuild()`` (the
-    recipe's model, converted to the precision) and loads ``full_state`` (the gathered weights).
-    Other strategies return the module without its DDP wrapper.
+    recipe's model, converted to the precision) and loads ``full_state`` (the gathered weights), or,
+    when that is None (a sharded checkpoint gathers nothing), calls ``load_saved(plain)``, which reads
+    the checkpoint's shards into it. Other strategies return the module without its DDP wrapper.
     """
     if strategy in ("single", "ddp"):
         return parallel.unwrap(model)
     if not is_main:
         return None
     plain = rebuild()
-    plain.load_state_dict(full_state)
+    if full_state is None:
+        load_saved(plain)
+    else:
+        plain.load_state_dict(full_state)
     return plain

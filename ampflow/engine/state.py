@@ -1,12 +1,17 @@
 """Training state across a checkpoint: what is saved, and how each strategy saves and restores it.
 
-``single`` and ``ddp`` hold whole tensors on every rank (DDP's wrapper is peeled off); ``fsdp``, ``tp``
-and ``fsdp+tp`` hold DTensor shards, so their full state is gathered collectively (every rank calls,
-rank 0 writes) and scattered back on load through ``torch.distributed.checkpoint.state_dict``
-(``get_state_dict`` / ``set_state_dict`` with full state dicts); ``pp`` stages hold disjoint
-parameters under the whole model's names, merged on rank 0. One file, whole tensors under the plain
-model's names, whatever the layout: a checkpoint resumes under any other strategy or mesh. The file
-format itself is :mod:`ampflow.engine.checkpoint`.
+Two formats (``checkpoint_format``; the files are :mod:`ampflow.engine.checkpoint`), and either one
+resumes under any other strategy or mesh:
+
+- **sharded** (``auto``'s choice for fsdp, tp, fsdp+tp and pp): every rank writes its own shards with
+  ``torch.distributed.checkpoint`` (DCP) — DTensor shards under fsdp/tp/fsdp+tp, each stage's own
+  parameters under pp, replicated tensors once. Nothing is gathered on one rank, so a checkpoint costs
+  each rank its own share of memory and I/O. On load, every rank asks DCP for its layout's state dict
+  (``get_model_state_dict`` / ``get_optimizer_state_dict`` with ``flatten_optimizer_state_dict``, the
+  per-parameter keys that survive a change of layout) and DCP reads the overlapping pieces (resharding).
+- **full** (``auto``'s choice for single and ddp): one file with whole tensors under the plain model's
+  names; ``fsdp``/``tp``/``fsdp+tp`` state is gathered collectively and scattered back through
+  ``get_state_dict`` / ``set_state_dict`` with full state dicts, ``pp`` stages are merged on rank 0.
 """
 
 from __future__ import annotations
@@ -50,6 +55,34 @@ class Progress:
 
 # strategies whose weights are DTensors: their full state is gathered and scattered collectively
 _SHARDED = ("fsdp", "tp", "fsdp+tp")
+# strategies whose ranks hold different parameters: `checkpoint_format=auto` writes them sharded
+_SPLIT = (*_SHARDED, "pp")
+
+
+def writes_shards(config: RunConfig) -> bool:
+    """Whether ``config``'s checkpoints are written in the sharded (DCP) format: ``checkpoint_format``
+    ``sharded``, or ``auto`` under a strategy whose ranks hold different parameters (fsdp, tp,
+    fsdp+tp, pp)."""
+    fmt = config.checkpoint_format
+    return fmt == "sharded" or (fmt == "auto" and config.strategy in _SPLIT)
+
+
+def _flat() -> Any:
+    from torch.distributed.checkpoint.state_dict import StateDictOptions
+
+    # per-parameter optimizer keys: a pipeline stage's or a shard's entries never collide with another's
+    return StateDictOptions(flatten_optimizer_state_dict=True)
+
+
+def sharded_state(model: Any, optimizer: Any | None) -> dict[str, Any]:
+    """This rank's ``{"model": ..., "optimizer": ...}`` in its own layout (DTensor shards, a stage's
+    parameters, or whole tensors), as DCP saves and loads it; ``optimizer`` None leaves it out."""
+    from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_optimizer_state_dict
+
+    state = {"model": get_model_state_dict(model)}
+    if optimizer is not None:
+        state["optimizer"] = get_optimizer_state_dict(model, optimizer, options=_flat())
+    return state
 
 
 def wrap_and_restore(
@@ -64,12 +97,21 @@ def wrap_and_restore(
 ) -> Any:
     """Wrap ``model`` for ``strategy`` and load the checkpoint's weights (``state`` None: none).
 
-    The checkpoint holds the whole model under its own parameter names, whatever layout wrote it, so
-    it loads under any other (resharding). single, ddp, tp and pp load before wrapping (DDP then
+    A sharded checkpoint loads after wrapping, each rank reading its layout's pieces through DCP. A
+    full one holds the whole model under its own parameter names, whatever layout wrote it, so it
+    loads under any other as well: single, ddp, tp and pp load it before wrapping (DDP then
     broadcasts, tensor parallelism splits, a pipeline keeps its stage); FSDP2 loads after sharding, from
     the full state dict every rank holds. ``dist``, ``recipe`` and ``sequence_parallel``: see
     :func:`parallel.wrap`.
     """
+    if state is not None and "shards" in state:  # every layout loads its own pieces, after wrapping
+        model = parallel.wrap(model, strategy, policy, device, dist, recipe, sequence_parallel)
+        from torch.distributed.checkpoint.state_dict import set_model_state_dict
+
+        weights = sharded_state(model, None)
+        checkpoint.load_shards(state["shards"], weights)
+        set_model_state_dict(model, weights["model"])
+        return model
     if state is not None and strategy not in ("fsdp", "fsdp+tp"):
         model.load_state_dict(state["model"])
     model = parallel.wrap(model, strategy, policy, device, dist, recipe, sequence_parallel)
@@ -134,7 +176,8 @@ def _merge_optimizer_states(parts: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def load_optimizer(optimizer: Any, model: Any, state: dict[str, Any], strategy: str) -> None:
-    """Load a full optimizer state saved by :func:`optimizer_state` under any strategy.
+    """Load the optimizer state of a loaded checkpoint ``state``, written under any strategy: from its
+    shards (sharded format) or from ``state["optimizer"]`` (full, saved by :func:`optimizer_state`).
 
     Checkpoints written before the one format (``optimizer.state_dict()``'s integer keys, by single and
     ddp) are renamed first: the k-th parameter they list is the k-th of this optimizer's parameter
@@ -142,6 +185,12 @@ def load_optimizer(optimizer: Any, model: Any, state: dict[str, Any], strategy: 
     """
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
 
+    if "shards" in state:  # a sharded checkpoint: this layout's pieces of the flattened state, via DCP
+        mine = sharded_state(model, optimizer)
+        checkpoint.load_shards(state["shards"], {"optimizer": mine["optimizer"]})
+        set_optimizer_state_dict(model, optimizer, mine["optimizer"], options=_flat())
+        return
+    state = state["optimizer"]
     if any(isinstance(k, int) for k in state.get("state", {})) or any(
         isinstance(i, int) for g in state.get("param_groups", []) for i in g["params"]
     ):
@@ -199,44 +248,64 @@ class TrainState:
         """
         if state is None:
             return
-        load_optimizer(self.optimizer, self.model, state["optimizer"], self.config.strategy)
+        load_optimizer(self.optimizer, self.model, state, self.config.strategy)
         self.scheduler.load_state_dict(state["scheduler"])
         self.policy.load_state_dict(state["precision"])
         self.progress = Progress.of(state)
         checkpoint.set_rng_state(state["rng"])
 
-    def save(self, *, finished: bool) -> dict[str, Any]:
-        """Write the checkpoint (rank 0; every rank must call); returns the full model state it holds."""
-        strategy = self.config.strategy
+    def save(self, *, finished: bool) -> dict[str, Any] | None:
+        """Write the checkpoint (every rank must call). Full format: rank 0 writes one file and the
+        gathered model state it holds is returned (rank 0; see :func:`model_state`). Sharded: every
+        rank writes its shards, rank 0 then points ``checkpoint.pt`` at them; returns None."""
+        if writes_shards(self.config):
+            self._save_sharded(finished)
+            return None
         # gathering FSDP state is collective: every rank takes part, rank 0 writes
-        weights = model_state(self.model, strategy)
-        optim = optimizer_state(self.optimizer, self.model, strategy)
+        weights = model_state(self.model, self.config.strategy)
+        optim = optimizer_state(self.optimizer, self.model, self.config.strategy)
         if self.is_main:
-            pos = self.progress.pos
-            checkpoint.save(
-                self.path,
-                {
-                    "step": pos.step,
-                    "epoch": pos.epoch,
-                    "index": pos.index,
-                    "finished": finished,
-                    "model": weights,
-                    "optimizer": optim,
-                    "scheduler": self.scheduler.state_dict(),
-                    "precision": self.policy.state_dict(),
-                    "rng": checkpoint.rng_state(),
-                    "config": self.config.to_dict(),
-                    "recipe": self.config.recipe,
-                    "recipe_name": self.recipe_name,
-                    "dataset_hash": self.data_hash,
-                    "ampflow_version": __version__,
-                    "progress": {
-                        "loss_curve": self.progress.loss_curve,
-                        "nonfinite_run": self.progress.nonfinite_run,
-                        "val_curve": self.progress.val_curve,
-                        "train_clock_s": self.progress.train_clock_s,
-                    },
-                },
-            )
+            checkpoint.save(self.path, {**self._meta(finished), "model": weights, "optimizer": optim})
+            checkpoint.prune_shards(self.path.parent, keep=None)  # a resumed sharded run's old shards
         parallel.barrier()
         return weights
+
+    def _save_sharded(self, finished: bool) -> None:
+        run_dir = self.path.parent
+        # one new directory name for every rank; the one checkpoint.pt names now is never written over
+        shards = parallel.broadcast_object(
+            checkpoint.new_shards_dir(run_dir, self.progress.pos.step) if self.is_main else None
+        )
+        checkpoint.save_shards(run_dir / shards, sharded_state(self.model, self.optimizer))
+        if self.is_main:  # DCP returns once every rank's shards and the .metadata are written
+            checkpoint.save(self.path, {**self._meta(finished), "shards": shards})
+            checkpoint.prune_shards(run_dir, keep=shards)
+        parallel.barrier()
+
+    def load_final_weights(self, plain: Any) -> None:
+        """Load the last checkpoint's weights into ``plain``, a fresh unwrapped model (rank 0, alone)."""
+        checkpoint.load_model_weights(plain, checkpoint.load(self.path))
+
+    def _meta(self, finished: bool) -> dict[str, Any]:
+        """Everything a checkpoint holds besides the model and optimizer state (rank 0's)."""
+        pos = self.progress.pos
+        return {
+            "step": pos.step,
+            "epoch": pos.epoch,
+            "index": pos.index,
+            "finished": finished,
+            "scheduler": self.scheduler.state_dict(),
+            "precision": self.policy.state_dict(),
+            "rng": checkpoint.rng_state(),
+            "config": self.config.to_dict(),
+            "recipe": self.config.recipe,
+            "recipe_name": self.recipe_name,
+            "dataset_hash": self.data_hash,
+            "ampflow_version": __version__,
+            "progress": {
+                "loss_curve": self.progress.loss_curve,
+                "nonfinite_run": self.progress.nonfinite_run,
+                "val_curve": self.progress.val_curve,
+                "train_clock_s": self.progress.train_clock_s,
+            },
+        }

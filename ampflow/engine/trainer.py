@@ -38,7 +38,7 @@ from ampflow.engine.metrics import flops_per_sample
 from ampflow.engine.optim import build_optimizer
 from ampflow.engine.peaks import check_mfu, resolve_peak
 from ampflow.engine.precision import PrecisionPolicy
-from ampflow.engine.state import TrainState, wrap_and_restore
+from ampflow.engine.state import TrainState, wrap_and_restore, writes_shards
 from ampflow.engine.step import NonFiniteLossError, Stepper, loss_fn_of, sync
 from ampflow.engine.throughput import ThroughputWindow
 from ampflow.engine.validation import Validator
@@ -252,6 +252,7 @@ class Trainer:
             is_main=self.is_main,
             rebuild=lambda: self.policy.convert_model(self.recipe.build_model(self.info)),
             full_state=full_state,
+            load_saved=self.state.load_final_weights,
         )
         return {"result": self._result(memory), "model": model, "example": example_input(self.inputs)}
 
@@ -433,6 +434,8 @@ class Trainer:
             # how comm_time_share was measured, on which steps, or why it is null (ampflow.engine.comms)
             "comm": comm_info,
             "checkpoint": str(self.state.path),
+            # what checkpoint_format=auto chose: one gathered file, or DCP shards beside it
+            "checkpoint_format": "sharded" if writes_shards(self.config) else "full",
         }
 
     def _energy(self, metrics: dict[str, Any]) -> dict[str, Any]:

@@ -41,10 +41,11 @@ RESUME_MAY_CHANGE = (
     "warmup_steps",
     "max_nonfinite_steps",
     "eval_batch_size",
-    # the layout: a checkpoint holds whole tensors, so it resumes under another mesh (resharding)
+    # the layout: either checkpoint format loads under another mesh (resharding)
     "mesh",
     "pp_schedule",
     "sequence_parallel",
+    "checkpoint_format",  # either format loads under any layout
     "comm_profile_steps",  # which steps measure comm_time_share: a reporting choice
     # in memory or streamed, the same micro-batches come out
     "data_loading",
