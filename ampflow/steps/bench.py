@@ -15,8 +15,8 @@ The same seed and the same prepared data serve every configuration.
 Strategies are a dimension of the sweep like precisions (``SweepSpec.entries``: repeat, precision,
 compile, then strategy innermost). A configuration of a strategy other than ``single`` trains under
 torchrun on this machine (:func:`ampflow.commands.torchrun_program`: ``--nproc-per-node``
-processes, a free port each time); its checkpoint is one gathered file, so evaluation stays one
-plain ``ampflow evaluate`` process. Layouts that cannot work (a process count below 2, a mesh that does not fit it, a recipe
+processes, a free port each time); evaluation stays one plain ``ampflow evaluate`` process, which
+reads a sharded checkpoint's DCP shards into the whole model (:mod:`ampflow.engine.checkpoint`). Layouts that cannot work (a process count below 2, a mesh that does not fit it, a recipe
 without a tensor-parallel plan or a pipeline split) are refused before anything trains.
 
 Layout of ``--out``::
