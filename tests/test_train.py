@@ -22,6 +22,7 @@ from ampflow.commands import torchrun_program
 from ampflow.data.batching import DataOrder, Position, epoch_permutation
 from ampflow.engine import autobatch
 from ampflow.engine.devices import cpu_has_native_bf16
+from tests.checkpoints import read_checkpoint
 from tests.recipes_fixture import NAME, write_dataset
 
 torch.set_num_threads(1)
@@ -113,7 +114,8 @@ def train(data: Path, out: Path, *extra: str, recipe: str = NAME) -> int:
 
 
 def weights(run: Path) -> dict[str, torch.Tensor]:
-    return torch.load(run / "checkpoint.pt", weights_only=True)["model"]
+    """The whole model of ``run``'s checkpoint, one file or DCP shards (fsdp writes shards)."""
+    return read_checkpoint(run / "checkpoint.pt")["model"]
 
 
 def result(run: Path) -> dict:
