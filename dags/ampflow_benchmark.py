@@ -13,7 +13,7 @@ raise it there.
 In `local` mode its train task runs `ampflow train` under torchrun on the worker's machine (the
 training venv's interpreter, a free port per task); in `kubernetes` mode it is `ampflow launch` of a
 TrainJob (a PyTorchJob with `api`) of `nodes` x `nproc_per_node` GPUs, as `ampflow_retrain` launches
-its distributed train. Its checkpoint is one gathered file, so evaluation stays one process. The
+its distributed train. Evaluation stays one process, which reads a sharded checkpoint's shards whole. The
 comparison lines the configurations up by strategy (`32-true`, `32-true-ddp`, ...); the baseline is
 the uncompiled run of `baseline` under the first strategy listed.
 
