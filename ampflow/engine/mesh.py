@@ -8,14 +8,23 @@ hang in a collective), and the launcher uses the same rules to map nodes x GPUs 
     ddp, fsdp  dp:WORLD                             replicate (DDP) or shard (FSDP2) over every rank
     tp         tp:WORLD                             split each layer's projections (recipe's tp_plan)
     pp         pp:WORLD                             split the layers into stages (recipe's pipeline_split)
+    pp x dp    pp:P,dp:D (given as mesh=dp:D,pp:P)  P stages, each replicated D times (gradients averaged)
     fsdp+tp    dp:NODES,tp:GPUS_PER_NODE            FSDP2 across nodes, tensor parallel inside a node
 
 Ranks are laid out row-major with tensor parallelism innermost (ranks ``r`` and ``r+1`` share a tensor
 group, as torchtitan and Megatron-LM do), so a tensor group never crosses a node when ``tp`` divides
-the GPUs per node.
+the GPUs per node. A pipeline with data parallelism puts ``pp`` outermost (torchtitan's and
+Megatron-LM's order): the ``D`` replicas of one stage are consecutive ranks, so the gradient all-reduce
+stays inside a node and the stages (point-to-point activations, far less traffic) cross nodes when
+``D`` divides the GPUs per node; ``--set mesh=pp:NODES`` on NODES x GPUS_PER_NODE gives one stage per
+node. The order a ``mesh`` setting is written in does not change the rank order (``dp:2,pp:2`` and
+``pp:2,dp:2`` are the same layout, reported as ``pp:2,dp:2``); a pipeline without ``mesh`` stays
+``pp:WORLD``.
 
     >>> resolve("fsdp+tp", "dp:2,tp:2", world=4).shape
     {'dp': 2, 'tp': 2}
+    >>> resolve("pp", "dp:2,pp:2", world=4).shape
+    {'pp': 2, 'dp': 2}
 """
 
 from __future__ import annotations
@@ -33,7 +42,8 @@ _DIMS = {
     "ddp": ("dp",),
     "fsdp": ("dp",),
     "tp": ("tp",),
-    "pp": ("pp",),
+    # pp outermost: a stage's data-parallel replicas are neighbouring ranks (torchtitan, Megatron-LM)
+    "pp": ("pp", "dp"),
     "fsdp+tp": ("dp", "tp"),
 }
 
@@ -73,8 +83,8 @@ def resolve(strategy: str, mesh: str | None, world: int, local_world: int | None
     """The layout of ``strategy`` on ``world`` ranks (``local_world``: ranks per node, for defaults).
 
     Raises ConfigError (one line) when ``mesh`` names a dimension ``strategy`` does not use, or when
-    its sizes do not multiply to ``world`` (a missing ``dp`` of fsdp+tp is ``world / tp`` and must
-    divide evenly).
+    its sizes do not multiply to ``world`` (a missing ``dp`` of fsdp+tp is ``world / tp``, a missing
+    ``dp`` of pp ``world / pp`` and a missing ``pp`` ``world / dp``: each must divide evenly).
     """
     allowed = _DIMS.get(strategy)
     if allowed is None:  # pragma: no cover - RunConfig validated the name
@@ -102,6 +112,8 @@ def resolve(strategy: str, mesh: str | None, world: int, local_world: int | None
             if world % tp:
                 raise ConfigError(f"mesh {mesh}: tp:{tp} does not divide the world size {world}")
             shape = {"dp": shape.get("dp", world // tp), "tp": tp}
+        if strategy == "pp":
+            shape = _pipeline_shape(mesh, shape, world)
     layout = Layout(strategy, shape)
     if layout.world != world:
         raise ConfigError(
@@ -109,6 +121,21 @@ def resolve(strategy: str, mesh: str | None, world: int, local_world: int | None
             f"(torchrun --nproc_per_node x --nnodes must equal the product of the mesh sizes)"
         )
     return layout
+
+
+def _pipeline_shape(mesh: str, shape: dict[str, int], world: int) -> dict[str, int]:
+    """``{"pp": P, "dp": D}`` of a pipeline's ``mesh`` (parsed as ``shape``), the one size it leaves out
+    filled in from ``world``; a ``dp`` of 1 is dropped (a plain pipeline). ConfigError when the given
+    size does not divide ``world``."""
+    if "pp" in shape and "dp" in shape:
+        pp, dp = shape["pp"], shape["dp"]
+    else:
+        given = "dp" if "dp" in shape else "pp"
+        size = shape.get(given, world)
+        if world % size:
+            raise ConfigError(f"mesh {mesh}: {given}:{size} does not divide the world size {world}")
+        pp, dp = (size, world // size) if given == "pp" else (world // size, size)
+    return {"pp": pp, "dp": dp} if dp != 1 else {"pp": pp}
 
 
 def check(

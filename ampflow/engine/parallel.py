@@ -163,7 +163,8 @@ def wrap(
 def make_stepper(strategy: str, dist: DistInfo, pp_schedule: str, *args: Any, **kwargs: Any) -> Any:
     """The optimizer step of ``strategy``: a :class:`~ampflow.engine.step.Stepper` (``args``/``kwargs``
     are its fields), whose clipping sums DTensor shards under tp / fsdp+tp, or under pp a
-    :class:`~ampflow.engine.pipeline.PipelineStepper` running ``pp_schedule`` over the micro-batches."""
+    :class:`~ampflow.engine.pipeline.PipelineStepper` running ``pp_schedule`` over the micro-batches
+    (and averaging gradients over the mesh's ``dp`` dimension when it has one)."""
     from ampflow.engine.step import Stepper
 
     if strategy == "pp":
@@ -177,6 +178,8 @@ def make_stepper(strategy: str, dist: DistInfo, pp_schedule: str, *args: Any, **
             stages=dist.layout.size("pp"),
             pp_group=dist.mesh.get_group("pp"),
             schedule=pp_schedule,
+            # the stage's replicas in the other pipelines (mesh pp:P,dp:D), None without any
+            dp_group=dist.mesh.get_group("dp") if dist.layout.size("dp") > 1 else None,
         )
     stepper = Stepper(*args, **kwargs)
     if strategy in ("tp", "fsdp+tp"):

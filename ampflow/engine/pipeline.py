@@ -1,4 +1,5 @@
-"""Pipeline parallelism (``--strategy pp``): the recipe's layers split into stages, one per rank.
+"""Pipeline parallelism (``--strategy pp``): the recipe's layers split into stages, one per rank, the
+pipeline optionally replicated over data-parallel groups (``--set mesh=dp:D,pp:P``).
 
 A recipe declares ``pipeline_split(model) -> (first, layers, last)``: ``first`` takes the model's inputs
 as keywords and returns a state tensor, each of ``layers`` maps a state to a state, ``last`` maps a
@@ -14,12 +15,29 @@ One optimizer step is one ``torch.distributed.pipelining`` schedule step (``Sche
 the summed gradients by the micro-batch count, which is what one process's accumulation does. The
 schedule's idle share, ``(p - 1) / (m + p - 1)``, is reported as ``pp_bubble_fraction``.
 
+With data parallelism (mesh ``pp:P,dp:D``, :mod:`.mesh`: ``pp`` outermost, so the ``D`` replicas of a
+stage are neighbouring ranks) each of the ``D`` pipelines reads its own ``batch_size / D`` slice of
+every global micro-batch (the mesh's ``dp`` coordinate, as under tp); within one pipeline every stage
+walks the same micro-batches (stage 0 feeds the inputs, the last stage the labels). After the
+schedule's backward each stage's gradients are averaged over its ``dp`` group by an explicit
+all-reduce (sum, then divide by ``D``: DDP's arithmetic), in buckets of :data:`BUCKET_BYTES`, before
+clipping: the mean of the ``D`` pipelines' mean losses is the global batch's mean loss, so the step
+equals one process's over the same global batch. An explicit all-reduce rather than DDP or FSDP2 on
+the stage: ``torch.distributed.pipelining`` runs the stage's backward through
+``torch.autograd.backward`` on its own, so DDP's hooks would need the schedule's cooperation (it
+special-cases only FSDP2), and FSDP2 would turn the stage's weights into DTensor shards, which the
+pipeline's checkpoint (whole tensors merged by name, :mod:`.state`) does not take; the price is that
+the reduction does not overlap the backward. The gradient norm is summed over the ``pp`` group only,
+after the average, so the ``D`` identical replicas are counted once.
+
 Validation (``val_every``) runs the val split forward through the stages with plain point-to-point
 sends (:meth:`PipelineStepper.val_accuracy`): each batch of ``eval_batch_size`` goes stage by stage,
 the last stage counts the correct predictions and the count is summed over ranks, so every stage holds
-the same accuracy and takes the same ``stop_at_target`` decision.
+the same accuracy and takes the same ``stop_at_target`` decision. Under ``dp`` each pipeline scores its
+own shard of the split (:func:`ampflow.engine.validation.shard_indices`), each example counted once.
 
     torchrun --nproc_per_node=2 -m ampflow train --strategy pp --set grad_accum=4 --recipe tweets-minilm ...
+    torchrun --nproc_per_node=4 -m ampflow train --strategy pp --set mesh=dp:2,pp:2 --set grad_accum=4 ...
 """
 
 from __future__ import annotations
@@ -33,6 +51,9 @@ from torch import nn
 from ampflow.engine import tensor_parallel
 from ampflow.engine.mesh import bubble_fraction
 from ampflow.engine.step import StepOutcome
+
+# most bytes of gradients one data-parallel all-reduce carries (DDP's default bucket size)
+BUCKET_BYTES = 25 * 1024 * 1024
 
 
 class StageModule(nn.Module):
@@ -76,8 +97,10 @@ class PipelineStepper:
 
     ``model`` is this rank's :class:`StageModule`; ``inputs`` / ``labels`` the whole train split (the
     first stage reads inputs, the last labels); ``pp_group`` the pipeline's process group with stage
-    ``stage`` of ``stages`` here. The loss, the gradient norm and the step decision are the same on
-    every stage (the loss is broadcast from the last stage, the norm summed over stages).
+    ``stage`` of ``stages`` here; ``dp_group`` (None: no data parallelism) the process group of this
+    stage's replicas in the other pipelines, over which gradients and the loss are averaged. The loss,
+    the gradient norm and the step decision are the same on every rank (the loss is broadcast from the
+    last stage and averaged over ``dp_group``, the norm summed over stages after the average).
     """
 
     def __init__(
@@ -97,6 +120,7 @@ class PipelineStepper:
         stages: int,
         pp_group: Any,
         schedule: str,
+        dp_group: Any = None,
     ):
         from torch.distributed.pipelining import PipelineStage, Schedule1F1B, ScheduleGPipe
 
@@ -108,6 +132,8 @@ class PipelineStepper:
         kind = {"gpipe": ScheduleGPipe, "1f1b": Schedule1F1B}[schedule]
         self.schedule = kind(self.pipe_stage, n_microbatches=grad_accum, loss_fn=loss_fn)
         self.last_rank = torch.distributed.get_global_rank(pp_group, stages - 1)
+        self.dp_group = dp_group
+        self.dp_size = torch.distributed.get_world_size(dp_group) if dp_group is not None else 1
 
     def fetch(self, idx: Any) -> tuple[dict[str, Any], Any]:
         """A micro-batch at sample indices ``idx`` (the trainer replaces this with its data's fetch)."""
@@ -149,12 +175,17 @@ class PipelineStepper:
 
         Every stage walks the split in the same batches of ``batch_size``: the first stage runs its
         part on the inputs and sends the state on, each other stage receives it (shape and dtype first)
-        and runs its part, the last counts hits. Forward only, in eval mode, without gradients; the
-        ``rank``/``world`` of the data-parallel split are 1 under a pipeline (every stage sees it all).
+        and runs its part, the last counts hits. Forward only, in eval mode, without gradients.
+        ``rank`` / ``world`` are the mesh's data-parallel coordinate and size: each pipeline walks its
+        :func:`~ampflow.engine.validation.shard_indices` (the whole split without ``dp``), the wrapped
+        padding positions scored but not counted, so the sum over ranks counts each example once.
         """
         from ampflow.engine import parallel
+        from ampflow.engine.validation import shard_indices
 
         n = int(labels.shape[0])
+        idx, valid = shard_indices(n, rank, world)
+        idx, valid = idx.to(labels.device), valid.to(labels.device)
         prev = torch.distributed.get_global_rank(self.group, self.stage - 1) if self.stage else None
         last = self.stage == self.stages - 1
         nxt = None if last else torch.distributed.get_global_rank(self.group, self.stage + 1)
@@ -163,18 +194,18 @@ class PipelineStepper:
         correct = 0
         try:
             with torch.no_grad():
-                for lo in range(0, n, batch_size):
+                for lo in range(0, len(idx), batch_size):
+                    sel, ok = idx[lo : lo + batch_size], valid[lo : lo + batch_size]
                     with policy.autocast():
                         if prev is None:
-                            out = model(**{k: v[lo : lo + batch_size] for k, v in inputs.items()})
+                            out = model(**{k: v.index_select(0, sel) for k, v in inputs.items()})
                         else:
                             out = model(_recv(prev, self.group, device))
                     if nxt is not None:
                         _send(out, nxt, self.group)
                     else:
-                        correct += int(
-                            (out.float().argmax(dim=1) == labels[lo : lo + batch_size]).sum().item()
-                        )
+                        hits = (out.float().argmax(dim=1) == labels.index_select(0, sel)) & ok
+                        correct += int(hits.sum().item())
         finally:
             model.train(was_training)
         return parallel.all_reduce([float(correct)], "sum", device)[0] / n
@@ -200,8 +231,13 @@ class PipelineStepper:
             else:
                 self.schedule.step()
         mean = torch.stack([x.detach().float() for x in losses]).mean() if losses else torch.zeros(())
-        mean = mean.reshape(1).to(torch.float32)
+        # on the device: NCCL moves only device tensors (gloo runs on the CPU device here anyway)
+        mean = mean.reshape(1).to(self.device, torch.float32)
         torch.distributed.broadcast(mean, src=self.last_rank, group=self.group)
+        if self.dp_group is not None:
+            # the pipelines' mean losses (equal shares of the global batch) averaged: the global mean
+            mean = _dp_all_reduce(mean, self.dp_group) / self.dp_size
+            self._average_grads()
         loss_val = float(mean.item())
         self.policy.unscale(self.optimizer)
         max_norm = self.clip if self.clip is not None else float("inf")
@@ -213,6 +249,38 @@ class PipelineStepper:
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         return StepOutcome(loss_val, stepped, data_s, norm)
+
+    def _average_grads(self) -> None:
+        """Average this stage's gradients over its data-parallel replicas, in place: one all-reduce
+        (sum) per bucket of at most :data:`BUCKET_BYTES` of one dtype, divided by the replica count.
+
+        Parameters without a gradient are left out; every replica of a stage holds the same modules
+        and inputs of the same shapes, so they leave out the same ones and the buckets line up.
+        """
+        filling: dict[Any, list[Any]] = {}  # (dtype, device) -> the bucket being filled
+        size: dict[Any, int] = {}
+        done: list[list[Any]] = []
+        for p in self.params:
+            g = p.grad
+            if g is None:
+                continue
+            key, nbytes = (g.dtype, g.device), g.numel() * g.element_size()
+            if filling.get(key) and size[key] + nbytes > BUCKET_BYTES:
+                done.append(filling.pop(key))
+            filling.setdefault(key, []).append(g)
+            size[key] = (size[key] if len(filling[key]) > 1 else 0) + nbytes
+        for grads in done + list(filling.values()):
+            flat = _dp_all_reduce(torch.cat([g.reshape(-1) for g in grads]), self.dp_group)
+            flat.div_(self.dp_size)
+            for g, part in zip(grads, flat.split([g.numel() for g in grads]), strict=True):
+                g.copy_(part.view_as(g))
+
+
+def _dp_all_reduce(t: Any, group: Any) -> Any:
+    """The sum of ``t`` over ``group`` (a new tensor, on ``t``'s device)."""
+    out = t.detach().clone()
+    torch.distributed.all_reduce(out, group=group)
+    return out
 
 
 # the dtypes a stage state may travel in (fp32, or the half type of an autocast region)
