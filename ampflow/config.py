@@ -35,6 +35,8 @@ DATA_LOADING = ("auto", "memory", "stream")
 LR_SCALING_RULES = ("none", "linear", "sqrt")
 PP_SCHEDULES = ("gpipe", "1f1b")
 CHECKPOINT_FORMATS = ("auto", "full", "sharded")
+# strategies whose ranks hold different parameters: checkpoint_format=auto writes them as shards
+SHARDED_CHECKPOINT_STRATEGIES = ("fsdp", "tp", "fsdp+tp", "pp")
 # mesh dimension names a `mesh` setting may use (data, tensor, pipeline parallel)
 MESH_DIMS = ("dp", "tp", "pp")
 _DEFAULT_TIMING_WARMUP = 5
@@ -235,6 +237,14 @@ class RunConfig:
         if warm is None:
             warm = max(1, total_steps // DEFAULT_LR_WARMUP_DIVISOR)
         return self.lr_schedule or DEFAULT_LR_SCHEDULE, int(min(warm, total_steps))
+
+    @property
+    def sharded_checkpoints(self) -> bool:
+        """Whether checkpoints are written as per-rank DCP shards (``ampflow.engine.state``):
+        ``checkpoint_format`` ``sharded``, or ``auto`` under a strategy whose ranks hold different
+        parameters (fsdp, tp, fsdp+tp, pp); otherwise one gathered file."""
+        fmt = self.checkpoint_format
+        return fmt == "sharded" or (fmt == "auto" and self.strategy in SHARDED_CHECKPOINT_STRATEGIES)
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), sort_keys=True)

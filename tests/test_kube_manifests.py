@@ -327,7 +327,71 @@ def test_command_parses_with_the_train_cli() -> None:
         "fsdp",
     )
     assert args.compile and args.resume and args.require_tracking
-    assert sorted(args.overrides) == ["allow_16_true=false", "batch_size=auto", "max_steps=7"]
+    # two nodes, --out on no shared volume: one gathered checkpoint file instead of per-pod shards
+    assert sorted(args.overrides) == [
+        "allow_16_true=false",
+        "batch_size=auto",
+        "checkpoint_format=full",
+        "max_steps=7",
+    ]
+
+
+def _sets(spec: LaunchSpec) -> list[str]:
+    cmd = container_command(spec)
+    return [cmd[i + 1] for i, word in enumerate(cmd) if word == "--set"]
+
+
+@pytest.mark.parametrize(
+    "nodes, strategy, out, volumes, expect",
+    [
+        (2, "fsdp", "/r", (), ["checkpoint_format=full"]),  # each pod's disk: no shards
+        (2, "fsdp", None, (), ["checkpoint_format=full"]),  # the default --out is in the pod
+        (2, "fsdp", "/v/runs/a", (("pvc", "/v"),), []),  # a shared volume: auto writes shards
+        (2, "fsdp", "/v", (("pvc", "/v/"),), []),
+        (2, "fsdp", "/vv/a", (("pvc", "/v"),), ["checkpoint_format=full"]),  # a sibling path, not /v
+        (1, "fsdp", "/r", (), []),  # one node: every rank writes to the same disk
+        (2, "ddp", "/r", (), []),  # ddp writes one file anyway
+    ],
+)
+def test_sharded_checkpoints_only_where_every_pod_writes_to_the_same_out(
+    nodes, strategy, out, volumes, expect
+):
+    """Per-rank DCP shards on pods of several nodes need one ``--out`` they all mount: without it each
+    pod's shards would land on its own disk and rank 0 could not read the whole model back."""
+    spec = LaunchSpec(
+        recipe="tweets-bow",
+        data="/d",
+        out=out,
+        nodes=nodes,
+        gpus_per_node=2,
+        image="i:1",
+        strategy=strategy,
+        volumes=volumes,
+    )
+    assert _sets(spec) == expect
+
+
+def test_sharded_checkpoints_asked_for_without_a_shared_out_are_refused() -> None:
+    common = {
+        "recipe": "tweets-bow",
+        "data": "/d",
+        "nodes": 2,
+        "gpus_per_node": 2,
+        "image": "i:1",
+        "strategy": "fsdp",
+    }
+    with pytest.raises(
+        ConfigError, match=r"checkpoint_format=sharded with --nodes 2: .*--volume.* /r is not"
+    ):
+        LaunchSpec(**common, out="/r", overrides={"checkpoint_format": "sharded"})
+    spec = LaunchSpec(
+        **common, out="/v/r", volumes=(("pvc", "/v"),), overrides={"checkpoint_format": "sharded"}
+    )
+    assert _sets(spec) == ["checkpoint_format=sharded"]
+    # a full format asked for stays as asked
+    assert _sets(LaunchSpec(**common, out="/r", overrides={"checkpoint_format": "full"})) == [
+        "checkpoint_format=full"
+    ]
 
 
 def test_names() -> None:

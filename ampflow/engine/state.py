@@ -55,16 +55,6 @@ class Progress:
 
 # strategies whose weights are DTensors: their full state is gathered and scattered collectively
 _SHARDED = ("fsdp", "tp", "fsdp+tp")
-# strategies whose ranks hold different parameters: `checkpoint_format=auto` writes them sharded
-_SPLIT = (*_SHARDED, "pp")
-
-
-def writes_shards(config: RunConfig) -> bool:
-    """Whether ``config``'s checkpoints are written in the sharded (DCP) format: ``checkpoint_format``
-    ``sharded``, or ``auto`` under a strategy whose ranks hold different parameters (fsdp, tp,
-    fsdp+tp, pp)."""
-    fmt = config.checkpoint_format
-    return fmt == "sharded" or (fmt == "auto" and config.strategy in _SPLIT)
 
 
 def _flat() -> Any:
@@ -258,7 +248,7 @@ class TrainState:
         """Write the checkpoint (every rank must call). Full format: rank 0 writes one file and the
         gathered model state it holds is returned (rank 0; see :func:`model_state`). Sharded: every
         rank writes its shards, rank 0 then points ``checkpoint.pt`` at them; returns None."""
-        if writes_shards(self.config):
+        if self.config.sharded_checkpoints:
             self._save_sharded(finished)
             return None
         # gathering FSDP state is collective: every rank takes part, rank 0 writes

@@ -38,7 +38,7 @@ from ampflow.engine.metrics import flops_per_sample
 from ampflow.engine.optim import build_optimizer
 from ampflow.engine.peaks import check_mfu, resolve_peak
 from ampflow.engine.precision import PrecisionPolicy
-from ampflow.engine.state import TrainState, wrap_and_restore, writes_shards
+from ampflow.engine.state import TrainState, wrap_and_restore
 from ampflow.engine.step import NonFiniteLossError, Stepper, loss_fn_of, sync
 from ampflow.engine.throughput import ThroughputWindow
 from ampflow.engine.validation import Validator
@@ -435,7 +435,7 @@ class Trainer:
             "comm": comm_info,
             "checkpoint": str(self.state.path),
             # what checkpoint_format=auto chose: one gathered file, or DCP shards beside it
-            "checkpoint_format": "sharded" if writes_shards(self.config) else "full",
+            "checkpoint_format": "sharded" if self.config.sharded_checkpoints else "full",
         }
 
     def _energy(self, metrics: dict[str, Any]) -> dict[str, Any]:

@@ -210,9 +210,15 @@ def _validate_spec(s: LaunchSpec) -> None:
             f"strategy single runs one process, but nodes x gpus_per_node is {s.world_size}; use ddp or fsdp"
         )
     # the run configuration itself (recipe name, override keys and values, 16-true guard)
-    RunConfig(
+    config = RunConfig(
         recipe=s.recipe, precision=s.precision, compile=s.compile, strategy=s.resolved_strategy
     ).replace(**s.overrides)
+    if config.checkpoint_format == "sharded" and s.nodes > 1 and not out_is_shared(s):
+        raise ConfigError(
+            f"--set checkpoint_format=sharded with --nodes {s.nodes}: every pod writes its shards into "
+            f"--out, so --out must be on a --volume all pods mount (ReadWriteMany); "
+            f"{s.out or 'the default --out'} is not (or use checkpoint_format=full)"
+        )
     if s.resolved_strategy in ("tp", "pp", "fsdp+tp"):
         # nodes x GPUs per node onto the mesh (tp inside a node, dp across nodes by default); torch-free
         from ampflow.engine.mesh import resolve as resolve_mesh
@@ -421,8 +427,32 @@ def container_command(spec: LaunchSpec) -> list[str]:
         resume=True,
         # a configured tracking server must be reached: fail the pod instead of logging into its disk
         require_tracking=bool(spec.mlflow_secret or spec.tracking_uri),
-        overrides=dict(spec.overrides),
+        overrides=train_overrides(spec),
     )
+
+
+def out_is_shared(spec: LaunchSpec) -> bool:
+    """Whether ``--out`` lies on one of the ``--volume`` mounts, which every pod of the job mounts."""
+    if spec.out is None:
+        return False
+    out = spec.out.rstrip("/")
+    return any(out == m.rstrip("/") or out.startswith(m.rstrip("/") + "/") for _, m in spec.volumes)
+
+
+def train_overrides(spec: LaunchSpec) -> dict[str, Any]:
+    """The ``--set`` pairs of the pods' ``ampflow train``: the spec's own, and
+    ``checkpoint_format=full`` where ``auto`` would write shards on several nodes without a shared
+    ``--out`` (each pod's shards would land on its own disk, and rank 0 could not read the model back)."""
+    overrides = dict(spec.overrides)
+    auto = RunConfig(recipe=spec.recipe, strategy=spec.resolved_strategy).replace(**overrides)
+    if (
+        auto.checkpoint_format == "auto"
+        and auto.sharded_checkpoints
+        and spec.nodes > 1
+        and not out_is_shared(spec)
+    ):
+        overrides["checkpoint_format"] = "full"
+    return overrides
 
 
 def default_out(spec: LaunchSpec) -> str:
