@@ -22,6 +22,7 @@ BENCHMARKS = {
     "tracking": "benchmarks.bench_tracking",  # MLflow logging cost against a real server
     "scaling": "benchmarks.bench_scaling",  # N-process DDP throughput vs N x 1 process
     "strategies": "benchmarks.bench_strategies",  # ddp, fsdp, tp, pp, fsdp+tp: speed, memory per rank
+    "checkpoint": "benchmarks.bench_checkpoint",  # fsdp, tp: one gathered file vs per-rank DCP shards
     "padding": "benchmarks.bench_padding",  # tweets-minilm: bucket vs fixed 64-token padding, paired accuracy
     "streaming": "benchmarks.bench_streaming",  # data larger than a cgroup memory limit, streamed
     "time_to_target": "benchmarks.bench_time_to_target",  # tweets-minilm: bf16-mixed vs 32-true to a val accuracy
