@@ -42,7 +42,10 @@ STEP_OPTIONS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
         ),
         ("fail_on_regression", "record_sweep"),
     ),
-    "register": (("summary", "data", "model_name", "tolerance", "device"), ("allow_unloadable_champion",)),
+    "register": (
+        ("summary", "data", "model_name", "tolerance", "device", "champion_version"),
+        ("allow_unloadable_champion",),
+    ),
     "close-runs": (("tag", "run_root", "tracking_uri"), ()),
     "launch": (
         (

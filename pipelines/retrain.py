@@ -25,12 +25,15 @@ The current champion enters through an importer too (the node ``dsl.importer`` m
 :func:`import_model`). Before register, the ``champion`` component asks MLflow's registry which version
 the ``champion`` alias of ``model_name`` names and where its files are; when KFP can read them
 (``s3://``, ``gs://``, ``minio://``; under kfp.local a local path), they are imported as a Model that
-register receives, so the KFP UI's lineage shows which champion each promotion decision was made against
-(register's ``decision`` artifact names its version and URI). An MLflow server that proxies artifacts
-hands out ``mlflow-artifacts:/`` URIs: ``mlflow_artifacts_destination`` (the server's
-``--artifacts-destination``, e.g. ``s3://bucket/mlartifacts``) maps them into the store, else the import
-is skipped and the lookup's log says why. Without a champion (a model's first run) the import is skipped
-and register runs as before; either way register still loads the champion by its alias. The KFP launcher
+register receives with its version, so the KFP UI's lineage shows which champion each promotion decision
+was made against (register's ``decision`` artifact names its version and URI). Register scores exactly
+that version (``--champion-version``) and promotes only if the alias still names it when it decides: an
+alias that moved after the lookup means registered, not promoted, the reason naming both versions. An
+MLflow server that proxies artifacts hands out ``mlflow-artifacts:/`` URIs:
+``mlflow_artifacts_destination`` (the server's ``--artifacts-destination``, e.g.
+``s3://bucket/mlartifacts``) maps them into the store, else the import is skipped and the lookup's log
+says why. Without a champion (a model's first run), or with its files out of reach, the import is
+skipped and register scores whatever version the alias names when it runs. The KFP launcher
 downloads the imported files into register's pod, so that pod needs read access to the store: a store
 the MLflow clients write to directly, the pods that log models already read; for a proxied one, put the
 bucket's credentials in the namespace's ``kfp-launcher`` ConfigMap.
@@ -149,7 +152,7 @@ def register_against_champion(
         register_task.set_caching_options(False)
         cluster.small(register_task)
 
-    # looked up right before register, which compares against whatever the alias names then
+    # looked up right before register, which scores the version found (when imported) or the alias's
     with_champion(
         registered,
         model_name=model_name,

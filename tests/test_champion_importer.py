@@ -5,7 +5,9 @@
 - kfp.local against the real ``mlflow server`` on 127.0.0.1: the lookup finds the champion and its
   files, the importer brings them in and register's stand-in receives them; without a champion the
   branch is skipped.
-- The register component records the champion it received (its `decision` artifact's metadata).
+- The register component hands the imported champion's version to the step (``--champion-version``)
+  and records the champion it received (its `decision` artifact's metadata); against the real server,
+  an alias that moved after the lookup leaves the candidate registered but not promoted.
 
 No ``from __future__ import annotations``: kfp.local reads the probe component's annotations as types.
 """
@@ -209,12 +211,14 @@ def test_lookup_names_only_uris_kfp_can_import(tracking_env, mlflow_client, tmp_
 
 def test_register_records_the_champion_it_was_handed(monkeypatch, tmp_path, capsys):
     """The step is the real component's up to ``ampflow register`` (a stand-in writes register.json);
-    the decision names the imported champion and says when the alias moved in between."""
+    the imported champion's version reaches the step, and the decision names that champion."""
     from ampflow import cli
 
     compared = {"version": "3"}
+    argvs = []
 
     def step(argv):
+        argvs.append(argv)
         summary = Path(argv[argv.index("--summary") + 1])
         result = {"model_name": "m", "version": "4", "promoted": False, "champion_before": dict(compared)}
         summary.with_name("register.json").write_text(json.dumps(result))
@@ -239,8 +243,49 @@ def test_register_records_the_champion_it_was_handed(monkeypatch, tmp_path, caps
         "champion_uri": current.uri, "champion_matches": True,
     }  # fmt: skip
     assert f"champion (imported): v3 at {current.uri}" in capsys.readouterr().out
-    compared["version"] = "5"  # the alias moved between the import and the comparison
+    # the step is told which champion to score: the imported one
+    assert argvs[-1][argvs[-1].index("--champion-version") + 1] == "3"
+    compared["version"] = "5"  # a step that scored another champion all the same is called out
     assert run(champion=current, champion_version="3")["champion_matches"] is False
-    assert "the alias moved in between" in capsys.readouterr().out
-    # nothing imported (no champion, or its files out of KFP's reach): nothing claimed
+    assert "but register compared against v5" in capsys.readouterr().out
+    # nothing imported (no champion, or its files out of KFP's reach): nothing claimed, nothing expected
     assert "champion_uri" not in run()
+    assert "--champion-version" not in argvs[-1]
+
+
+@pytest.mark.slow  # the session's MLflow server, three real `ampflow register` runs
+def test_register_component_scores_the_imported_champion_even_after_the_alias_moved(
+    tracking_env, mlflow_client, tmp_path, capsys
+):
+    """The real component and step: the pipeline imported v1, the alias moved to v2 before register ran.
+    The decision is made against v1 (the lineage's champion), and the alias is not moved."""
+    from tests.test_register import BlockModel, _candidate, _dataset, _register
+
+    data = _dataset(tmp_path / "data")
+    name = f"imported-{tmp_path.name}"
+    _, r1 = _register(_candidate(tmp_path / "a", BlockModel(0), accuracy=0.8), data, "--model-name", name)
+    _, r2 = _register(_candidate(tmp_path / "c", BlockModel(2), accuracy=0.8), data, "--model-name", name)
+    v1, v2 = r1["version"], r2["version"]
+    mlflow_client.set_registered_model_alias(name, "champion", v2)
+
+    summary = _candidate(tmp_path / "b", BlockModel(1), accuracy=0.8)
+    decision = dsl.Artifact(uri=str(tmp_path / "decision.json"))
+    imported = Model(uri=str(tmp_path / "champion-files"), metadata={"mlflow_alias": "champion"})
+    register.python_func(
+        summary=dsl.Artifact(uri=str(summary)), data=dsl.Dataset(uri=str(data)), decision=decision,
+        model_name=name, champion=imported, champion_version=v1,
+    )  # fmt: skip
+    result = json.loads(Path(decision.path).read_text())
+    # against v1 it passes (0.795 vs 0.800, the tolerance); against v2 (0.794) it would pass too
+    assert (result["verdict"], result["promoted"], result["champion_before"]["accuracy"]) == (
+        "pass",
+        False,
+        0.8,
+    )
+    assert f"expects 'champion' to name v{v1}, but it names v{v2}" in result["reason"]
+    assert dict(decision.metadata) == {
+        "model_name": name, "version": result["version"], "promoted": False, "champion_version": v1,
+        "champion_uri": imported.uri, "champion_matches": True,
+    }  # fmt: skip
+    assert mlflow_client.get_model_version_by_alias(name, "champion").version == v2
+    assert f"--champion-version {v1}" in capsys.readouterr().out

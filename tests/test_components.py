@@ -297,6 +297,7 @@ def test_register_parity(monkeypatch, tmp_path):
         decision=decision,
         model_name="tweets",
         tolerance=0.3,
+        champion_version="7",
     )
     _check(
         register,
@@ -307,12 +308,16 @@ def test_register_parity(monkeypatch, tmp_path):
             "model_name": ("model_name", "tweets"),
             "tolerance": ("tolerance", 0.3),
             "allow_unloadable_champion": ("allow_unloadable_champion", False),
-            # lineage and the decision's record, no step arguments (tests/test_champion_importer.py)
+            # the imported champion's version is the one scored (tests/test_champion_importer.py)
+            "champion_version": ("champion_version", "7"),
+            # lineage and the decision's record, no step arguments
             "champion": (None, None),
-            "champion_version": (None, None),
             "decision": (None, None),
         },
     )
+    # none imported: the step reads the alias itself
+    _run_until_step(register.python_func, summary=summary, data=data, decision=decision)
+    assert seen["ns"].champion_version is None
 
 
 def test_train_distributed_parity(monkeypatch, tmp_path):

@@ -282,3 +282,113 @@ def test_a_promotion_stands_only_if_the_alias_did_not_move_meanwhile(
     assert mlflow_client.get_model_version_by_alias(name, "champion").version == r2["version"]
     v3 = mlflow_client.get_model_version(name, r3["version"])
     assert v3.tags["ampflow.promotion.promoted"] == "false"
+
+
+# -- --champion-version: the champion the caller looked up is the one scored --------------------------
+
+
+def test_champion_version_equal_to_the_alias_promotes_as_before(tracking_env, mlflow_client, data, tmp_path):
+    name = f"expected-{tmp_path.name}"
+    _, r1 = _register(_candidate(tmp_path / "a", BlockModel(0), accuracy=0.8), data, "--model-name", name)
+    assert r1["promoted"] is True and r1["champion_expected"] is None and r1["alias_version"] is None
+
+    extra = ("--model-name", name, "--champion-version", r1["version"])
+    code, r2 = _register(_candidate(tmp_path / "b", BlockModel(1), accuracy=0.7), data, *extra)
+    assert (code, r2["promoted"], r2["verdict"], r2["delta_pp"]) == (0, True, "pass", -0.5)
+    assert r2["champion_before"]["version"] == r1["version"] and r2["champion_before"]["accuracy"] == 0.8
+    assert (r2["champion_expected"], r2["alias_version"]) == (r1["version"], r1["version"])
+    assert mlflow_client.get_model_version_by_alias(name, "champion").version == r2["version"]
+    v2 = mlflow_client.get_model_version(name, r2["version"])
+    assert v2.tags["ampflow.promotion.champion_expected"] == r1["version"]
+
+
+def test_champion_version_the_alias_moved_from_is_scored_but_not_promoted(
+    tracking_env, mlflow_client, data, tmp_path, monkeypatch, capsys
+):
+    """The KFP pipeline looked up and imported v1; before register runs, the alias moves to v2. Register
+    scores v1 (the imported champion) and refuses to move the alias, naming both versions."""
+    name = f"expected-moved-{tmp_path.name}"
+    _, r1 = _register(_candidate(tmp_path / "a", BlockModel(0), accuracy=0.8), data, "--model-name", name)
+    _, r2 = _register(_candidate(tmp_path / "c", BlockModel(2), accuracy=0.8), data, "--model-name", name)
+    assert (r1["promoted"], r2["promoted"]) == (True, False)
+    mlflow_client.set_registered_model_alias(name, "champion", r2["version"])  # moved by someone else
+    v1, v2 = r1["version"], r2["version"]
+
+    extra = ("--model-name", name, "--champion-version", v1)
+    code, r3 = _register(_candidate(tmp_path / "b", BlockModel(1), accuracy=0.8), data, *extra)
+    # against v1 (0.800, not v2's 0.794) it passes at the tolerance, but v1 is no longer the champion
+    assert (code, r3["verdict"], r3["delta_pp"], r3["promoted"]) == (0, "pass", -0.5, False)
+    assert r3["champion_before"]["version"] == v1 and r3["champion_before"]["accuracy"] == 0.8
+    assert (r3["champion_expected"], r3["alias_version"]) == (v1, v2)
+    assert r3["reason"].startswith(
+        f"not the expected champion: --champion-version {v1} expects 'champion' to name v{v1}, "
+        f"but it names v{v2}"
+    )
+    assert r3["message"] == f"registered {name} v{r3['version']} (32-true); not promoted: {r3['reason']}"
+    assert mlflow_client.get_model_version_by_alias(name, "champion").version == v2
+    tags = mlflow_client.get_model_version(name, r3["version"]).tags
+    assert (tags["ampflow.promotion.promoted"], tags["ampflow.promotion.alias_version"]) == ("false", v2)
+    assert tags["ampflow.promotion.champion_version"] == v1
+    capsys.readouterr()
+
+    # the alias names v1 before scoring, and moves to v2 while the decision is taken: the re-check
+    mlflow_client.set_registered_model_alias(name, "champion", v1)
+    decide = register._decision
+
+    def racing(*args, **kwargs):
+        decision = decide(*args, **kwargs)
+        mlflow_client.set_registered_model_alias(name, "champion", v2)
+        return decision
+
+    with monkeypatch.context() as mp:
+        mp.setattr(register, "_decision", racing)
+        code, r4 = _register(_candidate(tmp_path / "d", BlockModel(1), accuracy=0.8), data, *extra)
+    assert (code, r4["verdict"], r4["promoted"], r4["alias_version"]) == (0, "pass", False, v2)
+    assert r4["reason"].startswith(f"the alias moved: 'champion' moved from v{v1} to v{v2}")
+    assert mlflow_client.get_model_version_by_alias(name, "champion").version == v2
+
+    # the champion was removed (no alias at all): v1 is still scored, nothing is promoted
+    mlflow_client.delete_registered_model_alias(name, "champion")
+    code, r5 = _register(_candidate(tmp_path / "e", BlockModel(1), accuracy=0.8), data, *extra)
+    assert (code, r5["verdict"], r5["promoted"], r5["alias_version"]) == (0, "pass", False, None)
+    assert r5["champion_before"]["version"] == v1
+    assert f"expects 'champion' to name v{v1}, but it names no version" in r5["reason"]
+    assert "champion" not in (mlflow_client.get_registered_model(name).aliases or {})
+    # without the option, behaviour is unchanged: no champion, the candidate is promoted
+    code, r6 = _register(_candidate(tmp_path / "f", BlockModel(1), accuracy=0.8), data, "--model-name", name)
+    assert (r6["promoted"], r6["reason"], r6["champion_expected"]) == (True, "no champion yet", None)
+
+
+def test_bad_champion_version_exits_2_before_anything_is_registered(
+    tracking_env, mlflow_client, data, tmp_path, capsys
+):
+    import mlflow.tracking
+
+    summary = _candidate(tmp_path / "a", BlockModel(0), accuracy=0.8)
+    name = f"bad-expected-{tmp_path.name}"
+    argv = ["register", "--summary", str(summary), "--data", str(data), "--model-name", name]
+
+    def no_server(*a, **k):
+        raise AssertionError("the server was contacted")
+
+    with pytest.MonkeyPatch.context() as mp:  # refused before any MLflow client exists
+        mp.setattr(mlflow.tracking, "MlflowClient", no_server)
+        for bad in ("0", "-1", "abc", "1.5", "", "v3"):
+            assert main([*argv, "--champion-version", bad]) == 2, bad
+            err = capsys.readouterr().err.strip()
+            assert len(err.splitlines()) == 1 and "Traceback" not in err, err
+            assert err.count("--champion-version") == 1 and "positive integer" in err, err
+
+    # a version the registry does not have: no such model yet, then no such version of it
+    for step in ("no model", "no version"):
+        assert main([*argv, "--champion-version", "7"]) == 2, step
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and "--champion-version 7" in err and "no version 7" in err, err
+        if step == "no model":
+            assert not mlflow_client.search_registered_models(f"name = '{name}'")
+            assert main(argv) == 0  # v1, the champion
+            capsys.readouterr()
+    assert [v.version for v in mlflow_client.search_model_versions(f"name = '{name}'")] == ["1"]
+    # leading zeros name the same version
+    code, r = _register(summary, data, "--model-name", name, "--champion-version", "01")
+    assert (code, r["champion_expected"], r["champion_before"]["version"]) == (0, "1", "1")

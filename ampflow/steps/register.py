@@ -4,6 +4,7 @@ candidate holds its own against the current champion on the CURRENT test split.
     ampflow register --summary bench/summary.json --data data/tweets --model-name tweets-bow --tolerance 0.5
     ampflow register --summary bench/summary.json --data bench/data      # default name ampflow-<recipe>
     ampflow register --summary out/summary.json --data data/tweets --allow-unloadable-champion
+    ampflow register --summary out/summary.json --data data/tweets --champion-version 7   # expect v7
 
 What is compared: the candidate (the recommended configuration's best evaluated repeat, loaded from its
 ``ampflow.model_uri``) and the current champion (the version behind the alias ``champion``) are
@@ -17,12 +18,21 @@ model was evaluated on, only pick the repeat and prove the candidate was evaluat
 Exit codes: 0 done, whether promoted or not (``register.json`` says ``"promoted"`` and why); 2 bad
 input, before anything is registered: no summary, no recommended configuration, a candidate without an
 accuracy figure (never evaluated) or without a logged model, an invalid ``--model-name`` (checked
-before the server is contacted), ``--data`` not a prepared dataset of the recipe, a precision the
-device cannot run; 1 failure (server errors, a candidate model that cannot be scored).
+before the server is contacted), ``--champion-version`` that is not a positive integer (checked before
+the server is contacted) or not a version of the model, ``--data`` not a prepared dataset of the recipe,
+a precision the device cannot run; 1 failure (server errors, a candidate model that cannot be scored).
 
 The champion is scored by its version number, read once through the alias; just before the alias would
 move, it is read again, and if another register moved it meanwhile the candidate is registered but
 not promoted (``reason`` names both versions).
+
+``--champion-version N`` says which champion the caller expects (the KFP retrain pipeline passes the
+version it looked up and imported, so that the decision rests on the champion its lineage names): then
+version N is scored, whatever the alias says, and the candidate is promoted only if the alias names N
+both before scoring and at the re-check just before it would move; otherwise (the alias names another
+version, or none) the candidate is registered but not promoted and ``reason`` names both versions.
+``champion_expected`` and ``alias_version`` in register.json record what was expected and what the
+alias named at the last look.
 
 A champion that cannot be loaded or scored is reported (``champion_unloadable`` in register.json, a
 line on stderr) and blocks promotion unless ``--allow-unloadable-champion`` is given.
@@ -54,6 +64,7 @@ METRIC = "accuracy"
 SPLIT = "test"
 PROMOTION = "ampflow.promotion."  # tag prefix of the decision's figures (version and run)
 MOVED = "the alias moved: "  # how a reason of _recheck_alias begins
+UNEXPECTED = "not the expected champion: "  # how a reason of _check_expected begins
 MAX_NAME = 256  # MLflow's registered-model name column is String(256)
 
 
@@ -85,6 +96,13 @@ def add_arguments(p: Any) -> None:
         action="store_true",
         help="promote even when the current champion cannot be loaded or scored (it is reported either way)",
     )
+    p.add_argument(
+        "--champion-version",
+        default=None,
+        metavar="N",
+        help="the champion version the caller expects (a positive integer): score exactly that version, and "
+        "promote only if the alias 'champion' still names it (default: whatever the alias names)",
+    )
 
 
 def cli(args: Any) -> int:
@@ -95,6 +113,7 @@ def cli(args: Any) -> int:
         tolerance=args.tolerance,
         device=args.device,
         allow_unloadable_champion=args.allow_unloadable_champion,
+        champion_version=args.champion_version,
     )
     print(result["message"])
     return 0
@@ -164,6 +183,7 @@ class Inputs:
     rec_id: Any
     config: dict[str, Any]
     run_ids: list[str]
+    champion_version: str | None = None  # --champion-version, normalized ("7"); None when not given
 
 
 @dataclass(frozen=True)
@@ -178,13 +198,16 @@ class Candidate:
 
 @dataclass(frozen=True)
 class Champion:
-    """The current champion: its version (None without one), its score on the current split (None
-    when it could not be loaded or scored), its precision and why it could not be scored."""
+    """The champion scored: its version (the alias's, or --champion-version's; None without one), its
+    score on the current split (None when it could not be loaded or scored), its precision, why it
+    could not be scored, and the version the alias named when it was read before scoring (None: no
+    alias)."""
 
     version: Any
     score: Any
     precision: str | None
     unloadable: str | None
+    alias: str | None = None
 
 
 @dataclass(frozen=True)
@@ -202,6 +225,7 @@ class Decision:
     verdict: str | None  # None when there was no champion score to compare with
     paired: Any  # the McNemar PairedTest, or None
     delta: float | None
+    alias_version: str | None = None  # what the alias named at the last look (None: no alias)
 
 
 def run(
@@ -213,22 +237,27 @@ def run(
     tracking_uri: str | None = None,
     device: str = "auto",
     allow_unloadable_champion: bool = False,
+    champion_version: str | int | None = None,
 ) -> dict[str, Any]:
     """Score the candidate and the champion on ``data``'s test split, register the candidate and
     promote it when :func:`decide` says so; returns the decision (also written to register.json next
     to the summary, strict JSON: null, never NaN or Infinity).
 
-    ``tolerance`` in percentage points (>= 0). Raises ConfigError for bad input (module docstring),
-    before anything is registered; MLflow and scoring errors propagate (exit 1).
+    ``tolerance`` in percentage points (>= 0). ``champion_version`` (a positive integer, or its
+    digits): the champion the caller expects; that version is scored, and the candidate is promoted
+    only while the alias names it (module docstring). Raises ConfigError for bad input (module
+    docstring), before anything is registered; MLflow and scoring errors propagate (exit 1).
     """
     # bad input first: nothing below may run (no server contact) for a refused command line
-    inputs = _read_inputs(summary, data, model_name, tolerance)
+    inputs = _read_inputs(summary, data, model_name, tolerance, champion_version)
     client, uri = _client(tracking_uri, inputs.summary)
     cand = _candidate(client, inputs)
+    expected = _expected_champion(client, inputs)
     dev = _scoring_device(uri, device)
     cand_score = _score_candidate(cand, inputs.data, dev)
-    scores = Scores(cand_score, _score_champion(client, inputs, dev, cand_score.n))
+    scores = Scores(cand_score, _score_champion(client, inputs, dev, cand_score.n, expected))
     decision = _decision(scores, inputs.tolerance, allow_unloadable_champion)
+    decision = _check_expected(inputs, scores.champion, decision)
     decision = _recheck_alias(client, inputs.name, scores.champion.version, decision)
     figures = _figures(inputs, cand, scores, decision)
     version, message = _register_version(client, inputs, cand, scores, decision, figures)
@@ -239,16 +268,22 @@ def run(
 
 
 def _read_inputs(
-    summary: str | Path | dict[str, Any], data: str | Path, model_name: str | None, tolerance: float
+    summary: str | Path | dict[str, Any],
+    data: str | Path,
+    model_name: str | None,
+    tolerance: float,
+    champion_version: str | int | None = None,
 ) -> Inputs:
     """The checked inputs. Raises ConfigError (exit 2) for a missing or unreadable summary, a negative
-    or non-finite tolerance, no usable model name, a dataset without a test split or of another
-    recipe, no recommended configuration or one without tracked runs; contacts no server."""
+    or non-finite tolerance, a champion version that is not a positive integer, no usable model name,
+    a dataset without a test split or of another recipe, no recommended configuration or one without
+    tracked runs; contacts no server."""
     from ampflow.data.manifest import dataset_hash, read_manifest
 
     summary, summary_path = _read_summary(summary)
     if not (math.isfinite(tolerance) and tolerance >= 0):
         raise ConfigError(f"--tolerance must be a number >= 0 percentage points, got {tolerance}")
+    expected = check_champion_version(champion_version)
     recipe = summary.get("recipe")
     if model_name is None and not recipe:
         raise ConfigError("--summary names no recipe; pass --model-name")
@@ -271,7 +306,23 @@ def _read_inputs(
         raise ConfigError(
             f"--summary: configuration {rec_id} has no tracked MLflow run to register a model from"
         )
-    return Inputs(summary, summary_path, data, tolerance, name, recipe, data_hash, rec_id, config, run_ids)
+    return Inputs(
+        summary, summary_path, data, tolerance, name, recipe, data_hash, rec_id, config, run_ids, expected
+    )
+
+
+def check_champion_version(value: str | int | None) -> str | None:
+    """``--champion-version`` as MLflow spells a version (``"7"``; ``"007"`` becomes ``"7"``), or None
+    when not given. Raises ConfigError (exit 2) unless it is a positive integer; contacts no server."""
+    if value is None:
+        return None
+    text = str(value).strip()
+    if isinstance(value, bool) or not re.fullmatch(r"[0-9]+", text) or int(text) < 1:
+        raise ConfigError(
+            f"--champion-version {value!r}: expected a positive integer, the model version the "
+            f"'{ALIAS}' alias is expected to name"
+        )
+    return str(int(text))
 
 
 def _read_summary(summary: str | Path | dict[str, Any]) -> tuple[dict[str, Any], Path | None]:
@@ -318,6 +369,25 @@ def _candidate(client: Any, inputs: Inputs) -> Candidate:
     return Candidate(source, stored, t[schema.TAG_MODEL_URI], precision)
 
 
+def _expected_champion(client: Any, inputs: Inputs) -> Any:
+    """The model version ``--champion-version`` names, or None when it was not given. Raises ConfigError
+    (exit 2) when the registry has no such version of the model (or no such model); other registry
+    errors propagate (exit 1)."""
+    from mlflow.exceptions import MlflowException
+
+    if inputs.champion_version is None:
+        return None
+    try:
+        return client.get_model_version(inputs.name, inputs.champion_version)
+    except MlflowException as exc:
+        if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
+            raise ConfigError(
+                f"--champion-version {inputs.champion_version}: model {inputs.name!r} has no version "
+                f"{inputs.champion_version} in the registry"
+            ) from None
+        raise
+
+
 def _scoring_device(uri: str, device: str) -> Any:
     """The torch device to score on. Raises ConfigError (exit 2) for cuda where there is none."""
     import mlflow
@@ -352,17 +422,20 @@ def _score_candidate(cand: Candidate, data: str | Path, dev: Any) -> Any:
         ) from exc
 
 
-def _score_champion(client: Any, inputs: Inputs, dev: Any, n: int) -> Champion:
-    """The champion (by alias) scored on the same split as the candidate's ``n`` examples. A champion
+def _score_champion(client: Any, inputs: Inputs, dev: Any, n: int, expected: Any = None) -> Champion:
+    """The champion scored on the same split as the candidate's ``n`` examples: ``expected`` (the
+    model version of --champion-version) when given, else the version the alias names. A champion
     that cannot be loaded or scored is reported on stderr and returned with ``unloadable`` set; server
     trouble propagates (exit 1), since a failing server is no verdict on the champion."""
     from ampflow.engine.scoring import score_model
     from ampflow.tracking import schema
 
     name = inputs.name
-    champion = _champion_version(client, name)
+    by_alias = _champion_version(client, name)
+    alias = None if by_alias is None else str(by_alias.version)
+    champion = by_alias if expected is None else expected
     if champion is None:
-        return Champion(None, None, None, None)
+        return Champion(None, None, None, None, alias)
     run_tags, params = _champion_run_data(client, champion)
     precision = (
         (champion.tags or {}).get(schema.TAG_PRECISION)
@@ -391,8 +464,8 @@ def _score_champion(client: Any, inputs: Inputs, dev: Any, n: int) -> Champion:
             f"({unloadable})",
             file=sys.stderr,
         )
-        return Champion(champion, None, precision, unloadable)
-    return Champion(champion, score, precision, None)
+        return Champion(champion, None, precision, unloadable, alias)
+    return Champion(champion, score, precision, None, alias)
 
 
 def _champion_run_data(client: Any, champion: Any) -> tuple[dict[str, str], dict[str, str]]:
@@ -416,21 +489,38 @@ def _decision(scores: Scores, tolerance: float, allow_unloadable_champion: bool)
 
     cand, champ = scores.candidate, scores.champion
     if champ.version is None:
-        return Decision(True, "no champion yet", None, None, None)
+        return Decision(True, "no champion yet", None, None, None, champ.alias)
     if champ.score is None:
         why = f"champion v{champ.version.version} cannot be loaded or scored ({champ.unloadable}); " + (
             "promoted because --allow-unloadable-champion is set"
             if allow_unloadable_champion
             else "not promoted without --allow-unloadable-champion"
         )
-        return Decision(allow_unloadable_champion, why, None, None, None)
+        return Decision(allow_unloadable_champion, why, None, None, None, champ.alias)
     paired = stats.mcnemar(champ.score.correct, cand.correct)
     promoted, verdict, reason, delta = decide(cand.accuracy, champ.score.accuracy, tolerance, paired)
     why = (
         f"{verdict}: {METRIC} {cand.accuracy:.4f} vs champion v{champ.version.version} "
         f"{champ.score.accuracy:.4f} on the current {SPLIT} split; {reason}"
     )
-    return Decision(promoted, why, verdict, paired, delta)
+    return Decision(promoted, why, verdict, paired, delta, champ.alias)
+
+
+def _check_expected(inputs: Inputs, champ: Champion, decision: Decision) -> Decision:
+    """With --champion-version N, a promotion stands only if the alias named N when the champion was
+    read, before scoring; otherwise (another version, or no alias: the champion was removed) the
+    candidate is not promoted and the reason names both. The figures stay those against vN."""
+    expected = inputs.champion_version
+    if expected is None or champ.alias == expected:
+        return decision
+    named = "no version (the alias was removed?)" if champ.alias is None else f"v{champ.alias}"
+    why = UNEXPECTED + (
+        f"--champion-version {expected} expects '{ALIAS}' to name v{expected}, but it names {named}; "
+        f"promoting now would replace a champion the candidate was not compared with (did the alias "
+        f"move after v{expected} was looked up?). Run register again to weigh the candidate against the "
+        f"current champion. Against v{expected}: {decision.why}"
+    )
+    return Decision(False, why, decision.verdict, decision.paired, decision.delta, champ.alias)
 
 
 def _recheck_alias(client: Any, name: str, scored: Any, decision: Decision) -> Decision:
@@ -453,7 +543,7 @@ def _recheck_alias(client: Any, name: str, scored: Any, decision: Decision) -> D
         f"{'no version' if after is None else 'v' + after} while this decision ran (another register?); "
         f"run register again to weigh the candidate against the new champion. Before the move: {decision.why}"
     )
-    return Decision(False, why, decision.verdict, decision.paired, decision.delta)
+    return Decision(False, why, decision.verdict, decision.paired, decision.delta, after)
 
 
 def _figures(inputs: Inputs, cand: Candidate, scores: Scores, decision: Decision) -> dict[str, Any]:
@@ -470,6 +560,8 @@ def _figures(inputs: Inputs, cand: Candidate, scores: Scores, decision: Decision
         "champion_accuracy": None if champ.score is None else champ.score.accuracy,
         "champion_precision": champ.precision,
         "champion_unloadable": champ.unloadable,
+        "champion_expected": inputs.champion_version,
+        "alias_version": decision.alias_version,
         "delta_pp": decision.delta,
         "tolerance_pp": inputs.tolerance,
         "verdict": decision.verdict,
@@ -532,9 +624,9 @@ def _register_version(
     if decision.promoted:
         client.set_registered_model_alias(name, ALIAS, mv.version)
         message = f"registered {name} v{mv.version} ({rec_id}) and promoted it to '{ALIAS}': {why}"
-    elif champion is not None and not why.startswith(MOVED):
+    elif champion is not None and not why.startswith((MOVED, UNEXPECTED)):
         message = f"registered {name} v{mv.version} ({rec_id}); not promoted, '{ALIAS}' stays v{champion.version}: {why}"
-    else:  # the alias moved while this decision ran (_recheck_alias)
+    else:  # the alias did not name the champion scored (_check_expected, _recheck_alias)
         message = f"registered {name} v{mv.version} ({rec_id}); not promoted: {why}"
     return mv.version, message
 
@@ -556,6 +648,7 @@ def _result(
         "verdict": decision.verdict, "dataset_hash": inputs.data_hash, "split": SPLIT,
         "n": scores.candidate.n, "precision": cand.precision, "promoted": decision.promoted, "alias": ALIAS,
         "reason": decision.why, "message": message, "tolerance_pp": inputs.tolerance,
+        "champion_expected": inputs.champion_version, "alias_version": decision.alias_version,
     }  # fmt: skip
     result = _finite(result)
     if inputs.summary_path is not None:

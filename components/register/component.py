@@ -2,7 +2,7 @@
 
 from components.register import register
 register(summary=compare_task.outputs["summary"], data=prep_task.outputs["data"], model_name="tweets-bow")
-register(..., champion=imported.output, champion_version=lookup.outputs["version"])  # lineage: the champion
+register(..., champion=imported.output, champion_version=lookup.outputs["version"])  # scored: that version
 """
 
 # No `from __future__ import annotations` here: KFP reads the annotations as types.
@@ -31,11 +31,13 @@ def register(
     dataset of this run); the alias moves only when the candidate is within `tolerance` percentage
     points and not significantly worse. Refusing is a normal outcome (exit 0), not a failed task. A
     champion that cannot be loaded blocks promotion unless `allow_unloadable_champion`.
-    `champion`: the current champion as an imported Model (``dsl.importer``), version
-    `champion_version`, for lineage only: the step loads the champion by its alias. `decision` gets
-    register.json; its metadata name the new version, whether it was promoted, and the champion it
-    was compared with (``champion_uri``, and ``champion_matches`` false when the alias moved between
-    the import and the comparison).
+    `champion`: the current champion as an imported Model (``dsl.importer``), for lineage;
+    `champion_version`: its version, passed to the step as ``--champion-version`` when not "", so
+    the step scores exactly that version and promotes only if the alias still names it when the
+    decision is taken (else: registered, not promoted, the reason names both versions). `decision`
+    gets register.json; its metadata name the new version, whether it was promoted, the champion it
+    was compared with (``champion_version``) and, with an imported champion, ``champion_uri`` and
+    ``champion_matches`` (true whenever register scored a champion: the imported one).
     """
     import json
     import os
@@ -53,6 +55,7 @@ def register(
         model_name=model_name,
         tolerance=tolerance,
         allow_unloadable_champion=allow_unloadable_champion,
+        champion_version=champion_version,  # "" is left out: the step then reads the alias
         pipeline_run_id=pipeline_run_id,
         result_file=result_file,
     )
@@ -67,10 +70,10 @@ def register(
     if champion is not None:
         matches = compared is not None and str(compared) == str(champion_version)
         decision.metadata.update(champion_uri=champion.uri, champion_matches=matches)
-        if not matches:
+        if not matches:  # cannot happen with --champion-version; said loudly if it ever does
             print(
                 f"warning: the imported champion is v{champion_version or '?'}, but register compared "
-                f"against {'v' + str(compared) if compared else 'no champion'}: the alias moved in between",
+                f"against {'v' + str(compared) if compared else 'no champion'}",
                 flush=True,
             )
     print("decision:", json.dumps(dict(decision.metadata), sort_keys=True), flush=True)
