@@ -83,7 +83,7 @@ def distributed_topology(
     if not spec.distributed:
         return list(ONE_PROCESS)
     if nodes == 1:
-        check_nproc(spec, nproc_per_node, mesh)
+        check_nproc(spec, nproc_per_node, mesh, names=("nproc_per_node", "strategies"))  # the DAG's params
         return [1, nproc_per_node]
     if mode != "kubernetes":
         raise ConfigError(

@@ -144,7 +144,10 @@ def test_busy_machine_is_called_out_in_the_report():
 @pytest.mark.parametrize(
     ("extra", "named"),
     [
-        (["--strategies", "single,ddp", "--nproc-per-node", "1"], "--nproc-per-node must be at least 2"),
+        (
+            ["--strategies", "single,ddp", "--nproc-per-node", "1"],
+            "--nproc-per-node must be at least 2 for strategies ddp (got 1); use --strategies single",
+        ),
         (["--strategies", "single,zero3"], "strategy must be one of single, ddp, fsdp, tp, pp, fsdp+tp"),
         (["--strategies", "tp", "--set", "mesh=tp:4"], "mesh tp:4 covers 4 ranks but the world size is 2"),
         (

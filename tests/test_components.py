@@ -447,6 +447,12 @@ def test_sweep_plan_sweeps_strategies_as_bench_does_and_refuses_what_cannot_run(
     for message, bad in refused.items():
         with pytest.raises(ConfigError, match=message):
             sweep_plan.python_func(precisions=["32-true"], **bad)
+    # the user's words are the pipeline's parameters, not ampflow bench's flags
+    with pytest.raises(ConfigError) as exc:
+        sweep_plan.python_func(precisions=["32-true"], **refused["at least 2"])
+    assert str(exc.value) == (
+        "nproc_per_node must be at least 2 for strategies ddp (got 1); use strategies single for one process"
+    )
     # single only: the process count does not matter, and kfp.local runs it
     assert (
         len(sweep_plan.python_func(precisions=["32-true"], nproc_per_node=1, single_process_only=True)) == 1

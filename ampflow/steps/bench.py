@@ -162,23 +162,32 @@ def _refuse_swept_overrides(overrides: list[str] | None) -> None:
             raise ConfigError(f"--set {key}: the sweep sets {key} per configuration; use {_SWEPT_KEYS[key]}")
 
 
-def check_nproc(sweep: SweepSpec, nproc_per_node: int, mesh: str | None = None) -> None:
+def check_nproc(
+    sweep: SweepSpec,
+    nproc_per_node: int,
+    mesh: str | None = None,
+    *,
+    names: tuple[str, str] = ("--nproc-per-node", "--strategies"),
+) -> None:
     """Refuse a process count the sweep's distributed strategies cannot run on (ConfigError, exit 2).
 
     Every strategy but ``single`` needs at least 2 processes, and each one's layout (its default mesh,
     or ``mesh`` from ``--set mesh=...``, which every configuration gets) must cover exactly
     ``nproc_per_node`` ranks (:func:`ampflow.engine.mesh.resolve`, torch-free). A single-strategy
-    sweep ignores the count.
+    sweep ignores the count. ``names``: how the caller's user spelled the process count and the
+    strategies (this CLI's flags by default; the Airflow DAG and the KFP pipeline pass their params'
+    names), so that the message names what the user typed.
     """
     if not sweep.distributed:
         return
     from ampflow.engine import mesh as meshes
 
+    nproc_name, strategies_name = names
     distributed = [s for s in sweep.strategies if s != "single"]
     if isinstance(nproc_per_node, bool) or not isinstance(nproc_per_node, int) or nproc_per_node < 2:
         raise ConfigError(
-            f"--nproc-per-node must be at least 2 for strategies {', '.join(distributed)} "
-            f"(got {nproc_per_node!r}); use --strategies single for one process"
+            f"{nproc_name} must be at least 2 for strategies {', '.join(distributed)} "
+            f"(got {nproc_per_node!r}); use {strategies_name} single for one process"
         )
     for strategy in sweep.strategies:
         meshes.resolve(strategy, mesh, nproc_per_node, nproc_per_node)

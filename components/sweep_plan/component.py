@@ -55,6 +55,6 @@ def sweep_plan(
         for strategy in sweep.strategies:
             meshes.resolve(strategy, mesh, num_nodes * nproc_per_node, nproc_per_node)
     else:
-        check_nproc(sweep, nproc_per_node, mesh)
+        check_nproc(sweep, nproc_per_node, mesh, names=("nproc_per_node", "strategies"))  # pipeline params
     # every item names its strategy: the pipeline's condition reads it ("single" trains in one pod)
     return [{**entry.to_dict(), "strategy": entry.strategy} for entry in sweep.entries()]

@@ -322,6 +322,13 @@ def test_benchmark_sweeps_strategies_and_refuses_a_layout_the_processes_cannot_h
         with pytest.raises(AirflowFailException, match=message) as exc:
             plan(**conf)
         assert "\n" not in str(exc.value)
+    # the user's words are the DAG's params, not ampflow bench's flags
+    with pytest.raises(AirflowFailException) as exc:
+        plan(**refused["at least 2"])
+    assert "nproc_per_node must be at least 2 for strategies ddp (got 1); use strategies single" in str(
+        exc.value
+    )
+    assert "--" not in str(exc.value)
     # over two nodes (kubernetes), ddp holds on two single-GPU nodes
     assert plan(strategies=["ddp"], nodes=2, nproc_per_node=1, execution_mode="kubernetes")["sweep"][
         "topology"
