@@ -630,11 +630,35 @@ BAD_INPUT = {
     "toleration json": (["--toleration", '{"key": "k", "operator": "Maybe"}'], "operator"),
     "selector": (["--node-selector", "pool"], "--node-selector"),
     "volume": (["--volume", "claim"], "--volume"),
-    "cpu": (["--cpu", "lots"], "cpu"),
-    "clean policy": (["--clean-pod-policy", "Sometimes"], "clean_pod_policy"),
+    # the flags a user typed, not the fields behind them (cpu, clean_pod_policy, ...)
+    "cpu": (["--cpu", "lots"], "--cpu must be a Kubernetes quantity (e.g. 4, 500m, 16Gi), got 'lots'"),
+    "memory": (
+        ["--memory", "16 GB"],
+        "--memory must be a Kubernetes quantity (e.g. 4, 500m, 16Gi), got '16 GB'",
+    ),
+    "clean policy": (
+        ["--api", "pytorchjob", "--clean-pod-policy", "Sometimes"],
+        "--clean-pod-policy must be one of All, Running, None; got 'Sometimes'",
+    ),
+    "backoff": (
+        ["--api", "pytorchjob", "--backoff-limit", "-1"],
+        "--backoff-limit must be an integer >= 0, got -1",
+    ),
+    "ttl": (
+        ["--api", "pytorchjob", "--ttl-seconds-after-finished", "-60"],
+        "--ttl-seconds-after-finished must be an integer >= 0, got -60",
+    ),
+    "active deadline": (
+        ["--api", "pytorchjob", "--active-deadline-seconds", "-5"],
+        "--active-deadline-seconds must be an integer >= 1, or 0 for none, got -5",
+    ),
     "v1 field on v2": (
         ["--api", "trainjob", "--ttl-seconds-after-finished", "60"],
-        "ttl_seconds_after_finished",
+        "--ttl-seconds-after-finished sets a PyTorchJob runPolicy field",
+    ),
+    "v1 policy on v2": (
+        ["--api", "trainjob", "--clean-pod-policy", "All"],
+        "--clean-pod-policy sets a PyTorchJob runPolicy field",
     ),
     "inline credentials": (["--tracking-uri", "https://bob:hunter2@mlflow.example.com"], "tracking_uri"),
     "timeout": (["--timeout", "0"], "run_deadline"),

@@ -184,6 +184,11 @@ class LaunchSpec:
         return dns1035_name(f"{base[: limit - len(digest) - 1]}-{digest}", limit)
 
 
+def _flag(field: str) -> str:
+    """The ``ampflow launch`` flag that sets a LaunchSpec field (``priority_class`` -> ``--priority-class``)."""
+    return "--" + field.replace("_", "-")
+
+
 def _validate_spec(s: LaunchSpec) -> None:
     if s.api not in APIS:
         raise ConfigError(f"api must be one of {', '.join(APIS)}; got {s.api!r}")
@@ -252,22 +257,23 @@ def _validate_spec(s: LaunchSpec) -> None:
             )
     if s.tracking_uri is not None and re.match(r"^[a-z][a-z0-9+.-]*://[^/@]+@", s.tracking_uri, re.I):
         raise ConfigError("tracking_uri must not carry credentials; put them in the --mlflow-secret Secret")
+    # these errors name the flag a user typed (--clean-pod-policy), as the queue's below do
     for name in ("cpu", "memory"):
         v = getattr(s, name)
         if v is not None and not _QUANTITY_RE.match(str(v)):
-            raise ConfigError(f"{name} must be a Kubernetes quantity (e.g. 4, 500m, 16Gi), got {v!r}")
+            raise ConfigError(f"{_flag(name)} must be a Kubernetes quantity (e.g. 4, 500m, 16Gi), got {v!r}")
     if s.clean_pod_policy is not None and s.clean_pod_policy not in CLEAN_POD_POLICIES:
         raise ConfigError(
-            f"clean_pod_policy must be one of {', '.join(CLEAN_POD_POLICIES)}; got {s.clean_pod_policy!r}"
+            f"--clean-pod-policy must be one of {', '.join(CLEAN_POD_POLICIES)}; got {s.clean_pod_policy!r}"
         )
-    for name, low in (
-        ("backoff_limit", 0),
-        ("active_deadline_seconds", 1),
-        ("ttl_seconds_after_finished", 0),
+    for name, low, hint in (
+        ("backoff_limit", 0, ""),
+        ("active_deadline_seconds", 1, ", or 0 for none"),  # the CLI's 0 arrives here as None
+        ("ttl_seconds_after_finished", 0, ""),
     ):
         v = getattr(s, name)
         if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < low):
-            raise ConfigError(f"{name} must be an integer >= {low}, got {v!r}")
+            raise ConfigError(f"{_flag(name)} must be an integer >= {low}{hint}, got {v!r}")
     if s.api == "trainjob":
         v1_only = [
             n
@@ -276,8 +282,8 @@ def _validate_spec(s: LaunchSpec) -> None:
         ]
         if v1_only:
             raise ConfigError(
-                f"{v1_only[0]} is a PyTorchJob runPolicy field; a TrainJob takes it from its runtime "
-                f"({s.runtime}); use --api pytorchjob or change the runtime"
+                f"{_flag(v1_only[0])} sets a PyTorchJob runPolicy field; a TrainJob takes it from its "
+                f"runtime ({s.runtime}); use --api pytorchjob or change the runtime"
             )
     mounts = [m for _, m in s.volumes]
     for claim, mount in s.volumes:
@@ -298,7 +304,7 @@ def _validate_spec(s: LaunchSpec) -> None:
             not isinstance(v, str) or len(v) > MAX_LABEL or not _DNS1123_SUBDOMAIN_RE.match(v)
         ):
             raise ConfigError(
-                f"--{name.replace('_', '-')} must be a DNS-1123 name (lower case, digits, '-', '.', at "
+                f"{_flag(name)} must be a DNS-1123 name (lower case, digits, '-', '.', at "
                 f"most {MAX_LABEL} characters), got {v!r}"
             )
     if s.priority_class is not None and s.api == "trainjob":
