@@ -98,7 +98,8 @@ def with_champion(
     cluster: Cluster,
 ) -> None:
     """Look up the current champion; when KFP can import its files, import them as a Model and call
-    ``registered(champion=<the Model>, champion_version=<its version>)``, else ``registered()``.
+    ``registered(champion=<the Model>, champion_version=<its version>)``, else
+    ``registered(champion_version=<its version, "" without a champion>)``.
 
     The importer sits inside the ``dsl.If`` on the lookup's URI, which makes that URI an input of
     the importer's DAG: the KFP backend's importer reads a runtime URI from its parent DAG's inputs
@@ -119,7 +120,9 @@ def with_champion(
         current.set_display_name("import champion").set_caching_options(False)
         registered(champion=current.output, champion_version=lookup.outputs["version"])
     with dsl.If(found == "", name="no-champion-to-import"):
-        registered()
+        # files out of KFP's reach: no lineage, but register still scores the version looked up
+        # (none on a recipe's first run: "" leaves the flag out)
+        registered(champion_version=lookup.outputs["version"])
 
 
 @dsl.pipeline(name="ampflow-register-against-champion")
