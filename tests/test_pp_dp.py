@@ -113,7 +113,6 @@ def _config(**kw) -> RunConfig:
             "needs at least as many micro-batches",
         ),
         ({"mesh": "dp:3,pp:2"}, "batch_size 8 must be a multiple of the data-parallel size 3"),
-        ({"mesh": "dp:2,pp:2", "compile": True}, "compile is not supported with strategy pp"),
     ],
 )
 def test_pp_dp_layout_rules_before_any_process_group(kw, needle):
@@ -156,7 +155,7 @@ def test_bench_and_launch_take_a_pp_dp_mesh():
     assert "--nnodes=2" in argv and "--nproc-per-node=2" in argv and "mesh=dp:2,pp:2" in argv
 
 
-# -- one real run -------------------------------------------------------------------------------
+# -- real runs ----------------------------------------------------------------------------------
 
 
 def _final_weights(run: Path) -> dict:
@@ -171,26 +170,56 @@ def _final_weights(run: Path) -> dict:
     return model.state_dict()
 
 
-@pytest.mark.slow
-def test_pp_dp_2x2_matches_one_process(tmp_path, monkeypatch):
-    """2 pipelines x 2 stages on 4 processes train like one process on the whole global batch."""
-    import torch
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """The dataset and one process's run of COMMON on it (eager): ``(data, run dir, result)``."""
+    tmp = tmp_path_factory.mktemp("pp_dp")
+    data = write_dataset(tmp / "data")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("AMPFLOW_TRACKING", "off")
+        assert main(["train", "--recipe", NAME, "--data", str(data), "--out", str(tmp / "ref"), *COMMON]) == 0
+    return data, tmp / "ref", json.loads((tmp / "ref" / "result.json").read_text())
 
-    monkeypatch.setenv("AMPFLOW_TRACKING", "off")
-    data = write_dataset(tmp_path / "data")
-    ref = tmp_path / "ref"
-    argv = ["train", "--recipe", NAME, "--data", str(data), "--out", str(ref), *COMMON]
-    assert main(argv) == 0
-    want = json.loads((ref / "result.json").read_text())
 
-    run = tmp_path / "pp_dp"
-    argv = [*torchrun_program(4), "train", "--strategy", "pp", "--recipe", NAME, "--data", str(data)]
-    argv += ["--out", str(run), *COMMON, "--set", "mesh=dp:2,pp:2", "--set", "pp_schedule=1f1b"]
-    env = {**os.environ, "AMPFLOW_TRACKING": "off", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+def _torchrun(nproc: int, data: Path, out: Path, *extra: str, env: dict | None = None) -> dict:
+    argv = [*torchrun_program(nproc), "train", "--strategy", "pp", "--recipe", NAME, "--data", str(data)]
+    argv += ["--out", str(out), *COMMON, *extra]
+    env = {
+        **os.environ,
+        "AMPFLOW_TRACKING": "off",
+        "OMP_NUM_THREADS": "1",
+        "PYTHONPATH": str(ROOT),
+        **(env or {}),
+    }
     proc = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=600)  # noqa: S603
     assert proc.returncode == 0, proc.stderr[-3000:]
-    got = json.loads((run / "result.json").read_text())
+    return json.loads((out / "result.json").read_text())
 
+
+def _assert_trains_like(got: dict, run: Path, want: dict, ref: Path) -> None:
+    """Loss curve, validation and final weights of ``got`` (written to ``run``) are one process's."""
+    import torch
+
+    # the loss of each step is the global batch's mean, not one pipeline's
+    assert [s for s, _ in got["loss_curve"]] == [s for s, _ in want["loss_curve"]] == [1, 2, 3]
+    torch.testing.assert_close(
+        [v for _, v in got["loss_curve"]], [v for _, v in want["loss_curve"]], atol=ATOL, rtol=RTOL
+    )
+    # each example of the 16 in the val split counted once (up to one near a tie)
+    assert [p[0] for p in got["val_curve"]] == [p[0] for p in want["val_curve"]] == [STEPS]
+    assert got["val_curve"][0][2] == pytest.approx(want["val_curve"][0][2], abs=1 / 16)
+    a, b = _final_weights(run), _final_weights(ref)
+    assert set(a) == set(b)
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], atol=ATOL, rtol=RTOL, msg=lambda msg, k=k: f"{k}: {msg}")
+
+
+@pytest.mark.slow
+def test_pp_dp_2x2_matches_one_process(reference, tmp_path):
+    """2 pipelines x 2 stages on 4 processes train like one process on the whole global batch."""
+    data, ref, want = reference
+    run = tmp_path / "pp_dp"
+    got = _torchrun(4, data, run, "--set", "mesh=dp:2,pp:2", "--set", "pp_schedule=1f1b")
     assert (got["strategy"], got["mesh"], got["world_size"]) == ("pp", "pp:2,dp:2", 4)
     m = got["metrics"]
     # 2 stages over 2 micro-batches: (p - 1) / (m + p - 1) idles; speed per device over all 4 ranks
@@ -198,15 +227,18 @@ def test_pp_dp_2x2_matches_one_process(tmp_path, monkeypatch):
     assert m["pp_bubble_fraction"] == pytest.approx(1 / 3)
     assert m["samples_per_s_per_device"] * 4 == pytest.approx(m["samples_per_s"])
     assert m["global_batch_size"] == 16
-    # the loss of each step is the global batch's mean, not one pipeline's
-    assert [s for s, _ in got["loss_curve"]] == [s for s, _ in want["loss_curve"]] == [1, 2, 3]
-    torch.testing.assert_close(
-        [v for _, v in got["loss_curve"]], [v for _, v in want["loss_curve"]], atol=ATOL, rtol=RTOL
-    )
-    # each pipeline scores its half of the 16 val examples, each counted once (up to one near a tie)
-    assert [p[0] for p in got["val_curve"]] == [p[0] for p in want["val_curve"]] == [STEPS]
-    assert got["val_curve"][0][2] == pytest.approx(want["val_curve"][0][2], abs=1 / 16)
-    a, b = _final_weights(run), _final_weights(ref)
-    assert set(a) == set(b)
-    for k in a:
-        torch.testing.assert_close(a[k], b[k], atol=ATOL, rtol=RTOL, msg=lambda msg, k=k: f"{k}: {msg}")
+    _assert_trains_like(got, run, want, ref)
+
+
+@pytest.mark.slow
+def test_a_compiled_pipeline_matches_one_eager_process(reference, tmp_path):
+    """--compile under pp: each rank's stage is compiled (inductor, CPU), once, and trains like one
+    eager process (fusions move float32 results by a few ulps only)."""
+    data, ref, want = reference
+    run, cache = tmp_path / "pp_compiled", tmp_path / "inductor"
+    got = _torchrun(2, data, run, "--compile", env={"TORCHINDUCTOR_CACHE_DIR": str(cache)})
+    assert (got["compile"], got["mesh"]) == (True, "pp:2")
+    # inductor generated the stages' kernels (a fresh cache: nothing reused), in the first step only
+    assert any(cache.rglob("*.py")), "inductor compiled nothing"
+    assert got["metrics"]["compile_s"] > 0 and got["metrics"]["recompiles"] == 0
+    _assert_trains_like(got, run, want, ref)

@@ -30,6 +30,11 @@ pipeline's checkpoint (whole tensors merged by name, :mod:`.state`) does not tak
 the reduction does not overlap the backward. The gradient norm is summed over the ``pp`` group only,
 after the average, so the ``D`` identical replicas are counted once.
 
+``--compile`` compiles each rank's whole stage (the trainer's ``torch.compile`` of the
+:class:`StageModule`, which ``PipelineStage`` calls once per micro-batch; checked in torch 2.13 on CPU
+with GPipe and 1F1B, without graph breaks or recompiles: the stage's input shapes are fixed per run).
+The first step compiles (``compile_s``); the loss function and validation run eagerly.
+
 Validation (``val_every``) runs the val split forward through the stages with plain point-to-point
 sends (:meth:`PipelineStepper.val_accuracy`): each batch of ``eval_batch_size`` goes stage by stage,
 the last stage counts the correct predictions and the count is summed over ranks, so every stage holds
