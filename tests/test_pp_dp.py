@@ -140,14 +140,25 @@ def test_train_refuses_a_pp_dp_mesh_that_misses_the_world_size_with_exit_2(tmp_p
     assert not dist.is_initialized()
 
 
-def test_bench_and_launch_take_a_pp_dp_mesh():
+def test_bench_and_launch_take_a_pp_dp_mesh(tmp_path):
+    """`ampflow bench --strategies pp --set mesh=dp:2,pp:2 --nproc-per-node 4` passes bench's checks
+    (the process count against the mesh, then train's layout rules per configuration); `ampflow
+    launch` maps nodes x GPUs per node onto it."""
     from ampflow.kube.manifests import LaunchSpec, container_command
-    from ampflow.steps.bench import check_nproc
+    from ampflow.steps.bench import _check_layouts, check_nproc
 
-    sweep = SweepSpec.from_words("32-true", strategies="pp")
+    sweep = SweepSpec.from_words("32-true", "off,on", strategies="pp")
     check_nproc(sweep, 4, "dp:2,pp:2")
     with pytest.raises(ConfigError, match="covers 4 ranks but the world size is 8"):
         check_nproc(sweep, 8, "dp:2,pp:2")
+    data = write_dataset(tmp_path / "data", n_train=16, n_val=4, n_test=4)
+    # the bench CLI's config carries its --set values; the strings say which keys the user set
+    config = RunConfig(recipe=NAME, mesh="dp:2,pp:2", batch_size=8, grad_accum=2)
+    _check_layouts(config, sweep, data, 4, ["mesh=dp:2,pp:2", "batch_size=8", "grad_accum=2"])
+    with pytest.raises(ConfigError, match="batch_size 6 must be a multiple of the data-parallel size 4"):
+        _check_layouts(
+            config.replace(mesh="dp:4", batch_size=6), sweep, data, 8, ["mesh=dp:4", "batch_size=6"]
+        )
     spec = {"recipe": "tweets-minilm", "data": "/data", "image": "reg/ampflow:1", "strategy": "pp"}
     with pytest.raises(ConfigError, match="covers 6 ranks but the world size is 4"):
         LaunchSpec(**spec, nodes=2, gpus_per_node=2, overrides={"mesh": "dp:3,pp:2"})
