@@ -26,9 +26,11 @@ equals one process's over the same global batch. An explicit all-reduce rather t
 the stage: ``torch.distributed.pipelining`` runs the stage's backward through
 ``torch.autograd.backward`` on its own, so DDP's hooks would need the schedule's cooperation (it
 special-cases only FSDP2), and FSDP2 would turn the stage's weights into DTensor shards, which the
-pipeline's checkpoint (whole tensors merged by name, :mod:`.state`) does not take; the price is that
-the reduction does not overlap the backward. The gradient norm is summed over the ``pp`` group only,
-after the average, so the ``D`` identical replicas are counted once.
+full-format checkpoint's merge of a pipeline's stages (plain tensors by name, :mod:`.state`) does not
+take; the weights stay plain tensors, replicated. The price: the reduction does not overlap the
+backward, and each replica holds its stage's whole optimizer state (FSDP2 would shard it). The
+gradient norm is summed over the ``pp`` group only, after the average, so the ``D`` identical replicas
+are counted once.
 
 ``--compile`` compiles each rank's whole stage (the trainer's ``torch.compile`` of the
 :class:`StageModule`, which ``PipelineStage`` calls once per micro-batch; checked in torch 2.13 on CPU
