@@ -163,3 +163,18 @@ def test_optimizer_hyperparameters_come_back_from_the_shards(tmp_path):
     for p, q in zip(model.parameters(), fresh.parameters(), strict=True):
         assert torch.equal(opt.state[p]["exp_avg"], fresh_opt.state[q]["exp_avg"])
         assert torch.equal(torch.as_tensor(opt.state[p]["step"]), torch.as_tensor(fresh_opt.state[q]["step"]))
+
+
+def test_the_full_format_merges_each_pipeline_stage_once_under_a_pp_x_dp_mesh():
+    """Rank 0 gathers every rank's stage state; under pp:2,dp:2 each stage arrives twice."""
+    from ampflow.engine.state import _merge_optimizer_states
+
+    def stage(*names):
+        return {
+            "state": {n: {"exp_avg": torch.ones(1)} for n in names},
+            "param_groups": [{"lr": 0.1, "params": list(names)}],
+        }
+
+    merged = _merge_optimizer_states([stage("a", "b"), stage("a", "b"), stage("c"), stage("c")])
+    assert merged["param_groups"] == [{"lr": 0.1, "params": ["a", "b", "c"]}]
+    assert list(merged["state"]) == ["a", "b", "c"]

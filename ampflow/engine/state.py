@@ -157,11 +157,15 @@ def _merge_on_main(local: dict[str, Any], merge: Any) -> dict[str, Any]:
 
 
 def _merge_optimizer_states(parts: list[dict[str, Any]]) -> dict[str, Any]:
-    """Pipeline stages' optimizer states (disjoint parameters) as one, group by group, in stage order."""
+    """Pipeline stages' optimizer states (disjoint parameters) as one, group by group, in stage order.
+
+    Under a ``pp x dp`` mesh every stage arrives once per data-parallel replica (equal states, the
+    gradients being averaged over the replicas): each parameter is kept once, at its first place."""
     state = {k: v for p in parts for k, v in p["state"].items()}
     groups = [dict(g) for g in parts[0]["param_groups"]]
     for g_index, group in enumerate(groups):
-        group["params"] = [name for p in parts for name in p["param_groups"][g_index]["params"]]
+        names = (name for p in parts for name in p["param_groups"][g_index]["params"])
+        group["params"] = list(dict.fromkeys(names))
     return {"state": state, "param_groups": groups}
 
 
