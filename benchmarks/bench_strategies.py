@@ -6,8 +6,9 @@
 Each configuration is a real ``ampflow train`` process tree (``torchrun --nproc_per_node=N`` for the
 parallel ones) with one torch thread per process, the same data, seed, global batch and steps:
 ``single`` (1 process), ``ddp``, ``fsdp``, ``tp``, ``pp`` (2 processes; pp runs 1F1B over ``grad_accum``
-micro-batches, every other strategy accumulates the same micro-batches) and ``fsdp+tp`` on a 2x2 mesh
-(4 processes: on fewer than 4 cores they share cores, which the figures then show). Sequences are
+micro-batches, every other strategy accumulates the same micro-batches), and on 4 processes ``pp_dp``
+(two 2-stage pipelines, ``pp`` on a ``pp:2,dp:2`` mesh) and ``fsdp+tp`` on a 2x2 mesh (on fewer than 4
+cores they share cores, which the figures then show). Sequences are
 padded to the full width for all (``pad_to=max``): a pipeline stage keeps one shape.
 
 On a CPU these figures show each layout's overheads (collectives through gloo and shared memory, the
@@ -29,13 +30,14 @@ from pathlib import Path
 from ampflow.commands import torchrun_program
 
 ROOT = Path(__file__).resolve().parents[1]
-# strategy -> (processes, extra settings)
+# name -> (processes, extra settings); a name is its --strategy, except pp_dp (pp on a pp:2,dp:2 mesh)
 LAYOUTS: dict[str, tuple[int, list[str]]] = {
     "single": (1, []),
     "ddp": (2, []),
     "fsdp": (2, []),
     "tp": (2, []),
     "pp": (2, ["--set", "pp_schedule=1f1b"]),
+    "pp_dp": (4, ["--set", "pp_schedule=1f1b", "--set", "mesh=dp:2,pp:2"]),
     "fsdp+tp": (4, ["--set", "mesh=dp:2,tp:2"]),
 }
 
@@ -60,7 +62,7 @@ def _train(strategy: str, data: Path, out: Path, args: argparse.Namespace) -> di
     if strategy == "single":
         argv = [sys.executable, "-m", "ampflow", *common]
     else:
-        argv = [*torchrun_program(nproc), *common, "--strategy", strategy]
+        argv = [*torchrun_program(nproc), *common, "--strategy", strategy.removesuffix("_dp")]
     proc = subprocess.run(argv, env=_env(), capture_output=True, text=True, check=False)  # noqa: S603
     if proc.returncode != 0:
         raise RuntimeError(f"{strategy} failed (exit {proc.returncode}):\n{proc.stderr[-2000:]}")
