@@ -118,13 +118,14 @@ def test_different_learning_rates_are_not_repeats(tmp_path):
 
 def test_seed_and_bookkeeping_may_differ_within_repeats(tmp_path):
     runs = [write_run(tmp_path, "r0", thr=100.0), write_run(tmp_path, "r1", thr=104.0, seed=1, log_every=1,
-                                                               checkpoint_every=50)]  # fmt: skip
+                                                               checkpoint_every=50, checkpoint_format="sharded")]  # fmt: skip
     s = compare_runs(runs, previous=[])
     assert [(c["config_id"], c["repeats"]) for c in s["configs"]] == [("32-true", 2)]
     assert s["compared"] == ["precision", "compile", "strategy"] and s["mismatches"] == []
     assert comparable.BOOKKEEPING_FIELDS == (
         "log_every",
         "checkpoint_every",
+        "checkpoint_format",
         "allow_16_true",
         "max_nonfinite_steps",
         "peak_flops",
