@@ -615,17 +615,20 @@ def test_launch_argv_from_step_argv_and_list_forms(capsys: pytest.CaptureFixture
 
 
 BAD_INPUT = {
-    "nodes": (["--nodes", "0"], "nodes"),
-    "gpus": (["--gpus-per-node", "-1"], "gpus_per_node"),
-    "api": (["--api", "mpijob"], "api must be one of pytorchjob, trainjob"),
-    "image": (["--image", ""], "image"),
+    "nodes": (["--nodes", "0"], "--nodes must be >= 1, got 0"),
+    "gpus": (["--gpus-per-node", "-1"], "--gpus-per-node must be >= 0, got -1"),
+    "api": (["--api", "mpijob"], "--api must be one of pytorchjob, trainjob"),
+    "image": (["--image", ""], "--image must be a container image reference"),
     "name": (["--name=---"], "name"),
-    "namespace": (["--namespace", "ML_Team"], "namespace"),
+    "namespace": (["--namespace", "ML_Team"], "--namespace must be a DNS-1123 label"),
     "set key": (["--set", "nope=1"], "nope"),
     "set value": (["--set", "max_steps=-3"], "max_steps"),
     "set clash": (["--set", "precision=bf16-mixed"], "--precision"),
-    "strategy": (["--strategy", "single"], "strategy"),
-    "precision": (["--precision", "int3"], "precision"),
+    "strategy": (
+        ["--strategy", "single"],
+        "--strategy single runs one process, but --nodes x --gpus-per-node is",
+    ),
+    "precision": (["--precision", "int3"], "--precision must be one of"),
     "toleration": (["--toleration", "k=v:Sometimes"], "effect"),
     "toleration json": (["--toleration", '{"key": "k", "operator": "Maybe"}'], "operator"),
     "selector": (["--node-selector", "pool"], "--node-selector"),
@@ -660,7 +663,10 @@ BAD_INPUT = {
         ["--api", "trainjob", "--clean-pod-policy", "All"],
         "--clean-pod-policy sets a PyTorchJob runPolicy field",
     ),
-    "inline credentials": (["--tracking-uri", "https://bob:hunter2@mlflow.example.com"], "tracking_uri"),
+    "inline credentials": (
+        ["--tracking-uri", "https://bob:hunter2@mlflow.example.com"],
+        "--tracking-uri must not carry",
+    ),
     "timeout": (["--timeout", "0"], "run_deadline"),
     "queue timeout": (["--queue-timeout", "-5"], "queue_timeout must be a positive number of seconds"),
     "queue": (["--queue", "Team_A"], "--queue must be a DNS-1123 name"),
@@ -675,7 +681,7 @@ BAD_INPUT = {
         "--priority-class must be a DNS-1123 name (lower case, digits, '-', '.', at most 63 characters), "
         "got 'High!'",
     ),
-    "token in uri": (["--tracking-uri", "https://hunter2@mlflow.example.com"], "tracking_uri"),
+    "token in uri": (["--tracking-uri", "https://hunter2@mlflow.example.com"], "--tracking-uri must not carry"),
 }
 
 

@@ -191,28 +191,28 @@ def _flag(field: str) -> str:
 
 def _validate_spec(s: LaunchSpec) -> None:
     if s.api not in APIS:
-        raise ConfigError(f"api must be one of {', '.join(APIS)}; got {s.api!r}")
+        raise ConfigError(f"--api must be one of {', '.join(APIS)}; got {s.api!r}")
     for name in ("nodes", "gpus_per_node"):
         v = getattr(s, name)
         if not isinstance(v, int) or isinstance(v, bool):
-            raise ConfigError(f"{name} must be an integer, got {v!r}")
+            raise ConfigError(f"{_flag(name)} must be an integer, got {v!r}")
     if s.nodes < 1:
-        raise ConfigError(f"nodes must be >= 1, got {s.nodes}")
+        raise ConfigError(f"--nodes must be >= 1, got {s.nodes}")
     if s.gpus_per_node < 0:
-        raise ConfigError(f"gpus_per_node must be >= 0, got {s.gpus_per_node}")
+        raise ConfigError(f"--gpus-per-node must be >= 0, got {s.gpus_per_node}")
     if not isinstance(s.image, str) or not s.image.strip() or any(c.isspace() for c in s.image):
-        raise ConfigError(f"image must be a container image reference (registry/name:tag), got {s.image!r}")
+        raise ConfigError(f"--image must be a container image reference (registry/name:tag), got {s.image!r}")
     if not isinstance(s.data, str) or not s.data.strip():
-        raise ConfigError("data must be the prepared dataset's URI or path in the pod, got an empty value")
+        raise ConfigError("--data must be the prepared dataset's URI or path in the pod, got an empty value")
     if s.out is not None and not s.out.strip():
-        raise ConfigError("out must be a URI or path in the pod when given, got an empty value")
+        raise ConfigError("--out must be a URI or path in the pod when given, got an empty value")
     if s.precision not in PRECISIONS:
-        raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}; got {s.precision!r}")
+        raise ConfigError(f"--precision must be one of {', '.join(PRECISIONS)}; got {s.precision!r}")
     if s.strategy is not None and s.strategy not in STRATEGIES:
-        raise ConfigError(f"strategy must be one of {', '.join(STRATEGIES)}; got {s.strategy!r}")
+        raise ConfigError(f"--strategy must be one of {', '.join(STRATEGIES)}; got {s.strategy!r}")
     if s.strategy == "single" and s.world_size > 1:
         raise ConfigError(
-            f"strategy single runs one process, but nodes x gpus_per_node is {s.world_size}; use ddp or fsdp"
+            f"--strategy single runs one process, but --nodes x --gpus-per-node is {s.world_size}; use ddp or fsdp"
         )
     # the run configuration itself (recipe name, override keys and values, 16-true guard)
     config = RunConfig(
@@ -240,7 +240,7 @@ def _validate_spec(s: LaunchSpec) -> None:
         or not _DNS1123_LABEL_RE.match(s.namespace)
     ):
         raise ConfigError(
-            f"namespace must be a DNS-1123 label (lower case, digits, '-'), got {s.namespace!r}"
+            f"--namespace must be a DNS-1123 label (lower case, digits, '-'), got {s.namespace!r}"
         )
     for key, value in s.node_selector.items():
         _check_label(f"node selector {key}={value}", key, value)
@@ -256,7 +256,7 @@ def _validate_spec(s: LaunchSpec) -> None:
                 f"{name} must name a Kubernetes object (lower case, digits, '-', '.'), got {v!r}"
             )
     if s.tracking_uri is not None and re.match(r"^[a-z][a-z0-9+.-]*://[^/@]+@", s.tracking_uri, re.I):
-        raise ConfigError("tracking_uri must not carry credentials; put them in the --mlflow-secret Secret")
+        raise ConfigError("--tracking-uri must not carry credentials; put them in the --mlflow-secret Secret")
     # these errors name the flag a user typed (--clean-pod-policy), as the queue's below do
     for name in ("cpu", "memory"):
         v = getattr(s, name)
@@ -294,7 +294,7 @@ def _validate_spec(s: LaunchSpec) -> None:
                 f"volume mount path must be an absolute path other than / and /dev/shm, used once; got {mount!r}"
             )
     if not s.runtime or not _DNS1123_SUBDOMAIN_RE.match(s.runtime):
-        raise ConfigError(f"runtime must name a ClusterTrainingRuntime, got {s.runtime!r}")
+        raise ConfigError(f"--runtime must name a ClusterTrainingRuntime, got {s.runtime!r}")
     # a LocalQueue's name is a label value too; PriorityClass and WorkloadPriorityClass are
     # cluster objects named as DNS-1123 subdomains; all three end up in one 63-character label or field.
     # The errors name the flag a user typed (--priority-class), which every skin's argv carries too.
