@@ -667,8 +667,9 @@ BAD_INPUT = {
         ["--tracking-uri", "https://bob:hunter2@mlflow.example.com"],
         "--tracking-uri must not carry",
     ),
-    "timeout": (["--timeout", "0"], "run_deadline"),
-    "queue timeout": (["--queue-timeout", "-5"], "queue_timeout must be a positive number of seconds"),
+    "timeout": (["--timeout", "0"], "--run-deadline (or --timeout) must be a positive number of seconds"),
+    "queue timeout": (["--queue-timeout", "-5"], "--queue-timeout must be a positive number of seconds"),
+    "poll interval": (["--poll-interval", "0"], "--poll-interval must be positive, got 0"),
     "queue": (["--queue", "Team_A"], "--queue must be a DNS-1123 name"),
     "workload priority": (["--workload-priority", "x" * 64], "--workload-priority must be a DNS-1123 name"),
     "priority class on v2": (
@@ -681,7 +682,10 @@ BAD_INPUT = {
         "--priority-class must be a DNS-1123 name (lower case, digits, '-', '.', at most 63 characters), "
         "got 'High!'",
     ),
-    "token in uri": (["--tracking-uri", "https://hunter2@mlflow.example.com"], "--tracking-uri must not carry"),
+    "token in uri": (
+        ["--tracking-uri", "https://hunter2@mlflow.example.com"],
+        "--tracking-uri must not carry",
+    ),
 }
 
 

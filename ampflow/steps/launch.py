@@ -220,9 +220,10 @@ def cli(args: argparse.Namespace) -> int:
     for name in ("queue_timeout", "run_deadline"):
         value = getattr(args, name)
         if value is not None and value <= 0:
-            raise ConfigError(f"{name} must be a positive number of seconds, got {value:g}")
+            flag = "--" + name.replace("_", "-") + (" (or --timeout)" if name == "run_deadline" else "")
+            raise ConfigError(f"{flag} must be a positive number of seconds, got {value:g}")
     if args.poll_interval <= 0:
-        raise ConfigError(f"poll_interval must be positive, got {args.poll_interval}")
+        raise ConfigError(f"--poll-interval must be positive, got {args.poll_interval}")
     spec = spec_from_args(args)
     if args.name is not None and spec.job_name != args.name:
         print(
