@@ -1,5 +1,6 @@
 """Pipeline x data parallelism (``--strategy pp --set mesh=dp:2,pp:2``): the layout rules, and one real
-torchrun run (gloo, CPU) against one process.
+torchrun run (gloo, CPU) against one process; and ``--compile`` under pp and tp against the same one
+eager process.
 
 The mesh is ``pp:P,dp:D`` whatever order a setting names it in: ``pp`` outermost, so the ``D`` replicas
 of a stage are neighbouring ranks (torchtitan's and Megatron-LM's order), exactly the groups
@@ -192,8 +193,10 @@ def reference(tmp_path_factory):
     return data, tmp / "ref", json.loads((tmp / "ref" / "result.json").read_text())
 
 
-def _torchrun(nproc: int, data: Path, out: Path, *extra: str, env: dict | None = None) -> dict:
-    argv = [*torchrun_program(nproc), "train", "--strategy", "pp", "--recipe", NAME, "--data", str(data)]
+def _torchrun(
+    nproc: int, data: Path, out: Path, *extra: str, env: dict | None = None, strategy: str = "pp"
+) -> dict:
+    argv = [*torchrun_program(nproc), "train", "--strategy", strategy, "--recipe", NAME, "--data", str(data)]
     argv += ["--out", str(out), *COMMON, *extra]
     env = {
         **os.environ,
@@ -242,13 +245,15 @@ def test_pp_dp_2x2_matches_one_process(reference, tmp_path):
 
 
 @pytest.mark.slow
-def test_a_compiled_pipeline_matches_one_eager_process(reference, tmp_path):
-    """--compile under pp: each rank's stage is compiled (inductor, CPU), once, and trains like one
-    eager process (fusions move float32 results by a few ulps only)."""
+@pytest.mark.parametrize("strategy", ["pp", "tp"])
+def test_a_compiled_layout_matches_one_eager_process(reference, tmp_path, strategy):
+    """--compile under pp (each rank's stage module) and under tp (each rank's model with DTensor
+    weights): compiled by inductor on CPU, once, and trains like one eager process (fusions move
+    float32 results by a few ulps only)."""
     data, ref, want = reference
-    run, cache = tmp_path / "pp_compiled", tmp_path / "inductor"
-    got = _torchrun(2, data, run, "--compile", env={"TORCHINDUCTOR_CACHE_DIR": str(cache)})
-    assert (got["compile"], got["mesh"]) == (True, "pp:2")
+    run, cache = tmp_path / f"{strategy}_compiled", tmp_path / "inductor"
+    got = _torchrun(2, data, run, "--compile", env={"TORCHINDUCTOR_CACHE_DIR": str(cache)}, strategy=strategy)
+    assert (got["compile"], got["mesh"]) == (True, f"{strategy}:2")
     # inductor generated the stages' kernels (a fresh cache: nothing reused), in the first step only
     assert any(cache.rglob("*.py")), "inductor compiled nothing"
     assert got["metrics"]["compile_s"] > 0 and got["metrics"]["recompiles"] == 0
