@@ -178,3 +178,19 @@ def test_the_full_format_merges_each_pipeline_stage_once_under_a_pp_x_dp_mesh():
     merged = _merge_optimizer_states([stage("a", "b"), stage("a", "b"), stage("c"), stage("c")])
     assert merged["param_groups"] == [{"lr": 0.1, "params": ["a", "b", "c"]}]
     assert list(merged["state"]) == ["a", "b", "c"]
+
+
+def test_another_strategy_resumes_on_its_own_layout_not_the_checkpoints_mesh(data, tmp_path):
+    """A checkpoint of ``pp`` on ``pp:2,dp:2`` resumed with ``--strategy single`` (the trial of issue 14:
+    the saved mesh was carried over and refused the new strategy). The checkpoint here is a one-process
+    run's, its config rewritten to say what a pp x dp run's says: the resume reads only the config."""
+    run = tmp_path / "run"
+    _train(data, run, 2, "--set", "checkpoint_format=sharded")
+    path = run / "checkpoint.pt"
+    state = torch.load(path, weights_only=True)
+    state["config"] = {**state["config"], "strategy": "pp", "mesh": "pp:2,dp:2", "pp_schedule": "1f1b"}
+    torch.save(state, path)
+    result = _train(data, run, 3, "--resume", "--strategy", "single")
+    assert (result["strategy"], result["mesh"], result["resumed_from_step"]) == ("single", None, 2)
+    # the mesh is dropped with the strategy change (fsdp or tp would refuse pp:2,dp:2 before starting)
+    assert result["config"]["mesh"] is None

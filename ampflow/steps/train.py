@@ -216,6 +216,10 @@ def prepare(
         saved = state["config"]
         refuse_resume_changes(config, saved, explicit or set(), ckpt)
         keep = {k: getattr(config, k) for k in RESUME_MAY_CHANGE if k in (explicit or set())}
+        if keep.get("strategy", saved.get("strategy")) != saved.get("strategy") and "mesh" not in keep:
+            # a mesh names the old strategy's dimensions (pp:2,dp:2): another strategy resumes on its
+            # own default layout unless this command line gives one
+            keep["mesh"] = None
         # the checkpoint's configuration comes off disk: validated here, once, with this run's changes
         config = RunConfig.from_dict({**saved, **keep})
     return config, recipe, state, data_dir, out
