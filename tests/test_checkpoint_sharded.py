@@ -9,6 +9,7 @@ tests/test_resume_strategies.py.
 from __future__ import annotations
 
 import json
+import pickle
 import shutil
 from pathlib import Path
 
@@ -129,7 +130,10 @@ def test_shards_holding_anything_but_plain_types_are_refused(tmp_path):
     plain = {"lr": 0.0}
     checkpoint.load_shards(tmp_path / "d", plain)
     assert plain == {"lr": 0.5}
-    with pytest.raises(ConfigError, match=r"unreadable \(UnpicklingError: Weights only load failed"):
+    with pytest.raises(
+        ConfigError,
+        match=r"unreadable \(UnpicklingError: a corrupt shard, or an entry torch.load\(weights_only=True\) refuses\)$",
+    ):
         checkpoint.load_shards(tmp_path / "d", {"obj": None})
     with pytest.raises(ConfigError, match="unreadable"):  # a key the shards do not hold
         checkpoint.load_shards(tmp_path / "d", {"momentum": 0.0})
@@ -194,3 +198,45 @@ def test_another_strategy_resumes_on_its_own_layout_not_the_checkpoints_mesh(dat
     assert (result["strategy"], result["mesh"], result["resumed_from_step"]) == ("single", None, 2)
     # the mesh is dropped with the strategy change (fsdp or tp would refuse pp:2,dp:2 before starting)
     assert result["config"]["mesh"] is None
+
+
+class _Boom:
+    """A pickle that would run ``os.getpid`` (any callable) when loaded: what a crafted .metadata does."""
+
+    def __reduce__(self):
+        import os
+
+        return (os.getpid, ())
+
+
+@pytest.mark.parametrize(
+    "payload, says",
+    [
+        (b"junk\n", "unreadable or untrusted"),
+        (pickle.dumps(_Boom()), "refused global posix.getpid"),
+    ],
+)
+def test_a_damaged_or_crafted_shards_metadata_is_one_line_and_never_unpickled(
+    data, tmp_path, capsys, payload, says
+):
+    """DCP reads ``.metadata`` with a plain ``pickle.load``; ampflow checks it against DCP's own classes
+    first (the new-user trial of issue 14 got 26 lines of tracebacks from a junk file)."""
+    run = tmp_path / "run"
+    _train(data, run, 2, "--set", "checkpoint_format=sharded")
+    state = torch.load(run / "checkpoint.pt", weights_only=True)
+    (run / state["shards"] / ".metadata").write_bytes(payload)
+    capsys.readouterr()
+    argv = [
+        "evaluate",
+        "--recipe",
+        NAME,
+        "--data",
+        str(data),
+        "--checkpoint",
+        str(run),
+        "--out",
+        str(tmp_path / "e"),
+    ]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and says in err[0] and ".metadata" in err[0], err

@@ -24,6 +24,7 @@ entries of the shards are unpickled only after ``torch.load(weights_only=True)``
 from __future__ import annotations
 
 import contextlib
+import pickle
 import random
 import warnings
 from collections.abc import Iterator
@@ -136,6 +137,7 @@ def load_shards(directory: str | Path, state_dict: dict[str, Any], *, alone: boo
     from torch.distributed.checkpoint.api import CheckpointException
 
     args = {"no_dist": True} if alone else _dist_args()
+    check_shards_metadata(directory)
     try:
         with _single_process_quiet():
             dcp.load(state_dict, checkpoint_id=str(directory), planner=_weights_only_planner(), **args)
@@ -150,8 +152,48 @@ def _first_failure(exc: Any) -> str:
     cause = first[0] if isinstance(first, tuple) else first
     if cause is None:
         return type(exc).__name__
+    if isinstance(cause, pickle.UnpicklingError):
+        # torch's own text goes on to suggest weights_only=False: the one thing not to do with a
+        # checkpoint of unknown origin
+        return "UnpicklingError: a corrupt shard, or an entry torch.load(weights_only=True) refuses"
     lines = str(cause).strip().splitlines()
-    return f"{type(cause).__name__}: {lines[0][:200]}" if lines else type(cause).__name__
+    return f"{type(cause).__name__}: {lines[0][:300]}" if lines else type(cause).__name__
+
+
+# what a DCP ``.metadata`` pickle may name (torch 2.13's FileSystemWriter writes these and no others)
+_METADATA_GLOBALS = {
+    ("torch.distributed.checkpoint.filesystem", "_StorageInfo"),
+    ("torch.serialization", "_get_layout"),
+    ("torch", "Size"),
+    ("pathlib", "PosixPath"),
+    ("pathlib", "WindowsPath"),
+    ("collections", "OrderedDict"),
+}
+
+
+def check_shards_metadata(directory: str | Path) -> None:
+    """Refuse a DCP directory whose ``.metadata`` pickle names anything but DCP's metadata classes,
+    ``torch.Size``, torch dtypes and paths: DCP reads that file with a plain ``pickle.load``, which
+    would run whatever a crafted file names. Raises ConfigError (exit 2) naming the file and the first
+    refused global, or why the file is unreadable."""
+    import torch
+
+    class Allowed(pickle.Unpickler):
+        def find_class(self, module: str, name: str) -> Any:
+            known = (module, name) in _METADATA_GLOBALS
+            metadata = module == "torch.distributed.checkpoint.metadata" and not name.startswith("__")
+            dtype = module == "torch" and isinstance(getattr(torch, name, None), torch.dtype)
+            if not (known or metadata or dtype):
+                raise pickle.UnpicklingError(f"refused global {module}.{name}")
+            return super().find_class(module, name)
+
+    path = Path(directory) / ".metadata"
+    try:
+        with open(path, "rb") as fh:
+            Allowed(fh).load()
+    except Exception as exc:  # refused global, truncated or foreign file, missing file
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        raise ConfigError(f"checkpoint shards {path}: unreadable or untrusted ({first})") from None
 
 
 @contextlib.contextmanager
