@@ -349,6 +349,8 @@ def _sets(spec: LaunchSpec) -> list[str]:
         (2, "fsdp", "/v/runs/a", (("pvc", "/v"),), []),  # a shared volume: auto writes shards
         (2, "fsdp", "/v", (("pvc", "/v/"),), []),
         (2, "fsdp", "/vv/a", (("pvc", "/v"),), ["checkpoint_format=full"]),  # a sibling path, not /v
+        (2, "fsdp", "/v/../scratch/a", (("pvc", "/v"),), ["checkpoint_format=full"]),  # leaves /v
+        (2, "fsdp", "/v/./runs//a", (("pvc", "/v"),), []),
         (1, "fsdp", "/r", (), []),  # one node: every rank writes to the same disk
         (2, "ddp", "/r", (), []),  # ddp writes one file anyway
     ],

@@ -45,6 +45,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import posixpath
 import re
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -441,8 +442,10 @@ def out_is_shared(spec: LaunchSpec) -> bool:
     """Whether ``--out`` lies on one of the ``--volume`` mounts, which every pod of the job mounts."""
     if spec.out is None:
         return False
-    out = spec.out.rstrip("/")
-    return any(out == m.rstrip("/") or out.startswith(m.rstrip("/") + "/") for _, m in spec.volumes)
+    # paths as the pod resolves them: /data/../scratch is not on /data
+    out = posixpath.normpath(spec.out)
+    mounts = [posixpath.normpath(m) for _, m in spec.volumes]
+    return any(out == m or out.startswith(m.rstrip("/") + "/") for m in mounts)
 
 
 def train_overrides(spec: LaunchSpec) -> dict[str, Any]:
