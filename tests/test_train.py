@@ -389,10 +389,12 @@ def test_tracker_closed_failed_killed_finished():
 
 
 @pytest.mark.slow
-def test_compiled_run_reports_compile_time_apart(data, tmp_path):
+def test_compiled_run_reports_compile_time_apart(data, tmp_path, capsys):
     """One tiny compiled run (the first inductor compile takes tens of seconds on 2 cores)."""
     run = tmp_path / "compiled"
     assert train(data, run, "--compile", "--set", "max_steps=4", "--set", "warmup_steps=0") == 0
+    # a line before the silent compile, so a log does not look hung
+    assert "step 1: compiling the model" in capsys.readouterr().out
     m = result(run)["metrics"]
     assert result(run)["compile"] is True
     assert m["compile_s"] > 0 and m["recompiles"] == 0

@@ -223,6 +223,13 @@ class Trainer:
         # progress lines mark the steps the throughput window leaves out (the summary's samples/s)
         timed_after = self.start_step + self.window.skip
         log = ProgressLog(self.total_steps, self.start_step, self.config.log_every, self.is_main, timed_after)
+        if self.config.compile and self.is_main and self.start_step < self.total_steps:
+            # the first step can take minutes without a line otherwise (inductor on a CPU)
+            print(
+                f"step {self.start_step + 1}: compiling the model (torch.compile; reported as compile_s, "
+                "outside the timed window)",
+                flush=True,
+            )
         self.val.clock.start()
         self.data.start((self.total_steps - self.pos.step) * self.config.grad_accum)
         try:
