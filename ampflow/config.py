@@ -324,13 +324,18 @@ def _json_type(tp: Any) -> dict[str, Any]:
 
 
 def parse_overrides(pairs: list[str] | None) -> dict[str, Any]:
+    """``["key=value", ...]`` as ``{field: typed value}``. Raises ConfigError for a malformed pair, an
+    unknown key, a bad value, or ``recipe`` (the recipe is ``--recipe``: it also chose the prepared data,
+    and a ``--set recipe`` that differed from it failed deep inside training)."""
     out: dict[str, Any] = {}
-    names = RunConfig.field_names()
+    names = [n for n in RunConfig.field_names() if n != "recipe"]
     for pair in pairs or []:
         key, sep, value = pair.partition("=")
         key = key.strip().replace("-", "_")
         if not sep or not key:
             raise ConfigError(f"--set expects key=value, got {pair!r}")
+        if key == "recipe":
+            raise ConfigError("--set recipe=...: the recipe is given by --recipe, not --set")
         if key not in names:
             raise ConfigError(f"unknown --set key {key!r}; known keys: {', '.join(names)}")
         out[key] = _coerce(key, value.strip())

@@ -179,3 +179,15 @@ def test_overrides_schema_is_generated_from_the_run_configuration():
     }
     assert errors == {"additionalProperties", "anyOf"}
     assert not check.is_valid({"precision": "fp4"}) and not check.is_valid({"compile": "yes"})
+
+
+def test_the_recipe_is_not_a_set_key():
+    """``--set recipe=tweets-bow`` beside ``--recipe tiny`` failed inside training with a KeyError
+    (new-user trial); the recipe is ``--recipe`` only, and the known-keys list no longer offers it."""
+    with pytest.raises(
+        ConfigError, match=r"^--set recipe=\.\.\.: the recipe is given by --recipe, not --set$"
+    ):
+        parse_overrides(["recipe=tweets-bow"])
+    with pytest.raises(ConfigError, match="unknown --set key 'nope'") as err:
+        parse_overrides(["nope=1"])
+    assert "recipe" not in str(err.value).split("known keys: ")[1].split(", ")
