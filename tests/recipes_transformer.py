@@ -50,6 +50,9 @@ class TinyTransformer(BaseRecipe):
     def pipeline_split(self, model: Any) -> Any:
         return transformer.pipeline_split(model)
 
+    def fsdp_units(self, model: Any) -> list[Any]:
+        return transformer.fsdp_units(model)
+
 
 class NoPlan(TinyTransformer):
     """The same model without a tensor-parallel plan or pipeline split: tp and pp must refuse it."""

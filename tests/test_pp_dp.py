@@ -258,3 +258,37 @@ def test_a_compiled_layout_matches_one_eager_process(reference, tmp_path, strate
     assert any(cache.rglob("*.py")), "inductor compiled nothing"
     assert got["metrics"]["compile_s"] > 0 and got["metrics"]["recompiles"] == 0
     _assert_trains_like(got, run, want, ref)
+
+
+@pytest.mark.slow
+def test_fsdp_sharded_by_the_recipes_layers_matches_one_process(reference, tmp_path):
+    """fsdp with the recipe's ``fsdp_units`` (one FSDP2 unit per encoder layer, the root holding the
+    embeddings and the head) trains like one process, and writes DCP shards."""
+    data, ref, want = reference
+    run = tmp_path / "fsdp_units"
+    got = _torchrun(2, data, run, strategy="fsdp")
+    assert (got["strategy"], got["world_size"], got["checkpoint_format"]) == ("fsdp", 2, "sharded")
+    _assert_trains_like(got, run, want, ref)
+
+
+def test_fsdp_shards_the_recipes_units_then_the_root():
+    """``fsdp_units`` decides FSDP2's units: the two encoder layers and the root (a fake process group
+    of 2 ranks in this process; sharding a module needs no collective). Without the method, every
+    module holding parameters directly becomes a unit."""
+    import torch.distributed as dist
+    from torch.distributed.fsdp import FSDPModule
+    from torch.testing._internal.distributed.fake_pg import FakeStore
+
+    from ampflow.engine.precision import make_policy
+    from ampflow.engine.tensor_parallel import apply_fsdp
+
+    policy = make_policy("32-true", "cpu")
+    dist.init_process_group("fake", store=FakeStore(), rank=0, world_size=2)
+    try:
+        by_layer = apply_fsdp(TinyTransformer().build_model(INFO), policy, None, TinyTransformer())
+        by_module = apply_fsdp(TinyTransformer().build_model(INFO), policy, None, None)
+    finally:
+        dist.destroy_process_group()
+    units = [n for n, m in by_layer.named_modules() if isinstance(m, FSDPModule)]
+    assert units == ["", "encoder.encoder.layer.0", "encoder.encoder.layer.1"]
+    assert len([m for m in by_module.modules() if isinstance(m, FSDPModule)]) > 10

@@ -134,7 +134,9 @@ def wrap(
 
         mesh = dist.mesh
         tensor_parallel.apply_tp(model, recipe, mesh["tp"], sequence_parallel=sequence_parallel)
-        return tensor_parallel.apply_fsdp(model, policy, mesh["dp"]) if strategy == "fsdp+tp" else model
+        return (
+            tensor_parallel.apply_fsdp(model, policy, mesh["dp"], recipe) if strategy == "fsdp+tp" else model
+        )
     if strategy == "pp":
         from ampflow.engine import pipeline
 
@@ -144,19 +146,9 @@ def wrap(
 
         return DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
     if strategy == "fsdp":
-        import torch
-        from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+        from ampflow.engine import tensor_parallel
 
-        mp = None
-        if policy.spec.autocast is not None:
-            # mixed modes: compute in half, keep fp32 shards, reduce gradients in fp32
-            mp = MixedPrecisionPolicy(param_dtype=policy.autocast_dtype, reduce_dtype=torch.float32)
-        for module in model.modules():
-            # shard each direct child that holds parameters, then the root (FSDP2's usual pattern)
-            if module is not model and any(True for _ in module.parameters(recurse=False)):
-                fully_shard(module, mp_policy=mp) if mp else fully_shard(module)
-        fully_shard(model, mp_policy=mp) if mp else fully_shard(model)
-        return model
+        return tensor_parallel.apply_fsdp(model, policy, None, recipe)
     raise ConfigError(f"strategy must be one of single, ddp, fsdp, tp, pp, fsdp+tp; got {strategy!r}")
 
 

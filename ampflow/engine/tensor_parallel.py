@@ -99,18 +99,31 @@ def takes_sequence_parallel(recipe: Any) -> bool:
     return any(p.name == "sequence_parallel" or p.kind is inspect.Parameter.VAR_KEYWORD for p in params)
 
 
-def apply_fsdp(model: Any, policy: Any, dp_mesh: Any) -> Any:
-    """FSDP2 over ``dp_mesh``: each submodule that holds parameters, then the root (as ``fsdp``)."""
+def apply_fsdp(model: Any, policy: Any, dp_mesh: Any = None, recipe: Any = None) -> Any:
+    """FSDP2 ``fully_shard`` over ``dp_mesh`` (None: every rank): the recipe's units, then the root.
+
+    A recipe with ``fsdp_units(model) -> [module, ...]`` (transformer blocks, as torchtitan shards
+    them) gets one all-gather per unit and one for the root's remaining parameters (embeddings,
+    head); without it every submodule that holds parameters directly is its own unit, which works
+    for any model but gathers many small pieces. Mixed precision modes compute in the autocast dtype
+    and keep fp32 shards, reducing gradients in fp32 (``MixedPrecisionPolicy``).
+    """
     import torch
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
-    kw: dict[str, Any] = {"mesh": dp_mesh}
+    kw: dict[str, Any] = {} if dp_mesh is None else {"mesh": dp_mesh}
     if policy.spec.autocast is not None:
         # mixed modes: compute in half, keep fp32 shards, reduce gradients in fp32
         kw["mp_policy"] = MixedPrecisionPolicy(param_dtype=policy.autocast_dtype, reduce_dtype=torch.float32)
-    for module in model.modules():
-        if module is not model and any(True for _ in module.parameters(recurse=False)):
-            fully_shard(module, **kw)
+    units = getattr(recipe, "fsdp_units", None)
+    if units is not None:
+        chosen = list(units(model))
+    else:
+        chosen = [
+            m for m in model.modules() if m is not model and any(True for _ in m.parameters(recurse=False))
+        ]
+    for module in chosen:
+        fully_shard(module, **kw)
     fully_shard(model, **kw)
     return model
 

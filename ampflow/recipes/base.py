@@ -34,6 +34,9 @@ for that strategy with exit 2, :mod:`ampflow.recipes.transformer` declares them 
   ``first(**inputs)`` returns a state tensor, each layer maps state to state, ``last(state)`` returns
   logits; each part lists in ``owns`` the submodule names it computes with; ``pipeline_layers`` gives
   ``len(layers)`` before the model exists (checked against the stage count before any process group).
+- ``fsdp_units(model) -> [module, ...]`` for ``fsdp`` and ``fsdp+tp`` (optional there): the modules
+  FSDP2 shards as units, one all-gather each (transformer blocks, as torchtitan does); the root keeps
+  the rest. Without it every submodule holding parameters directly is a unit of its own.
 """
 
 from __future__ import annotations

@@ -110,6 +110,12 @@ def sequence_parallel_plan() -> dict[str, Any]:
     }
 
 
+def fsdp_units(model: Any) -> list[Any]:
+    """The modules FSDP2 shards as units of a :func:`classifier` model: its encoder's layers (one
+    all-gather each, torchtitan's per-block sharding); the root keeps the embeddings and the head."""
+    return list(model.encoder.encoder.layer)
+
+
 def pipeline_split(model: Any) -> tuple[Any, list[Any], Any]:
     """``(first, layers, last)`` of a :func:`classifier` model, the parts a pipeline stage takes.
 

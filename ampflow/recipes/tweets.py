@@ -240,6 +240,10 @@ class MiniLMRecipe(TextRecipe):
     def pipeline_split(self, model: torch.nn.Module) -> tuple[Any, list[Any], Any]:
         return transformer.pipeline_split(model)
 
+    def fsdp_units(self, model: torch.nn.Module) -> list[Any]:
+        """FSDP2's units under fsdp and fsdp+tp: the encoder's 6 layers (see recipes.transformer)."""
+        return transformer.fsdp_units(model)
+
     def build_model(self, info: dict[str, Any]) -> torch.nn.Module:
         _offline()
         from transformers import AutoModel
