@@ -240,3 +240,31 @@ def test_a_damaged_or_crafted_shards_metadata_is_one_line_and_never_unpickled(
     assert main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and says in err[0] and ".metadata" in err[0], err
+
+
+class _Reduce:
+    """Pickles as ``fn(*args)``: how Python 3.11.2 writes an enum member (``getattr(Enum, "NAME")``)."""
+
+    def __init__(self, fn, *args):
+        self.fn, self.args = fn, args
+
+    def __reduce__(self):
+        return (self.fn, self.args)
+
+
+def test_the_metadata_check_takes_enum_members_by_name_and_no_other_getattr(tmp_path):
+    """CI's Python 3.11.2 pickles DCP's ``_MEM_FORMAT_ENCODING`` members through ``builtins.getattr``
+    (3.11.7 does not); that getattr is served for DCP's enums only, never as a way to any attribute."""
+    from torch.distributed.checkpoint.metadata import _MEM_FORMAT_ENCODING, Metadata
+
+    (tmp_path / ".metadata").write_bytes(
+        pickle.dumps(_Reduce(getattr, _MEM_FORMAT_ENCODING, "TORCH_CONTIGUOUS_FORMAT"))
+    )
+    checkpoint.check_shards_metadata(tmp_path)
+    for crafted in (
+        _Reduce(getattr, Metadata, "__init__"),
+        _Reduce(getattr, _MEM_FORMAT_ENCODING, "__class__"),
+    ):
+        (tmp_path / ".metadata").write_bytes(pickle.dumps(crafted))
+        with pytest.raises(ConfigError, match=r"unreadable or untrusted \(refused getattr"):
+            checkpoint.check_shards_metadata(tmp_path)

@@ -171,15 +171,34 @@ _METADATA_GLOBALS = {
 }
 
 
+def _enum_member(cls: Any, name: str) -> Any:
+    """``getattr`` as a DCP ``.metadata`` pickle may use it: a member of one of DCP's metadata enums,
+    nothing else (a general getattr would let a crafted pickle walk to any callable)."""
+    import enum
+
+    if (
+        isinstance(cls, type)
+        and issubclass(cls, enum.Enum)
+        and cls.__module__ == "torch.distributed.checkpoint.metadata"
+        and isinstance(name, str)
+        and name in cls.__members__
+    ):
+        return cls[name]
+    raise pickle.UnpicklingError(f"refused getattr({getattr(cls, '__name__', type(cls).__name__)}, {name!r})")
+
+
 def check_shards_metadata(directory: str | Path) -> None:
     """Refuse a DCP directory whose ``.metadata`` pickle names anything but DCP's metadata classes,
-    ``torch.Size``, torch dtypes and paths: DCP reads that file with a plain ``pickle.load``, which
+    ``torch.Size``, torch dtypes, paths and members of DCP's enums: DCP reads that file with a plain ``pickle.load``, which
     would run whatever a crafted file names. Raises ConfigError (exit 2) naming the file and the first
     refused global, or why the file is unreadable."""
     import torch
 
     class Allowed(pickle.Unpickler):
         def find_class(self, module: str, name: str) -> Any:
+            if module in ("builtins", "__builtin__") and name == "getattr":
+                # some Python 3.11 releases pickle an enum member as getattr(EnumClass, "NAME")
+                return _enum_member
             known = (module, name) in _METADATA_GLOBALS
             metadata = module == "torch.distributed.checkpoint.metadata" and not name.startswith("__")
             dtype = module == "torch" and isinstance(getattr(torch, name, None), torch.dtype)
