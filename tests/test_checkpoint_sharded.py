@@ -31,9 +31,12 @@ def _train(data: Path, out: Path, steps: int, *extra: str) -> dict:
     return json.loads((out / "result.json").read_text())
 
 
+def _evaluate_argv(data: Path, run: Path, out: Path) -> list[str]:
+    return ["evaluate", "--recipe", NAME, "--data", str(data), "--checkpoint", str(run), "--out", str(out)]
+
+
 def _evaluate(data: Path, run: Path, out: Path) -> dict:
-    argv = ["evaluate", "--recipe", NAME, "--data", str(data), "--checkpoint", str(run), "--out", str(out)]
-    assert main(argv) == 0
+    assert main(_evaluate_argv(data, run, out)) == 0
     return json.loads((out / "eval.json").read_text())
 
 
@@ -92,18 +95,7 @@ def test_missing_shards_are_bad_input_with_one_line(data, tmp_path, capsys):
     run = tmp_path / "run"
     _train(data, run, 2, "--set", "checkpoint_format=sharded")
     shutil.rmtree(run / "checkpoint.dcp")
-    argv = [
-        "evaluate",
-        "--recipe",
-        NAME,
-        "--data",
-        str(data),
-        "--checkpoint",
-        str(run),
-        "--out",
-        str(tmp_path / "e"),
-    ]
-    assert main(argv) == 2
+    assert main(_evaluate_argv(data, run, tmp_path / "e")) == 2
     err = capsys.readouterr().err
     assert "shards" in err and "checkpoint.dcp" in err and "Traceback" not in err
     argv = ["train", "--recipe", NAME, "--data", str(data), "--out", str(run), "--resume"]
@@ -226,18 +218,7 @@ def test_a_damaged_or_crafted_shards_metadata_is_one_line_and_never_unpickled(
     state = torch.load(run / "checkpoint.pt", weights_only=True)
     (run / state["shards"] / ".metadata").write_bytes(payload)
     capsys.readouterr()
-    argv = [
-        "evaluate",
-        "--recipe",
-        NAME,
-        "--data",
-        str(data),
-        "--checkpoint",
-        str(run),
-        "--out",
-        str(tmp_path / "e"),
-    ]
-    assert main(argv) == 2
+    assert main(_evaluate_argv(data, run, tmp_path / "e")) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and says in err[0] and ".metadata" in err[0], err
 
