@@ -273,6 +273,50 @@ def overrides_schema() -> dict[str, Any]:
 # what an unset (None) field means where it is not the recipe's choice
 _NONE_DEFAULT_WORDS = {"peak_flops": "table|probe"}
 
+# one line per --set key for `ampflow train --help` (README.md explains each at length); a test checks
+# that every RunConfig field but `recipe` has one
+SETTING_HELP = {
+    "precision": "precision mode (Lightning's names); also --precision",
+    "compile": "torch.compile the model; compile time reported apart (compile_s)",
+    "strategy": "single, ddp, fsdp, tp, pp or fsdp+tp; also --strategy",
+    "device": "auto picks CUDA when there is one",
+    "batch_size": "global batch per optimizer micro-step; auto: doubling search for the fastest that fits",
+    "epochs": "passes over the train split (with max_steps: whichever ends first)",
+    "max_steps": "optimizer steps to train (none: one epoch unless epochs says otherwise)",
+    "learning_rate": "peak learning rate of AdamW",
+    "weight_decay": "AdamW's decoupled weight decay",
+    "grad_accum": "micro-batches per optimizer step (pp: the pipeline's micro-batches)",
+    "clip_grad_norm": "clip the global gradient 2-norm to this (none: no clipping)",
+    "warmup_steps": "leading steps trained but left out of the timing figures",
+    "lr_schedule": "linear, cosine or constant decay after the learning-rate warm-up",
+    "lr_warmup_steps": "learning-rate warm-up steps (none: 5% of the run)",
+    "seed": "seed of initialization, data order and dropout",
+    "lr_scaling": "none, linear or sqrt: scale the learning rate with the global batch",
+    "lr_reference_batch": "the global batch learning_rate was tuned at (none: the recipe's batch_size)",
+    "mesh": "device mesh of tp, pp, fsdp+tp, e.g. dp:2,tp:2 (none: the strategy's default)",
+    "pp_schedule": "pipeline schedule of pp: gpipe or 1f1b",
+    "sequence_parallel": "tp, fsdp+tp: norms and dropout on sequence shards",
+    "comm_profile_steps": "steps profiled for comm_time_share after warm-up (0: not measured)",
+    "checkpoint_every": "write a checkpoint every N optimizer steps (0: only at the end)",
+    "checkpoint_format": "full: one gathered file; sharded: per-rank DCP shards; auto: sharded for fsdp, tp, fsdp+tp, pp",
+    "max_nonfinite_steps": "abort after this many non-finite losses in a row",
+    "allow_16_true": "16-true diverges on many models: set true to ask for it anyway",
+    "auto_batch_max": "batch_size=auto: largest size tried",
+    "auto_batch_memory_budget": "batch_size=auto on CPU: resident-memory budget in bytes",
+    "auto_batch_plateau": "batch_size=auto: stop when doubling gains less than this share of samples/s",
+    "eval_batch_size": "batch size of validation and evaluate",
+    "peak_flops": "MFU's peak FLOP/s per device: a number, or per dtype bf16:9.9e14,fp32:...",
+    "limit_train_samples": "use only the first N training examples (0: all)",
+    "pad_to": "token recipes: bucket (pad to the batch's bucket length) or max (full width)",
+    "data_loading": "memory (whole split on the device), stream (read from disk), auto",
+    "data_workers": "DataLoader worker processes when streaming",
+    "log_every": "a progress line every N steps (a bar on a terminal)",
+    "val_every": "validate on the val split every N steps and after the last (0: never)",
+    "target_accuracy": "val accuracy whose first reach gives time_to_target_s",
+    "stop_at_target": "end the run at the first validation reaching target_accuracy",
+    "price_per_device_hour": "price of one device-hour, for cost figures (none: no cost)",
+}
+
 
 def set_keys_help() -> str:
     """The ``--set`` keys as a help table: name, type, default (``recipe`` when the recipe decides).
@@ -296,8 +340,11 @@ def set_keys_help() -> str:
         rows.append((f.name, _type_words(hints[f.name]), default))
     width = max(len(r[0]) for r in rows)
     kind_width = max(len(r[1]) for r in rows)
-    lines = [f"  {n:<{width}}  {k:<{kind_width}}  {d}" for n, k, d in rows]
-    return "--set keys (KEY=VALUE; `none` unsets), type, default:\n" + "\n".join(lines)
+    lines = []
+    for n, k, d in rows:
+        lines.append(f"  {n:<{width}}  {k:<{kind_width}}  {d}")
+        lines.append(f"  {'':<{width}}    {SETTING_HELP.get(n, '')}".rstrip())
+    return "--set keys (KEY=VALUE; `none` unsets), type, default, what it does:\n" + "\n".join(lines)
 
 
 def _type_words(tp: Any) -> str:

@@ -191,3 +191,19 @@ def test_the_recipe_is_not_a_set_key():
     with pytest.raises(ConfigError, match="unknown --set key 'nope'") as err:
         parse_overrides(["nope=1"])
     assert "recipe" not in str(err.value).split("known keys: ")[1].split(", ")
+
+
+def test_every_set_key_has_a_help_line_in_train_help(capsys):
+    """``ampflow train --help`` describes each ``--set`` key (the new-user trial found only types and
+    defaults); the table is built from RunConfig, so a new field without a line fails here."""
+    import dataclasses
+
+    from ampflow.cli import main
+    from ampflow.config import SETTING_HELP
+
+    fields = {f.name for f in dataclasses.fields(RunConfig)} - {"recipe"}
+    assert set(SETTING_HELP) == fields
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    out = capsys.readouterr().out
+    assert "checkpoint_format" in out and SETTING_HELP["checkpoint_format"] in out
