@@ -189,8 +189,8 @@ def _enum_member(cls: Any, name: str) -> Any:
 
 def check_shards_metadata(directory: str | Path) -> None:
     """Refuse a DCP directory whose ``.metadata`` pickle names anything but DCP's metadata classes,
-    ``torch.Size``, torch dtypes, paths and members of DCP's enums: DCP reads that file with a plain ``pickle.load``, which
-    would run whatever a crafted file names. Raises ConfigError (exit 2) naming the file and the first
+    ``torch.Size``, torch dtypes, paths and members of DCP's enums: DCP reads that file with a plain
+    ``pickle.load``, which would run whatever a crafted file names. Raises ConfigError (exit 2) naming the file and the first
     refused global, or why the file is unreadable."""
     import torch
 

@@ -264,19 +264,20 @@ class PipelineStepper:
         Parameters without a gradient are left out; every replica of a stage holds the same modules
         and inputs of the same shapes, so they leave out the same ones and the buckets line up.
         """
-        filling: dict[Any, list[Any]] = {}  # (dtype, device) -> the bucket being filled
-        size: dict[Any, int] = {}
-        done: list[list[Any]] = []
+        buckets: dict[Any, list[list[Any]]] = {}  # (dtype, device) -> its buckets, the last filling
+        filled: dict[Any, int] = {}  # bytes in each key's last bucket
         for p in self.params:
             g = p.grad
             if g is None:
                 continue
             key, nbytes = (g.dtype, g.device), g.numel() * g.element_size()
-            if filling.get(key) and size[key] + nbytes > BUCKET_BYTES:
-                done.append(filling.pop(key))
-            filling.setdefault(key, []).append(g)
-            size[key] = (size[key] if len(filling[key]) > 1 else 0) + nbytes
-        for grads in done + list(filling.values()):
+            chain = buckets.setdefault(key, [[]])
+            if chain[-1] and filled[key] + nbytes > BUCKET_BYTES:
+                chain.append([])
+                filled[key] = 0
+            chain[-1].append(g)
+            filled[key] = filled.get(key, 0) + nbytes
+        for grads in (bucket for chain in buckets.values() for bucket in chain):
             flat = _dp_all_reduce(torch.cat([g.reshape(-1) for g in grads]), self.dp_group)
             flat.div_(self.dp_size)
             for g, part in zip(grads, flat.split([g.numel() for g in grads]), strict=True):

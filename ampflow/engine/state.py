@@ -64,15 +64,19 @@ def _flat() -> Any:
     return StateDictOptions(flatten_optimizer_state_dict=True)
 
 
-def sharded_state(model: Any, optimizer: Any | None) -> dict[str, Any]:
+def sharded_state(model: Any, optimizer: Any) -> dict[str, Any]:
     """This rank's ``{"model": ..., "optimizer": ...}`` in its own layout (DTensor shards, a stage's
-    parameters, or whole tensors), as DCP saves and loads it; ``optimizer`` None leaves it out."""
-    from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_optimizer_state_dict
+    parameters, or whole tensors), as DCP saves it."""
+    from torch.distributed.checkpoint.state_dict import get_model_state_dict
 
-    state = {"model": get_model_state_dict(model)}
-    if optimizer is not None:
-        state["optimizer"] = get_optimizer_state_dict(model, optimizer, options=_flat())
-    return state
+    return {"model": get_model_state_dict(model), "optimizer": _optimizer_shards(model, optimizer)}
+
+
+def _optimizer_shards(model: Any, optimizer: Any) -> dict[str, Any]:
+    """The optimizer's state in this rank's layout, flattened per parameter (DCP's ``optimizer`` entry)."""
+    from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
+
+    return get_optimizer_state_dict(model, optimizer, options=_flat())
 
 
 def wrap_and_restore(
@@ -96,9 +100,9 @@ def wrap_and_restore(
     """
     if state is not None and "shards" in state:  # every layout loads its own pieces, after wrapping
         model = parallel.wrap(model, strategy, policy, device, dist, recipe, sequence_parallel)
-        from torch.distributed.checkpoint.state_dict import set_model_state_dict
+        from torch.distributed.checkpoint.state_dict import get_model_state_dict, set_model_state_dict
 
-        weights = sharded_state(model, None)
+        weights = {"model": get_model_state_dict(model)}
         checkpoint.load_shards(state["shards"], weights)
         set_model_state_dict(model, weights["model"])
         return model
@@ -180,8 +184,8 @@ def load_optimizer(optimizer: Any, model: Any, state: dict[str, Any], strategy: 
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
 
     if "shards" in state:  # a sharded checkpoint: this layout's pieces of the flattened state, via DCP
-        mine = sharded_state(model, optimizer)
-        checkpoint.load_shards(state["shards"], {"optimizer": mine["optimizer"]})
+        mine = {"optimizer": _optimizer_shards(model, optimizer)}
+        checkpoint.load_shards(state["shards"], mine)
         set_optimizer_state_dict(model, optimizer, mine["optimizer"], options=_flat())
         return
     state = state["optimizer"]
